@@ -1,0 +1,120 @@
+//! Application ids.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::Error;
+
+/// An application id: a number from 0 to 9999.
+///
+/// Every aid has its own directory, lock and entries in the store. Its text form is plain
+/// decimal with no sign and no leading zeros, which is also its directory name, so one aid
+/// never has two spellings on disk.
+///
+/// ```
+/// use runstate::Aid;
+///
+/// let aid = Aid::new(42)?;
+/// assert_eq!(aid.get(), 42);
+/// assert_eq!(aid.to_string(), "42");
+/// assert_eq!("42".parse::<Aid>()?, aid);
+/// assert!("042".parse::<Aid>().is_err());
+/// assert!(Aid::new(10_000).is_err());
+/// # Ok::<(), runstate::Error>(())
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Aid(u16);
+
+impl Aid {
+    /// The largest aid, 9999.
+    pub const MAX: Aid = Aid(9999);
+
+    /// Checks that `value` is in `0..=9999`.
+    pub fn new(value: u16) -> Result<Aid, Error> {
+        if value <= Self::MAX.0 {
+            Ok(Aid(value))
+        } else {
+            Err(Error::InvalidAid {
+                input: value.to_string(),
+            })
+        }
+    }
+
+    /// The number.
+    pub fn get(self) -> u16 {
+        self.0
+    }
+}
+
+impl fmt::Debug for Aid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Aid({})", self.0)
+    }
+}
+
+impl fmt::Display for Aid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl FromStr for Aid {
+    type Err = Error;
+
+    /// Accepts exactly the [`Display`](fmt::Display) form: 1 to 4 decimal digits, no leading zeros.
+    fn from_str(s: &str) -> Result<Aid, Error> {
+        let bytes = s.as_bytes();
+        let canonical = !bytes.is_empty()
+            && bytes.len() <= 4
+            && bytes.iter().all(u8::is_ascii_digit)
+            && (bytes[0] != b'0' || bytes.len() == 1);
+        if !canonical {
+            let mut input: String = s.chars().take(16).collect();
+            if input.len() < s.len() {
+                input.push('…');
+            }
+            return Err(Error::InvalidAid { input });
+        }
+        let value = bytes.iter().fold(0u16, |n, d| n * 10 + u16::from(d - b'0'));
+        Ok(Aid(value))
+    }
+}
+
+impl TryFrom<u16> for Aid {
+    type Error = Error;
+
+    fn try_from(value: u16) -> Result<Aid, Error> {
+        Aid::new(value)
+    }
+}
+
+impl From<Aid> for u16 {
+    fn from(aid: Aid) -> u16 {
+        aid.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn range_is_enforced() {
+        assert_eq!(Aid::new(0).unwrap().get(), 0);
+        assert_eq!(Aid::new(9999).unwrap(), Aid::MAX);
+        assert!(matches!(Aid::new(10_000), Err(Error::InvalidAid { .. })));
+        assert!(Aid::new(u16::MAX).is_err());
+    }
+
+    #[test]
+    fn parse_accepts_only_the_display_form() {
+        for n in [0u16, 7, 10, 999, 9999] {
+            assert_eq!(n.to_string().parse::<Aid>().unwrap().get(), n);
+        }
+        for bad in [
+            "", "-1", "+1", "01", "0000", "10000", "99999", "1a", " 1", "1 ", "٣",
+        ] {
+            assert!(bad.parse::<Aid>().is_err(), "{bad:?} parsed");
+        }
+    }
+}

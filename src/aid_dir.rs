@@ -1,0 +1,497 @@
+//! The synchronous file logic of one aid: opening its directory safely, publishing entries
+//! atomically, reading them back and listing them. Nothing here is async; the async shell
+//! moves whole operations onto the blocking pool.
+
+use std::ffi::CStr;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use rustix::fs::{
+    AtFlags, CWD, Dir, FileType, Mode, OFlags, fstat, fsync, linkat, mkdirat, openat, unlinkat,
+};
+use rustix::io::Errno;
+use serde::de::DeserializeOwned;
+
+use crate::error::CorruptKind;
+use crate::layout::{self, DIR_MODE, FILE_MODE, STATE_DIR, TEMP_PREFIX};
+use crate::lock::LockFile;
+use crate::{Aid, Error, InstanceId, Options, State, format};
+
+/// An aid's directory and lock file, open.
+#[derive(Debug)]
+pub(crate) struct AidDir {
+    path: PathBuf,
+    dir: OwnedFd,
+    pub(crate) lock: LockFile,
+    options: Options,
+    /// Cleared the first time `O_TMPFILE` publishing fails, to go straight to the fallback.
+    tmpfile_works: AtomicBool,
+}
+
+/// Flags for every open of an existing file: never follow a link, never block on a fifo,
+/// never leak into a child.
+fn open_flags() -> OFlags {
+    OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY
+}
+
+/// Makes `name` under `parent` if missing, opens it without following links and checks that
+/// it is a directory of ours that nobody else may write.
+fn open_private_dir(parent: BorrowedFd<'_>, name: &str, path: &Path) -> Result<OwnedFd, Error> {
+    match mkdirat(parent, name, Mode::from_raw_mode(DIR_MODE)) {
+        Ok(()) | Err(Errno::EXIST) => {}
+        Err(e) => return Err(Error::io("create directory", path, e)),
+    }
+    let fd = openat(
+        parent,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | open_flags(),
+        Mode::empty(),
+    )
+    .map_err(|e| match e {
+        Errno::LOOP | Errno::NOTDIR => Error::Insecure {
+            path: path.to_owned(),
+            reason: "not a directory (a symlink or a file stands there)".into(),
+        },
+        e => Error::io("open directory", path, e),
+    })?;
+    check_private(&fd, path, FileType::Directory)?;
+    Ok(fd)
+}
+
+/// Refuses a store object that another user owns or that others may write, as ssh refuses
+/// loose key permissions: whoever can write there can forge or delete entries.
+fn check_private(fd: &OwnedFd, path: &Path, want: FileType) -> Result<(), Error> {
+    let st = fstat(fd).map_err(|e| Error::io("stat", path, e))?;
+    let insecure = |reason: String| Error::Insecure {
+        path: path.to_owned(),
+        reason,
+    };
+    if FileType::from_raw_mode(st.st_mode) != want {
+        return Err(insecure(format!("expected a {want:?}")));
+    }
+    let euid = rustix::process::geteuid().as_raw();
+    if st.st_uid != euid {
+        return Err(insecure(format!(
+            "owned by uid {}, not by uid {euid}",
+            st.st_uid
+        )));
+    }
+    if st.st_mode & 0o022 != 0 {
+        return Err(insecure(format!(
+            "mode {:o} lets others write it",
+            st.st_mode & 0o7777
+        )));
+    }
+    Ok(())
+}
+
+/// Opens `<run_dir>/state`, making it and the run directory if needed.
+pub(crate) fn open_state_dir(run_dir: &Path) -> Result<OwnedFd, Error> {
+    if !run_dir.as_os_str().is_empty() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode_0700()
+            .create(run_dir)
+            .map_err(|e| Error::io("create directory", run_dir, e))?;
+    }
+    let parent = if run_dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        run_dir
+    };
+    let run = openat(
+        CWD,
+        parent,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| Error::io("open directory", run_dir, e))?;
+    open_private_dir(run.as_fd(), STATE_DIR, &run_dir.join(STATE_DIR))
+}
+
+trait DirBuilderExt {
+    fn mode_0700(&mut self) -> &mut Self;
+}
+
+impl DirBuilderExt for std::fs::DirBuilder {
+    fn mode_0700(&mut self) -> &mut Self {
+        std::os::unix::fs::DirBuilderExt::mode(self, DIR_MODE)
+    }
+}
+
+impl AidDir {
+    /// Opens (making as needed) the aid's directory and lock file.
+    pub(crate) fn open(run_dir: &Path, aid: Aid, options: &Options) -> Result<AidDir, Error> {
+        let state = open_state_dir(run_dir)?;
+        let state_path = run_dir.join(STATE_DIR);
+        let name = aid.to_string();
+        let path = state_path.join(&name);
+        let dir = open_private_dir(state.as_fd(), &name, &path)?;
+
+        let lock_name = layout::lock_name(aid);
+        let lock_path = state_path.join(&lock_name);
+        let lock_fd = openat(
+            &state,
+            lock_name.as_str(),
+            OFlags::RDWR | OFlags::CREATE | open_flags(),
+            Mode::from_raw_mode(FILE_MODE),
+        )
+        .map_err(|e| match e {
+            Errno::LOOP => Error::Insecure {
+                path: lock_path.clone(),
+                reason: "a symlink stands there".into(),
+            },
+            e => Error::io("open lock file", &lock_path, e),
+        })?;
+        check_private(&lock_fd, &lock_path, FileType::RegularFile)?;
+
+        Ok(AidDir {
+            path,
+            dir,
+            lock: LockFile::new(lock_fd, lock_path),
+            options: options.clone(),
+            tmpfile_works: AtomicBool::new(true),
+        })
+    }
+
+    /// The directory's path, for messages.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn entry_path(&self, id: InstanceId) -> PathBuf {
+        self.path.join(id.to_string())
+    }
+
+    /// Publishes `bytes` as the entry of `id`, atomically and without overwriting.
+    pub(crate) fn save(&self, id: InstanceId, bytes: &[u8]) -> Result<(), Error> {
+        let name = layout::entry_name(id);
+        let name = layout::as_cstr(&name);
+        if self.tmpfile_works.load(Ordering::Relaxed) {
+            match self.save_tmpfile(id, name, bytes) {
+                Err(SaveError::Unsupported) => self.tmpfile_works.store(false, Ordering::Relaxed),
+                Err(SaveError::Failed(e)) => return Err(e),
+                Ok(()) => return self.sync_dir(),
+            }
+        }
+        self.save_named_temp(id, name, bytes)?;
+        self.sync_dir()
+    }
+
+    /// An unnamed file in the directory, linked in only once complete: a crash at any point
+    /// leaves either nothing or the whole entry, and no temporary file to clean up.
+    fn save_tmpfile(&self, id: InstanceId, name: &CStr, bytes: &[u8]) -> Result<(), SaveError> {
+        let fd = match openat(
+            &self.dir,
+            c".",
+            OFlags::TMPFILE | OFlags::WRONLY | OFlags::CLOEXEC,
+            Mode::from_raw_mode(FILE_MODE),
+        ) {
+            Ok(fd) => fd,
+            Err(Errno::OPNOTSUPP | Errno::ISDIR | Errno::INVAL | Errno::NOENT) => {
+                return Err(SaveError::Unsupported);
+            }
+            Err(e) => return Err(SaveError::Failed(Error::io("save", self.entry_path(id), e))),
+        };
+        let mut file = File::from(fd);
+        self.write_out(&mut file, bytes)
+            .map_err(|e| SaveError::Failed(Error::io("save", self.entry_path(id), e)))?;
+        // linkat(AT_EMPTY_PATH) needs CAP_DAC_READ_SEARCH; the /proc link works for everyone.
+        let proc_path = format!("/proc/self/fd/{}", file.as_raw_fd());
+        match linkat(
+            CWD,
+            proc_path.as_str(),
+            &self.dir,
+            name,
+            AtFlags::SYMLINK_FOLLOW,
+        ) {
+            Ok(()) => Ok(()),
+            Err(Errno::EXIST) => Err(SaveError::Failed(Error::AlreadyExists {
+                path: self.entry_path(id),
+            })),
+            // No /proc, or a file system that cannot link an unnamed file.
+            Err(Errno::NOENT | Errno::XDEV | Errno::PERM | Errno::OPNOTSUPP) => {
+                Err(SaveError::Unsupported)
+            }
+            Err(e) => Err(SaveError::Failed(Error::io("save", self.entry_path(id), e))),
+        }
+    }
+
+    /// The portable way: a named temporary file, hard-linked to its final name (link, unlike
+    /// rename, refuses to overwrite), then unlinked. A crash can leave the temporary file;
+    /// [`AidDir::sweep_temps`] removes it later.
+    fn save_named_temp(&self, id: InstanceId, name: &CStr, bytes: &[u8]) -> Result<(), Error> {
+        let temp = layout::temp_name();
+        let fd = openat(
+            &self.dir,
+            temp.as_str(),
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | open_flags(),
+            Mode::from_raw_mode(FILE_MODE),
+        )
+        .map_err(|e| Error::io("save", self.path.join(&temp), e))?;
+        let mut file = File::from(fd);
+        let linked = self
+            .write_out(&mut file, bytes)
+            .map_err(|e| Error::io("save", self.entry_path(id), e))
+            .and_then(|()| {
+                match linkat(&self.dir, temp.as_str(), &self.dir, name, AtFlags::empty()) {
+                    Ok(()) => Ok(()),
+                    Err(Errno::EXIST) => Err(Error::AlreadyExists {
+                        path: self.entry_path(id),
+                    }),
+                    Err(e) => Err(Error::io("save", self.entry_path(id), e)),
+                }
+            });
+        let removed = unlinkat(&self.dir, temp.as_str(), AtFlags::empty());
+        linked?;
+        removed.map_err(|e| Error::io("remove temporary file", self.path.join(&temp), e))
+    }
+
+    fn write_out(&self, file: &mut File, bytes: &[u8]) -> std::io::Result<()> {
+        file.write_all(bytes)?;
+        if self.options.durable {
+            file.sync_all()?;
+        }
+        Ok(())
+    }
+
+    fn sync_dir(&self) -> Result<(), Error> {
+        if self.options.durable {
+            fsync(&self.dir).map_err(|e| Error::io("sync directory", &self.path, e))?;
+        }
+        Ok(())
+    }
+
+    /// Removes the entry of `id`; `Ok(false)` if there was none.
+    pub(crate) fn destroy(&self, id: InstanceId) -> Result<bool, Error> {
+        let name = layout::entry_name(id);
+        match unlinkat(&self.dir, layout::as_cstr(&name), AtFlags::empty()) {
+            Ok(()) => self.sync_dir().map(|()| true),
+            Err(Errno::NOENT) => Ok(false),
+            Err(e) => Err(Error::io("destroy", self.entry_path(id), e)),
+        }
+    }
+
+    /// Reads and decodes the entry of `id`, reusing `buf`.
+    pub(crate) fn load<C: DeserializeOwned>(
+        &self,
+        id: InstanceId,
+        buf: &mut Vec<u8>,
+    ) -> Result<Option<State<C>>, Error> {
+        let name = layout::entry_name(id);
+        self.load_named(layout::as_cstr(&name), id, buf)
+    }
+
+    fn load_named<C: DeserializeOwned>(
+        &self,
+        name: &CStr,
+        id: InstanceId,
+        buf: &mut Vec<u8>,
+    ) -> Result<Option<State<C>>, Error> {
+        if !self.read_file(name, id, buf)? {
+            return Ok(None);
+        }
+        let state: State<C> = format::decode(buf)
+            .map_err(|why| Error::corrupt(self.entry_path(id), CorruptKind::Undecodable(why)))?;
+        if state.id != id {
+            return Err(Error::corrupt(
+                self.entry_path(id),
+                CorruptKind::IdMismatch { found: state.id },
+            ));
+        }
+        Ok(Some(state))
+    }
+
+    /// Reads a whole entry file into `buf`; `Ok(false)` if it does not exist. The size cap is
+    /// checked on the open file before a byte is read, so a huge file costs nothing.
+    fn read_file(&self, name: &CStr, id: InstanceId, buf: &mut Vec<u8>) -> Result<bool, Error> {
+        let not_a_file = || Error::corrupt(self.entry_path(id), CorruptKind::NotAFile);
+        let fd = match openat(
+            &self.dir,
+            name,
+            OFlags::RDONLY | open_flags(),
+            Mode::empty(),
+        ) {
+            Ok(fd) => fd,
+            Err(Errno::NOENT) => return Ok(false),
+            Err(Errno::LOOP | Errno::NXIO | Errno::ISDIR) => return Err(not_a_file()),
+            Err(e) => return Err(Error::io("read", self.entry_path(id), e)),
+        };
+        let st = fstat(&fd).map_err(|e| Error::io("read", self.entry_path(id), e))?;
+        if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+            return Err(not_a_file());
+        }
+        let size = st.st_size as u64;
+        let limit = self.options.max_entry_size;
+        if size > limit {
+            return Err(Error::corrupt(
+                self.entry_path(id),
+                CorruptKind::TooLarge { size, limit },
+            ));
+        }
+        buf.clear();
+        buf.reserve(size as usize);
+        // Published entries never change, so the size from fstat is the size to read; the
+        // `take` guards against a foreign file that grows while we read it.
+        File::from(fd)
+            .take(limit + 1)
+            .read_to_end(buf)
+            .map_err(|e| Error::io("read", self.entry_path(id), e))?;
+        if buf.len() as u64 > limit {
+            return Err(Error::corrupt(
+                self.entry_path(id),
+                CorruptKind::TooLarge {
+                    size: buf.len() as u64,
+                    limit,
+                },
+            ));
+        }
+        Ok(true)
+    }
+
+    /// Starts a listing of the directory's entry names.
+    pub(crate) fn scan(&self) -> Result<Scan, Error> {
+        Dir::read_from(&self.dir)
+            .map(|dir| Scan { dir, done: false })
+            .map_err(|e| Error::io("list", &self.path, e))
+    }
+
+    /// Decodes the next entries of `scan` into `out`: at most `max` files or `max_bytes` read.
+    pub(crate) fn read_batch<C: DeserializeOwned>(
+        &self,
+        scan: &mut Scan,
+        max: usize,
+        max_bytes: usize,
+        buf: &mut Vec<u8>,
+        out: &mut Vec<Result<State<C>, Error>>,
+    ) {
+        let mut bytes = 0;
+        while out.len() < max && bytes < max_bytes {
+            match scan.next_entry(&self.path) {
+                None => break,
+                Some(Err(e)) => out.push(Err(e)),
+                Some(Ok((name, id))) => {
+                    match self.load_named(&name, id, buf) {
+                        Ok(Some(state)) => out.push(Ok(state)),
+                        // Destroyed since it was listed: another holder cannot do that, but a
+                        // foreign process can; it simply is no longer an entry.
+                        Ok(None) => {}
+                        Err(e) => out.push(Err(e)),
+                    }
+                    bytes += buf.len();
+                }
+            }
+        }
+    }
+
+    /// Removes temporary files that a killed process left behind. Call it holding the lock
+    /// exclusively, so no save in progress loses its file.
+    pub(crate) fn sweep_temps(&self) -> Result<(), Error> {
+        let mut dir = Dir::read_from(&self.dir).map_err(|e| Error::io("list", &self.path, e))?;
+        while let Some(entry) = dir.read() {
+            let entry = entry.map_err(|e| Error::io("list", &self.path, e))?;
+            let name = entry.file_name();
+            if name.to_bytes().starts_with(TEMP_PREFIX) && entry.file_type() != FileType::Directory
+            {
+                match unlinkat(&self.dir, name, AtFlags::empty()) {
+                    Ok(()) | Err(Errno::NOENT) => {}
+                    Err(e) => {
+                        return Err(Error::io(
+                            "remove temporary file",
+                            self.path.join(name.to_string_lossy().as_ref()),
+                            e,
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+enum SaveError {
+    /// This way of saving does not work here; try the fallback.
+    Unsupported,
+    Failed(Error),
+}
+
+/// A listing in progress of one aid directory's entry names.
+pub(crate) struct Scan {
+    dir: Dir,
+    done: bool,
+}
+
+impl Scan {
+    /// The next name that is an entry's, skipping foreign names. `None` at the end.
+    pub(crate) fn next_entry(
+        &mut self,
+        path: &Path,
+    ) -> Option<Result<(std::ffi::CString, InstanceId), Error>> {
+        while !self.done {
+            match self.dir.read() {
+                None => self.done = true,
+                Some(Err(e)) => {
+                    self.done = true;
+                    return Some(Err(Error::io("list", path, e)));
+                }
+                Some(Ok(entry)) => {
+                    if let Some(id) = layout::parse_entry_name(entry.file_name()) {
+                        return Some(Ok((entry.file_name().to_owned(), id)));
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// Whether the listing has reached its end.
+    pub(crate) fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// The next entry's id, skipping foreign names.
+    pub(crate) fn next_id(&mut self, path: &Path) -> Option<Result<InstanceId, Error>> {
+        self.next_entry(path).map(|r| r.map(|(_, id)| id))
+    }
+}
+
+/// The aids that have a directory under `<run_dir>/state`, ascending. Junk is skipped.
+pub(crate) fn list_aids(run_dir: &Path) -> Result<Vec<Aid>, Error> {
+    let state_path = run_dir.join(STATE_DIR);
+    let fd = match openat(
+        CWD,
+        &state_path,
+        OFlags::RDONLY | OFlags::DIRECTORY | open_flags(),
+        Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(Errno::NOENT) => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io("list", &state_path, e)),
+    };
+    let mut dir = Dir::new(fd).map_err(|e| Error::io("list", &state_path, e))?;
+    let mut aids = Vec::new();
+    while let Some(entry) = dir.read() {
+        let entry = entry.map_err(|e| Error::io("list", &state_path, e))?;
+        let Some(aid) = layout::parse_aid_name(entry.file_name().to_bytes()) else {
+            continue;
+        };
+        let is_dir = match entry.file_type() {
+            FileType::Directory => true,
+            FileType::Unknown => rustix::fs::statat(
+                dir.fd().map_err(|e| Error::io("list", &state_path, e))?,
+                entry.file_name(),
+                AtFlags::SYMLINK_NOFOLLOW,
+            )
+            .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Directory),
+            _ => false,
+        };
+        if is_dir {
+            aids.push(aid);
+        }
+    }
+    aids.sort_unstable();
+    Ok(aids)
+}

@@ -1,0 +1,124 @@
+//! Lazy streams that fill batches on the blocking pool: one hop per batch, never per file,
+//! and at most one batch in memory.
+
+use std::sync::Arc;
+
+use futures::stream::{self, Stream, StreamExt};
+use serde::de::DeserializeOwned;
+
+use crate::aid_dir::Scan;
+use crate::hold::Hold;
+use crate::{Error, InstanceId, State, blocking};
+
+/// Entries decoded per hop at most.
+const BATCH_FILES: usize = 128;
+/// Bytes read per hop at most, so large entries make smaller batches.
+const BATCH_BYTES: usize = 512 << 10;
+
+/// The work behind one stream, run a batch at a time on the blocking pool.
+pub(crate) trait Batcher: Send + 'static {
+    type Item: Send + 'static;
+    /// Appends the next items; returns `false` once there are no more after these.
+    fn fill(&mut self, out: &mut Vec<Result<Self::Item, Error>>) -> bool;
+}
+
+/// Turns a batcher into a stream. Nothing runs until the stream is polled.
+pub(crate) fn stream<B: Batcher>(
+    op: &'static str,
+    batcher: B,
+) -> impl Stream<Item = Result<B::Item, Error>> + Send {
+    stream::unfold(Some(batcher), move |batcher| async move {
+        let mut batcher = batcher?;
+        let hop = blocking::spawn(op, move || {
+            let mut out = Vec::new();
+            let more = batcher.fill(&mut out);
+            (batcher, out, more)
+        });
+        match hop.await {
+            Ok((batcher, out, more)) => Some((out, more.then_some(batcher))),
+            Err(e) => Some((vec![Err(e)], None)),
+        }
+    })
+    .flat_map(stream::iter)
+}
+
+/// Where a listing of one held aid stands.
+pub(crate) struct Listing {
+    pub(crate) hold: Arc<Hold>,
+    scan: Option<Scan>,
+}
+
+impl Listing {
+    pub(crate) fn new(hold: Arc<Hold>) -> Listing {
+        Listing { hold, scan: None }
+    }
+
+    /// The open scan, opened on first use.
+    fn scan(&mut self) -> Result<&mut Scan, Error> {
+        if self.scan.is_none() {
+            self.scan = Some(self.hold.dir.scan()?);
+        }
+        // Set just above when it was missing.
+        self.scan.as_mut().ok_or(Error::Closed)
+    }
+}
+
+/// Entry ids of one aid.
+pub(crate) struct Ids(pub(crate) Listing);
+
+impl Batcher for Ids {
+    type Item = InstanceId;
+
+    fn fill(&mut self, out: &mut Vec<Result<InstanceId, Error>>) -> bool {
+        let hold = self.0.hold.clone();
+        let scan = match self.0.scan() {
+            Ok(scan) => scan,
+            Err(e) => {
+                out.push(Err(e));
+                return false;
+            }
+        };
+        while out.len() < BATCH_FILES * 8 {
+            match scan.next_id(hold.dir.path()) {
+                Some(item) => out.push(item),
+                None => return false,
+            }
+        }
+        true
+    }
+}
+
+/// Decoded entries of one aid.
+pub(crate) struct Entries<C> {
+    pub(crate) listing: Listing,
+    buf: Vec<u8>,
+    _config: std::marker::PhantomData<fn() -> C>,
+}
+
+impl<C> Entries<C> {
+    pub(crate) fn new(listing: Listing) -> Entries<C> {
+        Entries {
+            listing,
+            buf: Vec::new(),
+            _config: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<C: DeserializeOwned + Send + 'static> Batcher for Entries<C> {
+    type Item = State<C>;
+
+    fn fill(&mut self, out: &mut Vec<Result<State<C>, Error>>) -> bool {
+        let hold = self.listing.hold.clone();
+        let scan = match self.listing.scan() {
+            Ok(scan) => scan,
+            Err(e) => {
+                out.push(Err(e));
+                return false;
+            }
+        };
+        hold.dir
+            .read_batch(scan, BATCH_FILES, BATCH_BYTES, &mut self.buf, out);
+        !scan.is_done()
+    }
+}

@@ -1,0 +1,153 @@
+//! What a closure passed to [`AsyncStore::with_aid`](crate::AsyncStore::with_aid) works with.
+
+use std::collections::BTreeMap;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use futures::Stream;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::batch::{self, Listing};
+use crate::hold::Hold;
+use crate::{Aid, Error, InstanceId, State, blocking, format};
+
+/// Access to one aid's entries while its lock is held.
+///
+/// A cursor exists only inside the closure given to
+/// [`AsyncStore::with_aid`](crate::AsyncStore::with_aid), which lends it as `&mut Cursor`: the
+/// borrow checker keeps it from escaping, so it cannot be used after the lock is released.
+///
+/// Every method is one logical operation on tokio's blocking pool. Dropping its future at
+/// any point is safe: the operation either completes or has no effect, and the lock is
+/// released only after it has finished.
+#[derive(Debug)]
+pub struct Cursor<C> {
+    hold: Arc<Hold>,
+    /// The size of the last encoded entry, to allocate the next one's buffer in one go.
+    last_len: usize,
+    _config: PhantomData<fn() -> C>,
+}
+
+impl<C> Cursor<C>
+where
+    C: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    pub(crate) fn new(hold: Arc<Hold>) -> Cursor<C> {
+        Cursor {
+            hold,
+            last_len: 256,
+            _config: PhantomData,
+        }
+    }
+
+    /// The aid this cursor holds.
+    pub fn aid(&self) -> Aid {
+        self.hold.aid
+    }
+
+    /// Saves a new entry, atomically: no reader and no crash ever sees part of it.
+    ///
+    /// Fails with [`Error::AlreadyExists`] if the id has an entry already, which stays as it
+    /// was. With [`Options::durable`](crate::Options::durable), the entry is on disk when
+    /// this returns.
+    pub async fn save(&mut self, state: &State<C>) -> Result<(), Error> {
+        let mut bytes = Vec::with_capacity(self.last_len);
+        format::encode(state, &mut bytes).map_err(|reason| Error::Encode {
+            path: self.hold.dir.path().join(state.id.to_string()),
+            reason,
+        })?;
+        self.last_len = bytes.len();
+        let (hold, id) = (self.hold.clone(), state.id);
+        blocking::run("save", move || hold.dir.save(id, &bytes)).await
+    }
+
+    /// Removes the entry of `id`. Returns whether it existed.
+    pub async fn destroy(&mut self, id: InstanceId) -> Result<bool, Error> {
+        let hold = self.hold.clone();
+        blocking::run("destroy", move || hold.dir.destroy(id)).await
+    }
+
+    /// Reads the entry of `id`, or `None` if there is none.
+    pub async fn load(&mut self, id: InstanceId) -> Result<Option<State<C>>, Error> {
+        let hold = self.hold.clone();
+        blocking::run("load", move || hold.dir.load(id, &mut Vec::new())).await
+    }
+
+    /// Counts the entries by their file names, without reading them.
+    pub async fn len(&mut self) -> Result<usize, Error> {
+        let hold = self.hold.clone();
+        blocking::run("len", move || {
+            let mut scan = hold.dir.scan()?;
+            let mut n = 0;
+            while let Some(id) = scan.next_id(hold.dir.path()) {
+                id?;
+                n += 1;
+            }
+            Ok(n)
+        })
+        .await
+    }
+
+    /// Whether the aid has no entries.
+    pub async fn is_empty(&mut self) -> Result<bool, Error> {
+        self.len().await.map(|n| n == 0)
+    }
+
+    /// Streams the ids of the entries, in directory order, without reading the files.
+    ///
+    /// Lazy: names are read in batches as the stream is polled. Foreign names are skipped.
+    pub fn ids(&mut self) -> impl Stream<Item = Result<InstanceId, Error>> + Send + '_ {
+        batch::stream("ids", batch::Ids(Listing::new(self.hold.clone())))
+    }
+
+    /// Streams the entries, decoded, in directory order.
+    ///
+    /// Lazy and bounded in memory: files are read and decoded in batches on the blocking
+    /// pool as the stream is polled. A file that is not a valid entry is one
+    /// [`Error::Corrupt`] item naming it, and the stream goes on.
+    ///
+    /// ```
+    /// # use runstate::{Aid, AsyncStore, Error, InstanceId, State};
+    /// use futures::TryStreamExt;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Error> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let store = AsyncStore::<String>::new(dir.path());
+    /// let pids = store
+    ///     .with_aid(Aid::new(3)?, async |cursor| {
+    ///         cursor.save(&State::new(InstanceId::random(), 100, "a".to_string())).await?;
+    ///         cursor.entries().map_ok(|state| state.pid).try_collect::<Vec<u32>>().await
+    ///     })
+    ///     .await?;
+    /// assert_eq!(pids, [100]);
+    /// # Ok(()) }
+    /// ```
+    pub fn entries(&mut self) -> impl Stream<Item = Result<State<C>, Error>> + Send + '_ {
+        batch::stream(
+            "entries",
+            batch::Entries::new(Listing::new(self.hold.clone())),
+        )
+    }
+
+    /// Reads every entry, or fails with the first error.
+    pub async fn load_all(&mut self) -> Result<BTreeMap<InstanceId, State<C>>, Error> {
+        let hold = self.hold.clone();
+        blocking::run("load_all", move || {
+            let mut scan = hold.dir.scan()?;
+            let (mut buf, mut batch, mut all) = (Vec::new(), Vec::new(), BTreeMap::new());
+            loop {
+                hold.dir
+                    .read_batch::<C>(&mut scan, 256, usize::MAX, &mut buf, &mut batch);
+                for state in batch.drain(..) {
+                    let state = state?;
+                    all.insert(state.id, state);
+                }
+                if scan.is_done() {
+                    return Ok(all);
+                }
+            }
+        })
+        .await
+    }
+}

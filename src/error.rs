@@ -1,0 +1,154 @@
+//! The one error type of the crate.
+
+use std::io;
+use std::path::PathBuf;
+
+/// Everything that can go wrong in the store.
+///
+/// Each variant says what failed and, where a file is involved, on which path. The enum is
+/// `#[non_exhaustive]`: match the variants you act on and keep a catch-all arm.
+///
+/// ```
+/// use runstate::{Aid, Error};
+///
+/// let err = Aid::new(10_000).unwrap_err();
+/// assert!(matches!(err, Error::InvalidAid { .. }));
+/// assert_eq!(err.to_string(), "invalid aid 10000: an aid is a number from 0 to 9999");
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An application id outside `0..=9999`, or text that is not one.
+    #[error("invalid aid {input}: an aid is a number from 0 to 9999")]
+    InvalidAid {
+        /// The rejected value, as given.
+        input: String,
+    },
+
+    /// Text that is not exactly 32 lowercase hexadecimal digits.
+    #[error("invalid instance id {input:?}: {reason}")]
+    InvalidInstanceId {
+        /// The rejected text (cut to 64 characters).
+        input: String,
+        /// Why it was rejected.
+        reason: &'static str,
+    },
+
+    /// `save` found an entry with the same instance id; the existing file was left untouched.
+    #[error("an entry already exists at {path}")]
+    AlreadyExists {
+        /// The existing entry file.
+        path: PathBuf,
+    },
+
+    /// A file in the store that cannot be an entry: the stream or listing goes on past it.
+    #[error("corrupt entry {path}: {kind}")]
+    Corrupt {
+        /// The offending file.
+        path: PathBuf,
+        /// What is wrong with it.
+        kind: CorruptKind,
+    },
+
+    /// The store's own directory or lock file is not safe to trust (wrong type, owner or mode).
+    #[error("refusing to use {path}: {reason}")]
+    Insecure {
+        /// The offending directory or file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// The config could not be encoded as MessagePack (a serde `Serialize` impl failed).
+    #[error("cannot encode the entry for {path}: {reason}")]
+    Encode {
+        /// The entry file it was meant for.
+        path: PathBuf,
+        /// The encoder's message.
+        reason: String,
+    },
+
+    /// The store was closed with [`AsyncStore::close`](crate::AsyncStore::close).
+    #[error("the store is closed")]
+    Closed,
+
+    /// A system call failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// The operation that failed, such as `"save"` or `"lock"`.
+        op: &'static str,
+        /// The file or directory it was working on.
+        path: PathBuf,
+        /// The error from the operating system.
+        #[source]
+        source: io::Error,
+    },
+
+    /// Work moved to tokio's blocking pool panicked or was cancelled by a runtime shutdown.
+    #[error("{op}: blocking task {}", if *.panicked { "panicked" } else { "was cancelled" })]
+    Blocking {
+        /// The operation that was running.
+        op: &'static str,
+        /// `true` for a panic, `false` for a cancellation.
+        panicked: bool,
+    },
+}
+
+/// Why a file in an aid directory is not a valid entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CorruptKind {
+    /// Not a regular file (a directory, symlink, fifo, ...); it was not followed or opened for data.
+    NotAFile,
+    /// Larger than the store's entry size cap; it was not read.
+    TooLarge {
+        /// The file's size in bytes.
+        size: u64,
+        /// The cap in force ([`Options::max_entry_size`](crate::Options::max_entry_size)).
+        limit: u64,
+    },
+    /// The bytes are not an entry in any format version this crate reads.
+    Undecodable(String),
+    /// The entry decoded, but the id inside differs from the file name.
+    IdMismatch {
+        /// The id found inside the file.
+        found: crate::InstanceId,
+    },
+}
+
+impl std::fmt::Display for CorruptKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CorruptKind::NotAFile => f.write_str("not a regular file"),
+            CorruptKind::TooLarge { size, limit } => {
+                write!(f, "{size} bytes is over the {limit}-byte entry size cap")
+            }
+            CorruptKind::Undecodable(why) => write!(f, "cannot decode: {why}"),
+            CorruptKind::IdMismatch { found } => write!(f, "holds the entry of {found}"),
+        }
+    }
+}
+
+impl Error {
+    pub(crate) fn io(
+        op: &'static str,
+        path: impl Into<PathBuf>,
+        source: impl Into<io::Error>,
+    ) -> Self {
+        Error::Io {
+            op,
+            path: path.into(),
+            source: source.into(),
+        }
+    }
+
+    pub(crate) fn corrupt(path: impl Into<PathBuf>, kind: CorruptKind) -> Self {
+        Error::Corrupt {
+            path: path.into(),
+            kind,
+        }
+    }
+}
+
+/// The crate's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

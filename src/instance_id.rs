@@ -1,0 +1,232 @@
+//! 128-bit instance ids and their strict text form.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::{Deserialize, Serialize, Serializer};
+
+use crate::Error;
+
+/// The 128-bit id of one running instance; an entry's file name is its text form.
+///
+/// The text form is exactly 32 lowercase hexadecimal digits, and [`FromStr`] accepts nothing
+/// else: no uppercase, no separators, no prefix, no other length.
+///
+/// With serde, human-readable formats (JSON, TOML) get the text form and binary formats
+/// (MessagePack) get the 16 raw bytes.
+///
+/// ```
+/// use runstate::InstanceId;
+///
+/// let id = InstanceId::from_bytes([0xab; 16]);
+/// assert_eq!(id.to_string(), "abababababababababababababababab");
+/// assert_eq!(id.to_string().parse::<InstanceId>()?, id);
+/// assert!("ABABABABABABABABABABABABABABABAB".parse::<InstanceId>().is_err());
+/// assert_ne!(InstanceId::random(), InstanceId::random());
+/// # Ok::<(), runstate::Error>(())
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct InstanceId([u8; 16]);
+
+/// The length of an id's text form.
+pub(crate) const TEXT_LEN: usize = 32;
+
+impl InstanceId {
+    /// A fresh id from the operating system's secure random source (`getrandom(2)`).
+    ///
+    /// # Panics
+    ///
+    /// Only if the kernel has no `getrandom` at all (Linux before 3.17), where no id could
+    /// be made safely.
+    pub fn random() -> InstanceId {
+        let mut bytes = [0u8; 16];
+        let mut filled = 0;
+        while filled < bytes.len() {
+            match rustix::rand::getrandom(
+                &mut bytes[filled..],
+                rustix::rand::GetRandomFlags::empty(),
+            ) {
+                Ok(n) => filled += n,
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => panic!("getrandom(2) failed: {e}"),
+            }
+        }
+        InstanceId(bytes)
+    }
+
+    /// The id with these bytes.
+    pub const fn from_bytes(bytes: [u8; 16]) -> InstanceId {
+        InstanceId(bytes)
+    }
+
+    /// The id's bytes.
+    pub const fn as_bytes(&self) -> &[u8; 16] {
+        &self.0
+    }
+
+    /// The text form, without allocating.
+    pub(crate) fn to_hex(self) -> [u8; TEXT_LEN] {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [0u8; TEXT_LEN];
+        for (i, b) in self.0.iter().enumerate() {
+            out[2 * i] = DIGITS[usize::from(b >> 4)];
+            out[2 * i + 1] = DIGITS[usize::from(b & 0xf)];
+        }
+        out
+    }
+
+    /// Parses a text form, or says why it is not one.
+    pub(crate) fn parse_hex(text: &[u8]) -> Result<InstanceId, &'static str> {
+        if text.len() != TEXT_LEN {
+            return Err("an instance id is exactly 32 hexadecimal digits");
+        }
+        let mut bytes = [0u8; 16];
+        for (i, pair) in text.chunks_exact(2).enumerate() {
+            bytes[i] = (nibble(pair[0])? << 4) | nibble(pair[1])?;
+        }
+        Ok(InstanceId(bytes))
+    }
+}
+
+fn nibble(c: u8) -> Result<u8, &'static str> {
+    match c {
+        b'0'..=b'9' => Ok(c - b'0'),
+        b'a'..=b'f' => Ok(c - b'a' + 10),
+        _ => Err("an instance id has only the digits 0-9 and a-f"),
+    }
+}
+
+impl fmt::Display for InstanceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let hex = self.to_hex();
+        // to_hex writes ASCII digits only.
+        f.write_str(std::str::from_utf8(&hex).map_err(|_| fmt::Error)?)
+    }
+}
+
+impl fmt::Debug for InstanceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "InstanceId({self})")
+    }
+}
+
+impl FromStr for InstanceId {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<InstanceId, Error> {
+        InstanceId::parse_hex(s.as_bytes()).map_err(|reason| Error::InvalidInstanceId {
+            input: s.chars().take(64).collect(),
+            reason,
+        })
+    }
+}
+
+impl From<[u8; 16]> for InstanceId {
+    fn from(bytes: [u8; 16]) -> InstanceId {
+        InstanceId(bytes)
+    }
+}
+
+impl From<InstanceId> for [u8; 16] {
+    fn from(id: InstanceId) -> [u8; 16] {
+        id.0
+    }
+}
+
+impl Serialize for InstanceId {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if serializer.is_human_readable() {
+            serializer.collect_str(self)
+        } else {
+            serializer.serialize_bytes(&self.0)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for InstanceId {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<InstanceId, D::Error> {
+        struct IdVisitor;
+
+        impl<'de> Visitor<'de> for IdVisitor {
+            type Value = InstanceId;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("16 bytes or 32 lowercase hexadecimal digits")
+            }
+
+            fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<InstanceId, E> {
+                <[u8; 16]>::try_from(v)
+                    .map(InstanceId)
+                    .map_err(|_| E::invalid_length(v.len(), &self))
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<InstanceId, E> {
+                InstanceId::parse_hex(v.as_bytes()).map_err(|why| E::custom(why))
+            }
+
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<InstanceId, A::Error> {
+                let mut bytes = [0u8; 16];
+                for (i, b) in bytes.iter_mut().enumerate() {
+                    *b = seq
+                        .next_element()?
+                        .ok_or_else(|| de::Error::invalid_length(i, &self))?;
+                }
+                if seq.next_element::<de::IgnoredAny>()?.is_some() {
+                    return Err(de::Error::invalid_length(17, &self));
+                }
+                Ok(InstanceId(bytes))
+            }
+        }
+
+        if deserializer.is_human_readable() {
+            deserializer.deserialize_str(IdVisitor)
+        } else {
+            deserializer.deserialize_bytes(IdVisitor)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_round_trip() {
+        let id = InstanceId::from_bytes(
+            *b"\x00\x01\x02\x03\x04\x05\x06\x07\x08\x09\x0a\x0b\x0c\x0d\x0e\xff",
+        );
+        assert_eq!(id.to_string(), "000102030405060708090a0b0c0d0eff");
+        assert_eq!(id.to_string().parse::<InstanceId>().unwrap(), id);
+    }
+
+    #[test]
+    fn loose_forms_are_rejected() {
+        let good = "000102030405060708090a0b0c0d0eff";
+        for bad in [
+            "",
+            &good[1..],
+            &format!("{good}0"),
+            "000102030405060708090A0B0C0D0EFF",
+            "00010203:0405060708090a0b0c0d0eff",
+            "0001020304050607080g0a0b0c0d0eff",
+            "A00102030405060708090a0b0c0d0ef",
+            " 00102030405060708090a0b0c0d0eff",
+            "+0102030405060708090a0b0c0d0eff0",
+        ] {
+            assert!(
+                matches!(
+                    bad.parse::<InstanceId>(),
+                    Err(Error::InvalidInstanceId { .. })
+                ),
+                "{bad:?} parsed"
+            );
+        }
+    }
+
+    #[test]
+    fn random_ids_differ() {
+        let ids: std::collections::HashSet<_> = (0..1000).map(|_| InstanceId::random()).collect();
+        assert_eq!(ids.len(), 1000);
+    }
+}

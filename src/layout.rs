@@ -1,0 +1,93 @@
+//! Where things live under the run directory, and which names are ours.
+//!
+//! ```text
+//! <run_dir>/state/               0700, made on first use
+//! <run_dir>/state/<aid>/         0700, one per aid ("0" to "9999", no leading zeros)
+//! <run_dir>/state/<aid>/<id>     0600, one entry file per instance (32 lowercase hex digits)
+//! <run_dir>/state/<aid>/.tmp-<hex>  a save in progress, only where O_TMPFILE is unavailable
+//! <run_dir>/state/<aid>.lock     0600, empty; flock(2) on it excludes other processes
+//! ```
+//!
+//! Every other name is foreign: listings skip it and nothing deletes it.
+
+use std::ffi::CStr;
+
+use crate::instance_id::TEXT_LEN;
+use crate::{Aid, InstanceId};
+
+/// The directory under the run directory that holds everything.
+pub(crate) const STATE_DIR: &str = "state";
+
+/// Prefix of the named temporary files of the fallback save path.
+pub(crate) const TEMP_PREFIX: &[u8] = b".tmp-";
+
+/// Mode of the directories the store makes.
+pub(crate) const DIR_MODE: u32 = 0o700;
+
+/// Mode of the files the store makes.
+pub(crate) const FILE_MODE: u32 = 0o600;
+
+/// The lock file's name in the state directory.
+pub(crate) fn lock_name(aid: Aid) -> String {
+    format!("{aid}.lock")
+}
+
+/// The aid a state directory entry names, if it is an aid directory's name.
+pub(crate) fn parse_aid_name(name: &[u8]) -> Option<Aid> {
+    std::str::from_utf8(name).ok()?.parse().ok()
+}
+
+/// The id an aid directory entry names, if it is an entry file's name.
+pub(crate) fn parse_entry_name(name: &CStr) -> Option<InstanceId> {
+    let bytes = name.to_bytes();
+    if bytes.len() != TEXT_LEN {
+        return None;
+    }
+    InstanceId::parse_hex(bytes).ok()
+}
+
+/// An entry file's name, NUL-terminated so system calls take it without copying.
+pub(crate) fn entry_name(id: InstanceId) -> [u8; TEXT_LEN + 1] {
+    let mut out = [0u8; TEXT_LEN + 1];
+    out[..TEXT_LEN].copy_from_slice(&id.to_hex());
+    out
+}
+
+/// Views a name made by [`entry_name`] as a C string.
+pub(crate) fn as_cstr(name: &[u8; TEXT_LEN + 1]) -> &CStr {
+    // entry_name writes hex digits and exactly one trailing NUL.
+    CStr::from_bytes_with_nul(name).unwrap_or(c"")
+}
+
+/// A name for a fallback temporary file.
+pub(crate) fn temp_name() -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(TEMP_PREFIX),
+        InstanceId::random()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_foreign_names_are_not_ours() {
+        let id = InstanceId::from_bytes([0x5a; 16]);
+        let name = entry_name(id);
+        assert_eq!(parse_entry_name(as_cstr(&name)), Some(id));
+        for foreign in [
+            c".tmp-5a5a",
+            c"5a5a",
+            c"README",
+            c"5A5A5A5A5A5A5A5A5A5A5A5A5A5A5A5A",
+        ] {
+            assert_eq!(parse_entry_name(foreign), None);
+        }
+        assert_eq!(parse_aid_name(b"17"), Some(Aid::new(17).unwrap()));
+        for junk in [&b"017"[..], b"17.lock", b"10000", b"-1", b"x", b""] {
+            assert_eq!(parse_aid_name(junk), None);
+        }
+    }
+}

@@ -1,0 +1,61 @@
+//! Store settings.
+
+/// How a store behaves; pass it to [`AsyncStore::with_options`](crate::AsyncStore::with_options).
+///
+/// ```
+/// use runstate::{AsyncStore, Options};
+///
+/// // On a disk rather than tmpfs, where a power cut should not lose saved entries.
+/// let store: AsyncStore<String> =
+///     AsyncStore::with_options("/var/lib/launcher", Options::new().durable(true));
+/// assert!(store.options().is_durable());
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Options {
+    pub(crate) durable: bool,
+    pub(crate) max_entry_size: u64,
+}
+
+impl Options {
+    /// The default size cap of one entry file: 1 MiB.
+    pub const DEFAULT_MAX_ENTRY_SIZE: u64 = 1 << 20;
+
+    /// The defaults: not durable, 1 MiB entry cap.
+    pub fn new() -> Options {
+        Options {
+            durable: false,
+            max_entry_size: Self::DEFAULT_MAX_ENTRY_SIZE,
+        }
+    }
+
+    /// With `true`, `save` fsyncs the entry file and its directory, and `destroy` the directory,
+    /// before returning. Off by default: the store normally lives on tmpfs under `/run`, where
+    /// fsync does nothing and entries do not outlive a reboot anyway.
+    pub fn durable(mut self, on: bool) -> Options {
+        self.durable = on;
+        self
+    }
+
+    /// Entry files larger than `bytes` are reported as [`Corrupt`](crate::Error::Corrupt)
+    /// without being read. The cap bounds the memory a hostile file can make a reader use.
+    pub fn max_entry_size(mut self, bytes: u64) -> Options {
+        self.max_entry_size = bytes;
+        self
+    }
+
+    /// Whether saves and destroys are fsynced.
+    pub fn is_durable(&self) -> bool {
+        self.durable
+    }
+
+    /// The entry size cap in bytes.
+    pub fn entry_size_cap(&self) -> u64 {
+        self.max_entry_size
+    }
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options::new()
+    }
+}

@@ -1,0 +1,186 @@
+//! The async store: the public entry point.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use futures::stream::{self, Stream, StreamExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::batch::{self, Listing};
+use crate::hold::Locks;
+use crate::{Aid, Cursor, Error, Options, State, aid_dir, blocking};
+
+/// A store of running instances under one run directory, shared by every task and process
+/// that opens the same directory.
+///
+/// Cloning is cheap and clones share everything: locks, open files and the closed state.
+/// `C` is the application's configuration type, stored inside each entry.
+///
+/// ```
+/// use runstate::{Aid, AsyncStore, Error, InstanceId, State};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Error> {
+/// # let dir = tempfile::tempdir().unwrap();
+/// let store = AsyncStore::<Vec<String>>::new(dir.path());
+/// let aid = Aid::new(7)?;
+/// let id = InstanceId::random();
+///
+/// store
+///     .with_aid(aid, async |cursor| {
+///         cursor.save(&State::new(id, 4242, vec!["sleep".into(), "60".into()])).await
+///     })
+///     .await?;
+///
+/// let count = store.with_aid(aid, async |cursor| cursor.len().await).await?;
+/// assert_eq!(count, 1);
+/// assert_eq!(store.aids().await?, [aid]);
+/// store.close().await?;
+/// # Ok(()) }
+/// ```
+pub struct AsyncStore<C> {
+    locks: Arc<Locks>,
+    _config: PhantomData<fn(C) -> C>,
+}
+
+impl<C> Clone for AsyncStore<C> {
+    fn clone(&self) -> Self {
+        AsyncStore {
+            locks: self.locks.clone(),
+            _config: PhantomData,
+        }
+    }
+}
+
+impl<C> fmt::Debug for AsyncStore<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AsyncStore")
+            .field("run_dir", &self.locks.run_dir)
+            .field("options", &self.locks.options)
+            .field("closed", &self.locks.is_closed())
+            .finish()
+    }
+}
+
+impl<C> AsyncStore<C>
+where
+    C: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    /// A store under `run_dir`, with default [`Options`]. Does no I/O: directories are made
+    /// on first use, so this cannot fail.
+    pub fn new(run_dir: impl Into<PathBuf>) -> AsyncStore<C> {
+        AsyncStore::with_options(run_dir, Options::new())
+    }
+
+    /// A store under `run_dir` with the given options. Does no I/O.
+    pub fn with_options(run_dir: impl Into<PathBuf>, options: Options) -> AsyncStore<C> {
+        AsyncStore {
+            locks: Arc::new(Locks::new(run_dir.into(), options)),
+            _config: PhantomData,
+        }
+    }
+
+    /// The run directory; entries live under `<run_dir>/state`.
+    pub fn run_dir(&self) -> &Path {
+        &self.locks.run_dir
+    }
+
+    /// The options the store was made with.
+    pub fn options(&self) -> &Options {
+        &self.locks.options
+    }
+
+    /// Runs `f` while holding the aid's lock exclusively, against every other task of this
+    /// process (first come, first served) and every other process.
+    ///
+    /// The lock is released when `f` returns, when it panics, and when this future is
+    /// dropped, at whatever point; if the lock is granted after its waiter was dropped, it
+    /// is released at once. Different aids never wait for each other.
+    ///
+    /// `f` returns `Result<T, E>` for any `E: From<Error>`, so store errors and the caller's
+    /// own errors travel in one type, as with sqlx's `transaction`.
+    ///
+    /// ```
+    /// # use runstate::{Aid, AsyncStore, Error, InstanceId, State};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Error> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let store = AsyncStore::<u32>::new(dir.path());
+    /// let id = InstanceId::random();
+    /// // Read-modify-write, safe against every other task and process.
+    /// store
+    ///     .with_aid(Aid::new(0)?, async |cursor| {
+    ///         let old = cursor.load(id).await?.map_or(0, |s| s.config);
+    ///         cursor.destroy(id).await?;
+    ///         cursor.save(&State::new(id, std::process::id(), old + 1)).await
+    ///     })
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn with_aid<T, E>(
+        &self,
+        aid: Aid,
+        f: impl AsyncFnOnce(&mut Cursor<C>) -> Result<T, E>,
+    ) -> Result<T, E>
+    where
+        E: From<Error>,
+    {
+        let hold = self.locks.hold(aid).await?;
+        let mut cursor = Cursor::new(hold);
+        f(&mut cursor).await
+    }
+
+    /// The aids that have a directory in the store, ascending. Names that are not aids are
+    /// skipped. An aid whose instances have all been destroyed is still listed.
+    pub async fn aids(&self) -> Result<Vec<Aid>, Error> {
+        let _open = self.locks.enter()?;
+        let run_dir = self.locks.run_dir.clone();
+        blocking::run("aids", move || aid_dir::list_aids(&run_dir)).await
+    }
+
+    /// Streams every entry of every aid, in aid order, holding each aid's lock while it is
+    /// read.
+    ///
+    /// Lazy and bounded in memory like [`Cursor::entries`]. An error about one aid or one
+    /// file is one item, and the stream goes on with the rest.
+    pub fn entries(&self) -> impl Stream<Item = Result<(Aid, State<C>), Error>> + Send + '_ {
+        stream::once(self.aids())
+            .flat_map(|aids| match aids {
+                Ok(aids) => stream::iter(aids).map(Ok).left_stream(),
+                Err(e) => stream::iter([Err(e)]).right_stream(),
+            })
+            .flat_map(move |aid| match aid {
+                Ok(aid) => self.aid_entries(aid).left_stream(),
+                Err(e) => stream::iter([Err(e)]).right_stream(),
+            })
+    }
+
+    /// One aid's entries, under its lock, paired with the aid.
+    fn aid_entries(
+        &self,
+        aid: Aid,
+    ) -> impl Stream<Item = Result<(Aid, State<C>), Error>> + Send + '_ {
+        stream::once(self.locks.hold(aid)).flat_map(move |hold| match hold {
+            Ok(hold) => batch::stream("entries", batch::Entries::<C>::new(Listing::new(hold)))
+                .map(move |item| item.map(|state| (aid, state)))
+                .left_stream(),
+            Err(e) => stream::iter([Err(e)]).right_stream(),
+        })
+    }
+
+    /// Waits for the `with_aid` calls in flight, then closes every file the store holds.
+    /// From then on every call on this store and its clones fails with [`Error::Closed`].
+    /// Closing twice is fine.
+    pub async fn close(&self) -> Result<(), Error> {
+        self.locks.close().await;
+        Ok(())
+    }
+
+    /// Whether [`close`](AsyncStore::close) has been called.
+    pub fn is_closed(&self) -> bool {
+        self.locks.is_closed()
+    }
+}
