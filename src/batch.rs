@@ -56,7 +56,7 @@ impl Listing {
     /// The open scan, opened on first use.
     fn scan(&mut self) -> Result<&mut Scan, Error> {
         if self.scan.is_none() {
-            self.scan = Some(self.hold.dir.scan()?);
+            self.scan = Some(self.hold.dir().scan()?);
         }
         // Set just above when it was missing.
         self.scan.as_mut().ok_or(Error::Closed)
@@ -79,7 +79,7 @@ impl Batcher for Ids {
             }
         };
         while out.len() < BATCH_FILES * 8 {
-            match scan.next_id(hold.dir.path()) {
+            match scan.next_id(hold.dir().path()) {
                 Some(item) => out.push(item),
                 None => return false,
             }
@@ -117,7 +117,7 @@ impl<C: DeserializeOwned + Send + 'static> Batcher for Entries<C> {
                 return false;
             }
         };
-        hold.dir
+        hold.dir()
             .read_batch(scan, BATCH_FILES, BATCH_BYTES, &mut self.buf, out);
         !scan.is_done()
     }

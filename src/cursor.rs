@@ -1,7 +1,8 @@
-//! What a closure passed to [`AsyncStore::with_aid`](crate::AsyncStore::with_aid) works with.
+//! What the closures passed to `with_aid` and `with_aid_shared` work with.
 
 use std::collections::BTreeMap;
 use std::marker::PhantomData;
+use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 
 use futures::Stream;
@@ -12,21 +13,47 @@ use crate::batch::{self, Listing};
 use crate::hold::Hold;
 use crate::{Aid, Error, InstanceId, State, blocking, format};
 
-/// Access to one aid's entries while its lock is held.
+/// Read access to one aid's entries while its lock is held, shared or exclusive.
+///
+/// A read cursor exists only inside the closure given to
+/// [`AsyncStore::with_aid_shared`](crate::AsyncStore::with_aid_shared) (and, through
+/// [`Cursor`]'s `Deref`, inside [`with_aid`](crate::AsyncStore::with_aid)), which lends it as
+/// `&mut`: the borrow checker keeps it from escaping, so it cannot be used after the lock is
+/// released.
+///
+/// Every method is one logical operation on tokio's blocking pool (streams: one per batch).
+/// Dropping its future at any point is safe: the operation either completes or has no
+/// effect, and the lock is released only after it has finished.
+#[derive(Debug)]
+pub struct ReadCursor<C> {
+    hold: Arc<Hold>,
+    _config: PhantomData<fn() -> C>,
+}
+
+/// Read and write access to one aid's entries while its lock is held exclusively.
 ///
 /// A cursor exists only inside the closure given to
-/// [`AsyncStore::with_aid`](crate::AsyncStore::with_aid), which lends it as `&mut Cursor`: the
-/// borrow checker keeps it from escaping, so it cannot be used after the lock is released.
-///
-/// Every method is one logical operation on tokio's blocking pool. Dropping its future at
-/// any point is safe: the operation either completes or has no effect, and the lock is
-/// released only after it has finished.
+/// [`AsyncStore::with_aid`](crate::AsyncStore::with_aid). It has every method of
+/// [`ReadCursor`] (through `Deref`) and the writing ones below.
 #[derive(Debug)]
 pub struct Cursor<C> {
-    hold: Arc<Hold>,
+    read: ReadCursor<C>,
     /// The size of the last encoded entry, to allocate the next one's buffer in one go.
     last_len: usize,
-    _config: PhantomData<fn() -> C>,
+}
+
+impl<C> Deref for Cursor<C> {
+    type Target = ReadCursor<C>;
+
+    fn deref(&self) -> &ReadCursor<C> {
+        &self.read
+    }
+}
+
+impl<C> DerefMut for Cursor<C> {
+    fn deref_mut(&mut self) -> &mut ReadCursor<C> {
+        &mut self.read
+    }
 }
 
 impl<C> Cursor<C>
@@ -35,15 +62,9 @@ where
 {
     pub(crate) fn new(hold: Arc<Hold>) -> Cursor<C> {
         Cursor {
-            hold,
+            read: ReadCursor::new(hold),
             last_len: 256,
-            _config: PhantomData,
         }
-    }
-
-    /// The aid this cursor holds.
-    pub fn aid(&self) -> Aid {
-        self.hold.aid
     }
 
     /// Saves a new entry, atomically: no reader and no crash ever sees part of it.
@@ -54,33 +75,50 @@ where
     pub async fn save(&mut self, state: &State<C>) -> Result<(), Error> {
         let mut bytes = Vec::with_capacity(self.last_len);
         format::encode(state, &mut bytes).map_err(|reason| Error::Encode {
-            path: self.hold.dir.path().join(state.id.to_string()),
+            path: self.read.hold.dir().path().join(state.id.to_string()),
             reason,
         })?;
         self.last_len = bytes.len();
-        let (hold, id) = (self.hold.clone(), state.id);
-        blocking::run("save", move || hold.dir.save(id, &bytes)).await
+        let (hold, id) = (self.read.hold.clone(), state.id);
+        blocking::run("save", move || hold.dir().save(id, &bytes)).await
     }
 
     /// Removes the entry of `id`. Returns whether it existed.
     pub async fn destroy(&mut self, id: InstanceId) -> Result<bool, Error> {
-        let hold = self.hold.clone();
-        blocking::run("destroy", move || hold.dir.destroy(id)).await
+        let hold = self.read.hold.clone();
+        blocking::run("destroy", move || hold.dir().destroy(id)).await
+    }
+}
+
+impl<C> ReadCursor<C>
+where
+    C: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    pub(crate) fn new(hold: Arc<Hold>) -> ReadCursor<C> {
+        ReadCursor {
+            hold,
+            _config: PhantomData,
+        }
+    }
+
+    /// The aid this cursor holds.
+    pub fn aid(&self) -> Aid {
+        self.hold.aid()
     }
 
     /// Reads the entry of `id`, or `None` if there is none.
     pub async fn load(&mut self, id: InstanceId) -> Result<Option<State<C>>, Error> {
         let hold = self.hold.clone();
-        blocking::run("load", move || hold.dir.load(id, &mut Vec::new())).await
+        blocking::run("load", move || hold.dir().load(id, &mut Vec::new())).await
     }
 
     /// Counts the entries by their file names, without reading them.
     pub async fn len(&mut self) -> Result<usize, Error> {
         let hold = self.hold.clone();
         blocking::run("len", move || {
-            let mut scan = hold.dir.scan()?;
+            let mut scan = hold.dir().scan()?;
             let mut n = 0;
-            while let Some(id) = scan.next_id(hold.dir.path()) {
+            while let Some(id) = scan.next_id(hold.dir().path()) {
                 id?;
                 n += 1;
             }
@@ -134,10 +172,10 @@ where
     pub async fn load_all(&mut self) -> Result<BTreeMap<InstanceId, State<C>>, Error> {
         let hold = self.hold.clone();
         blocking::run("load_all", move || {
-            let mut scan = hold.dir.scan()?;
+            let mut scan = hold.dir().scan()?;
             let (mut buf, mut batch, mut all) = (Vec::new(), Vec::new(), BTreeMap::new());
             loop {
-                hold.dir
+                hold.dir()
                     .read_batch::<C>(&mut scan, 256, usize::MAX, &mut buf, &mut batch);
                 for state in batch.drain(..) {
                     let state = state?;

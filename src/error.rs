@@ -68,6 +68,23 @@ pub enum Error {
         reason: String,
     },
 
+    /// [`try_with_aid`](crate::AsyncStore::try_with_aid) found the aid held by another task or
+    /// process; the closure did not run.
+    #[error("aid {aid} is held by another holder")]
+    WouldBlock {
+        /// The aid asked for.
+        aid: crate::Aid,
+    },
+
+    /// The aid did not become free within the wait limit; nothing was left waiting.
+    #[error("aid {aid} was still held after waiting {waited:?}")]
+    Timeout {
+        /// The aid asked for.
+        aid: crate::Aid,
+        /// The wait limit.
+        waited: std::time::Duration,
+    },
+
     /// The store was closed with [`AsyncStore::close`](crate::AsyncStore::close).
     #[error("the store is closed")]
     Closed,

@@ -59,7 +59,7 @@ mod state;
 mod store;
 
 pub use aid::Aid;
-pub use cursor::Cursor;
+pub use cursor::{Cursor, ReadCursor};
 pub use error::{CorruptKind, Error, Result};
 pub use instance_id::InstanceId;
 pub use options::Options;

@@ -1,11 +1,15 @@
 //! The cross-process half of an aid's lock: `flock(2)` on the aid's lock file.
 //!
 //! flock locks belong to an open file description, so two holders sharing one descriptor
-//! would never exclude each other. The store therefore lets only one holder at a time in
-//! this process touch a given `LockFile` (see `hold.rs`); this type only talks to the kernel.
+//! would never exclude each other, and the first to unlock would unlock both. The store
+//! therefore opens one descriptor per aid and lets `hold.rs` decide who may touch it: one
+//! exclusive holder at a time, or any number of shared holders that together own one
+//! `LOCK_SH`, counted here, taken by the first and dropped by the last.
 
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use rustix::fs::{FlockOperation, flock};
 use rustix::io::Errno;
@@ -17,18 +21,32 @@ use crate::Error;
 pub(crate) struct LockFile {
     fd: OwnedFd,
     path: PathBuf,
+    /// How many shared holders of this process own the `LOCK_SH`.
+    readers: Mutex<usize>,
 }
+
+/// The longest pause between two attempts of a timed wait.
+const MAX_BACKOFF: Duration = Duration::from_millis(5);
 
 impl LockFile {
     pub(crate) fn new(fd: OwnedFd, path: PathBuf) -> LockFile {
-        LockFile { fd, path }
+        LockFile {
+            fd,
+            path,
+            readers: Mutex::new(0),
+        }
     }
 
-    /// Takes the exclusive lock if no other process holds it; `Ok(false)` if one does.
-    /// Never blocks, so it may run on a runtime thread.
-    pub(crate) fn try_exclusive(&self) -> Result<bool, Error> {
+    fn readers(&self) -> std::sync::MutexGuard<'_, usize> {
+        // The count is updated in one statement; a panic elsewhere cannot leave it half-done.
+        self.readers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// One `flock` call, retried on interruption; `Ok(false)` if a non-blocking attempt
+    /// found the lock taken.
+    fn flock(&self, op: FlockOperation) -> Result<bool, Error> {
         loop {
-            return match flock(&self.fd, FlockOperation::NonBlockingLockExclusive) {
+            return match flock(&self.fd, op) {
                 Ok(()) => Ok(true),
                 Err(Errno::WOULDBLOCK) => Ok(false),
                 Err(Errno::INTR) => continue,
@@ -37,21 +55,85 @@ impl LockFile {
         }
     }
 
-    /// Waits for the exclusive lock. Blocks: call it on the blocking pool.
-    pub(crate) fn exclusive(&self) -> Result<(), Error> {
+    /// Repeats a non-blocking attempt with growing pauses until `deadline`. A timed wait
+    /// polls because a blocked `flock` cannot be called off: this way no thread is left
+    /// parked in the kernel after the caller has given up.
+    fn flock_until(&self, op: FlockOperation, deadline: Instant) -> Result<bool, Error> {
+        let mut pause = Duration::from_micros(50);
         loop {
-            return match flock(&self.fd, FlockOperation::LockExclusive) {
-                Ok(()) => Ok(()),
-                Err(Errno::INTR) => continue,
-                Err(e) => Err(Error::io("lock", &self.path, e)),
-            };
+            if self.flock(op)? {
+                return Ok(true);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(false);
+            }
+            std::thread::sleep(pause.min(deadline - now));
+            pause = (pause * 2).min(MAX_BACKOFF);
         }
     }
 
-    /// Drops the lock. Never blocks. An error here cannot leave the lock held by us
-    /// (the only failures are a bad descriptor or interruption before any change), so it
-    /// is retried on interruption and otherwise ignored.
+    /// Takes the exclusive lock if no other process holds it. Never blocks.
+    pub(crate) fn try_exclusive(&self) -> Result<bool, Error> {
+        self.flock(FlockOperation::NonBlockingLockExclusive)
+    }
+
+    /// Waits for the exclusive lock. Blocks: call it on the blocking pool.
+    pub(crate) fn exclusive(&self) -> Result<(), Error> {
+        self.flock(FlockOperation::LockExclusive).map(drop)
+    }
+
+    /// Waits for the exclusive lock until `deadline`; `Ok(false)` if it did not come.
+    pub(crate) fn exclusive_until(&self, deadline: Instant) -> Result<bool, Error> {
+        self.flock_until(FlockOperation::NonBlockingLockExclusive, deadline)
+    }
+
+    /// Drops the exclusive lock. Never blocks. The only failures of `LOCK_UN` are a bad
+    /// descriptor or an interruption before any change, so it cannot leave the lock held.
     pub(crate) fn unlock(&self) {
         while let Err(Errno::INTR) = flock(&self.fd, FlockOperation::Unlock) {}
+    }
+
+    /// Joins the shared lock if this process already owns it.
+    pub(crate) fn join_shared(&self) -> bool {
+        let mut readers = self.readers();
+        if *readers > 0 {
+            *readers += 1;
+        }
+        *readers > 0
+    }
+
+    /// Takes the shared lock for this process if no other process holds it exclusively.
+    /// Never blocks. The caller must be the only one trying to take it first.
+    pub(crate) fn try_first_shared(&self) -> Result<bool, Error> {
+        self.first_shared_with(|| self.flock(FlockOperation::NonBlockingLockShared))
+    }
+
+    /// Waits for the shared lock for this process. Blocks: call it on the blocking pool.
+    pub(crate) fn first_shared(&self) -> Result<(), Error> {
+        self.first_shared_with(|| self.flock(FlockOperation::LockShared))
+            .map(drop)
+    }
+
+    /// Waits for the shared lock until `deadline`; `Ok(false)` if it did not come.
+    pub(crate) fn first_shared_until(&self, deadline: Instant) -> Result<bool, Error> {
+        self.first_shared_with(|| self.flock_until(FlockOperation::NonBlockingLockShared, deadline))
+    }
+
+    fn first_shared_with(&self, take: impl FnOnce() -> Result<bool, Error>) -> Result<bool, Error> {
+        let taken = take()?;
+        if taken {
+            *self.readers() += 1;
+        }
+        Ok(taken)
+    }
+
+    /// Leaves the shared lock; the last shared holder of this process drops it.
+    pub(crate) fn leave_shared(&self) {
+        let mut readers = self.readers();
+        *readers = readers.saturating_sub(1);
+        if *readers == 0 {
+            self.unlock();
+        }
     }
 }

@@ -4,14 +4,15 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use futures::stream::{self, Stream, StreamExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::batch::{self, Listing};
-use crate::hold::Locks;
-use crate::{Aid, Cursor, Error, Options, State, aid_dir, blocking};
+use crate::hold::{Locks, Mode, Wait};
+use crate::{Aid, Cursor, Error, Options, ReadCursor, State, aid_dir, blocking};
 
 /// A store of running instances under one run directory, shared by every task and process
 /// that opens the same directory.
@@ -128,9 +129,136 @@ where
     where
         E: From<Error>,
     {
-        let hold = self.locks.hold(aid).await?;
-        let mut cursor = Cursor::new(hold);
-        f(&mut cursor).await
+        self.exclusive(aid, Wait::Forever, f).await
+    }
+
+    /// Like [`with_aid`](AsyncStore::with_aid), but fails with [`Error::WouldBlock`] at once,
+    /// without running `f`, if another task or process holds the aid.
+    ///
+    /// ```
+    /// # use runstate::{Aid, AsyncStore, Error};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Error> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let store = AsyncStore::<String>::new(dir.path());
+    /// let aid = Aid::new(1)?;
+    /// store
+    ///     .with_aid(aid, async |_| {
+    ///         let inner = store.try_with_aid(aid, async |_| Ok::<_, Error>(())).await;
+    ///         assert!(matches!(inner, Err(Error::WouldBlock { .. })));
+    ///         Ok::<_, Error>(())
+    ///     })
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn try_with_aid<T, E>(
+        &self,
+        aid: Aid,
+        f: impl AsyncFnOnce(&mut Cursor<C>) -> Result<T, E>,
+    ) -> Result<T, E>
+    where
+        E: From<Error>,
+    {
+        self.exclusive(aid, Wait::Never, f).await
+    }
+
+    /// Like [`with_aid`](AsyncStore::with_aid), but waits at most `limit` for the aid, then
+    /// fails with [`Error::Timeout`] without running `f`. Nothing is left behind: no thread
+    /// stays parked in `flock` past the limit, and a lock that comes too late is released.
+    ///
+    /// Needs a runtime with tokio's timer enabled (as `#[tokio::main]` and `#[tokio::test]`
+    /// set up), like `tokio::time::timeout`.
+    pub async fn with_aid_timeout<T, E>(
+        &self,
+        aid: Aid,
+        limit: Duration,
+        f: impl AsyncFnOnce(&mut Cursor<C>) -> Result<T, E>,
+    ) -> Result<T, E>
+    where
+        E: From<Error>,
+    {
+        self.exclusive(aid, deadline(limit), f).await
+    }
+
+    /// Runs `f` with a read-only cursor while holding the aid's lock shared: shared holders
+    /// of one aid run together, in this process and across processes, and exclusive holders
+    /// ([`with_aid`](AsyncStore::with_aid)) exclude them. Waiting is fair: a queued exclusive
+    /// holder is not overtaken by later shared ones of this process.
+    ///
+    /// [`ReadCursor`] has no `save` or `destroy`: the types keep a shared holder from writing.
+    ///
+    /// ```
+    /// # use runstate::{Aid, AsyncStore, Error};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Error> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let store = AsyncStore::<String>::new(dir.path());
+    /// let n = store.with_aid_shared(Aid::new(5)?, async |cursor| cursor.len().await).await?;
+    /// assert_eq!(n, 0);
+    /// # Ok(()) }
+    /// ```
+    pub async fn with_aid_shared<T, E>(
+        &self,
+        aid: Aid,
+        f: impl AsyncFnOnce(&mut ReadCursor<C>) -> Result<T, E>,
+    ) -> Result<T, E>
+    where
+        E: From<Error>,
+    {
+        self.shared(aid, Wait::Forever, f).await
+    }
+
+    /// Like [`with_aid_shared`](AsyncStore::with_aid_shared), but fails with
+    /// [`Error::WouldBlock`] at once if an exclusive holder has the aid or is queued for it.
+    pub async fn try_with_aid_shared<T, E>(
+        &self,
+        aid: Aid,
+        f: impl AsyncFnOnce(&mut ReadCursor<C>) -> Result<T, E>,
+    ) -> Result<T, E>
+    where
+        E: From<Error>,
+    {
+        self.shared(aid, Wait::Never, f).await
+    }
+
+    /// Like [`with_aid_shared`](AsyncStore::with_aid_shared), but waits at most `limit`, then
+    /// fails with [`Error::Timeout`]; see [`with_aid_timeout`](AsyncStore::with_aid_timeout).
+    pub async fn with_aid_shared_timeout<T, E>(
+        &self,
+        aid: Aid,
+        limit: Duration,
+        f: impl AsyncFnOnce(&mut ReadCursor<C>) -> Result<T, E>,
+    ) -> Result<T, E>
+    where
+        E: From<Error>,
+    {
+        self.shared(aid, deadline(limit), f).await
+    }
+
+    async fn exclusive<T, E>(
+        &self,
+        aid: Aid,
+        wait: Wait,
+        f: impl AsyncFnOnce(&mut Cursor<C>) -> Result<T, E>,
+    ) -> Result<T, E>
+    where
+        E: From<Error>,
+    {
+        let hold = self.locks.hold(aid, Mode::Exclusive, wait).await?;
+        f(&mut Cursor::new(hold)).await
+    }
+
+    async fn shared<T, E>(
+        &self,
+        aid: Aid,
+        wait: Wait,
+        f: impl AsyncFnOnce(&mut ReadCursor<C>) -> Result<T, E>,
+    ) -> Result<T, E>
+    where
+        E: From<Error>,
+    {
+        let hold = self.locks.hold(aid, Mode::Shared, wait).await?;
+        f(&mut ReadCursor::new(hold)).await
     }
 
     /// The aids that have a directory in the store, ascending. Names that are not aids are
@@ -141,8 +269,8 @@ where
         blocking::run("aids", move || aid_dir::list_aids(&run_dir)).await
     }
 
-    /// Streams every entry of every aid, in aid order, holding each aid's lock while it is
-    /// read.
+    /// Streams every entry of every aid, in aid order, holding each aid's lock shared while it
+    /// is read.
     ///
     /// Lazy and bounded in memory like [`Cursor::entries`]. An error about one aid or one
     /// file is one item, and the stream goes on with the rest.
@@ -158,16 +286,18 @@ where
             })
     }
 
-    /// One aid's entries, under its lock, paired with the aid.
+    /// One aid's entries, under its shared lock, paired with the aid.
     fn aid_entries(
         &self,
         aid: Aid,
     ) -> impl Stream<Item = Result<(Aid, State<C>), Error>> + Send + '_ {
-        stream::once(self.locks.hold(aid)).flat_map(move |hold| match hold {
-            Ok(hold) => batch::stream("entries", batch::Entries::<C>::new(Listing::new(hold)))
-                .map(move |item| item.map(|state| (aid, state)))
-                .left_stream(),
-            Err(e) => stream::iter([Err(e)]).right_stream(),
+        stream::once(self.locks.hold(aid, Mode::Shared, Wait::Forever)).flat_map(move |hold| {
+            match hold {
+                Ok(hold) => batch::stream("entries", batch::Entries::<C>::new(Listing::new(hold)))
+                    .map(move |item| item.map(|state| (aid, state)))
+                    .left_stream(),
+                Err(e) => stream::iter([Err(e)]).right_stream(),
+            }
         })
     }
 
@@ -182,5 +312,13 @@ where
     /// Whether [`close`](AsyncStore::close) has been called.
     pub fn is_closed(&self) -> bool {
         self.locks.is_closed()
+    }
+}
+
+/// The wait that ends `limit` from now (or never, for a limit too large to represent).
+fn deadline(limit: Duration) -> Wait {
+    match Instant::now().checked_add(limit) {
+        Some(at) => Wait::Until(at, limit),
+        None => Wait::Forever,
     }
 }
