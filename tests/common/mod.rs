@@ -1,0 +1,150 @@
+//! Shared helpers of the in-process integration tests.
+//!
+//! Every test body runs twice, on a current-thread and on a multi-thread tokio runtime:
+//! `both_runtimes!(name);` next to `async fn name()` makes `name::current_thread` and
+//! `name::multi_thread`.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Generous bound for "this must not hang": a deadlock detector, never a speed check.
+pub const DEADLOCK: Duration = Duration::from_secs(20);
+
+/// Makes `#[test]`s running `async fn $name()` on both tokio runtimes. Declare the module
+/// with `#[macro_use] mod common;`.
+macro_rules! both_runtimes {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[test]
+                fn current_thread() {
+                    $crate::common::run_current_thread(super::$name());
+                }
+
+                #[test]
+                fn multi_thread() {
+                    $crate::common::run_multi_thread(super::$name());
+                }
+            }
+        )*
+    };
+}
+
+pub fn run_current_thread<F: Future<Output = ()>>(body: F) {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(body);
+}
+
+pub fn run_multi_thread<F: Future<Output = ()>>(body: F) {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(body);
+}
+
+/// `fut`, or a panic naming `what` if it does not finish within [`DEADLOCK`].
+pub async fn no_deadlock<T>(what: &str, fut: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(DEADLOCK, fut).await {
+        Ok(out) => out,
+        Err(_) => panic!("deadlock: {what} did not finish within {DEADLOCK:?}"),
+    }
+}
+
+/// A temporary run directory on tmpfs.
+pub fn run_dir() -> tempfile::TempDir {
+    tempfile::tempdir_in("/dev/shm")
+        .or_else(|_| tempfile::tempdir())
+        .unwrap()
+}
+
+/// A realistic application config, as a launcher would store it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AppConfig {
+    pub command: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub flags: Flags,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Flags {
+    pub network: bool,
+    pub read_only_root: bool,
+    pub memory_limit: Option<u64>,
+}
+
+/// A config that differs with `n`.
+pub fn config(n: u64) -> AppConfig {
+    AppConfig {
+        command: vec![
+            "/usr/bin/sleep".to_string(),
+            n.to_string(),
+            "--label=été ✓".to_string(),
+        ],
+        env: BTreeMap::from([
+            ("HOME".to_string(), "/home/app".to_string()),
+            ("N".to_string(), n.to_string()),
+        ]),
+        flags: Flags {
+            network: n % 2 == 0,
+            read_only_root: true,
+            memory_limit: (n % 3 != 0).then_some(n << 20),
+        },
+    }
+}
+
+pub fn state_dir(run_dir: &Path) -> PathBuf {
+    run_dir.join("state")
+}
+
+pub fn aid_dir(run_dir: &Path, aid: runstate::Aid) -> PathBuf {
+    state_dir(run_dir).join(aid.to_string())
+}
+
+pub fn entry_path(run_dir: &Path, aid: runstate::Aid, id: runstate::InstanceId) -> PathBuf {
+    aid_dir(run_dir, aid).join(id.to_string())
+}
+
+/// The names in a directory, sorted.
+pub fn names_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
+}
+
+/// A tiny seeded PRNG (xorshift64*), so failures replay.
+#[derive(Clone, Debug)]
+pub struct XorShift(u64);
+
+impl XorShift {
+    pub fn new(seed: u64) -> XorShift {
+        XorShift(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// A number in `0..n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+}
