@@ -157,6 +157,11 @@ impl AidDir {
         })
     }
 
+    /// The store's options.
+    pub(crate) fn options(&self) -> &Options {
+        &self.options
+    }
+
     /// The directory's path, for messages.
     pub(crate) fn path(&self) -> &Path {
         &self.path

@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 
 use crate::batch::{self, Listing};
 use crate::hold::Hold;
-use crate::{Aid, Error, InstanceId, State, blocking, format};
+use crate::{Aid, Error, InstanceId, Liveness, State, blocking, format, liveness};
 
 /// Read access to one aid's entries while its lock is held, shared or exclusive.
 ///
@@ -73,14 +73,51 @@ where
     /// was. With [`Options::durable`](crate::Options::durable), the entry is on disk when
     /// this returns.
     pub async fn save(&mut self, state: &State<C>) -> Result<(), Error> {
-        let mut bytes = Vec::with_capacity(self.last_len);
-        format::encode(state, &mut bytes).map_err(|reason| Error::Encode {
+        let mut config = Vec::with_capacity(self.last_len);
+        format::encode_config(&state.config, &mut config).map_err(|reason| Error::Encode {
             path: self.read.hold.dir().path().join(state.id.to_string()),
             reason,
         })?;
-        self.last_len = bytes.len();
-        let (hold, id) = (self.read.hold.clone(), state.id);
-        blocking::run("save", move || hold.dir().save(id, &bytes)).await
+        self.last_len = config.len();
+        let (hold, id, pid, time) = (self.read.hold.clone(), state.id, state.pid, state.time);
+        let process = state.process.clone();
+        blocking::run("save", move || {
+            let dir = hold.dir();
+            // Identified here, on the blocking pool, right before publishing.
+            let process = process.or_else(|| liveness::identify(dir.options().proc_dir(), pid));
+            let mut bytes = Vec::with_capacity(config.len() + 128);
+            format::encode_record(id, pid, time, process.as_ref(), &config, &mut bytes);
+            dir.save(id, &bytes)
+        })
+        .await
+    }
+
+    /// Removes the entries whose process is [`Liveness::Dead`](crate::Liveness::Dead) and
+    /// returns them; see [`AsyncStore::prune_dead`](crate::AsyncStore::prune_dead). One pass
+    /// over the directory on the blocking pool. Corrupt files are left alone.
+    pub async fn prune_dead(&mut self) -> Result<Vec<State<C>>, Error> {
+        let hold = self.read.hold.clone();
+        blocking::run("prune", move || {
+            let dir = hold.dir();
+            let proc_root = dir.options().proc_dir();
+            let mut scan = dir.scan()?;
+            let (mut buf, mut batch, mut dead) = (Vec::new(), Vec::new(), Vec::new());
+            loop {
+                dir.read_batch::<C>(&mut scan, 256, usize::MAX, &mut buf, &mut batch);
+                for state in batch.drain(..).flatten() {
+                    if liveness::check(proc_root, state.pid, state.process.as_ref())
+                        == Liveness::Dead
+                        && dir.destroy(state.id)?
+                    {
+                        dead.push(state);
+                    }
+                }
+                if scan.is_done() {
+                    return Ok(dead);
+                }
+            }
+        })
+        .await
     }
 
     /// Removes the entry of `id`. Returns whether it existed.

@@ -8,7 +8,10 @@
 //! | `id`      | bin 16                   | instance id; must match the file name       |
 //! | `pid`     | uint                     | child process id                            |
 //! | `time`    | map `{secs: int, nanos: uint}` | start time since the Unix epoch      |
+//! | `process` | map `{start_time: uint, boot_id: str}` or nil | the process's identity, nil when `/proc` did not show it |
 //! | `config`  | the config's own encoding (structs as maps) | the application config   |
+//!
+//! The writer puts the keys in this order; readers must not depend on it.
 //!
 //! Decoding ignores keys it does not know, so a later version can add fields that this
 //! version still reads. A version 0 or a missing required key is refused.
@@ -18,7 +21,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::{InstanceId, State};
+use crate::{InstanceId, ProcessIdentity, State};
 
 /// The format version this crate writes.
 pub(crate) const VERSION: u32 = 1;
@@ -29,21 +32,14 @@ struct Time {
     nanos: u32,
 }
 
-#[derive(Serialize)]
-struct RecordRef<'a, C> {
-    version: u32,
-    id: InstanceId,
-    pid: u32,
-    time: Time,
-    config: &'a C,
-}
-
 #[derive(Deserialize)]
 struct Record<C> {
     version: u32,
     id: InstanceId,
     pid: u32,
     time: Time,
+    #[serde(default)]
+    process: Option<ProcessIdentity>,
     config: C,
 }
 
@@ -86,18 +82,70 @@ fn from_wire(t: &Time) -> Result<SystemTime, String> {
     out.ok_or_else(|| format!("time {}s is out of range", t.secs))
 }
 
-/// Appends the encoding of `state` to `out`.
-pub(crate) fn encode<C: Serialize>(state: &State<C>, out: &mut Vec<u8>) -> Result<(), String> {
-    let record = RecordRef {
-        version: VERSION,
-        id: state.id,
-        pid: state.pid,
-        time: to_wire(state.time),
-        config: &state.config,
-    };
-    record
+/// Encodes a config on its own; [`encode_record`] wraps it into an entry. The split lets
+/// the typed part run where the value is, and the rest where the process is identified.
+pub(crate) fn encode_config<C: Serialize>(config: &C, out: &mut Vec<u8>) -> Result<(), String> {
+    config
         .serialize(&mut rmp_serde::Serializer::new(out).with_struct_map())
         .map_err(|e| e.to_string())
+}
+
+/// Appends an entry around an already encoded config.
+pub(crate) fn encode_record(
+    id: InstanceId,
+    pid: u32,
+    time: SystemTime,
+    process: Option<&ProcessIdentity>,
+    config: &[u8],
+    out: &mut Vec<u8>,
+) {
+    use rmp::encode::{write_bin, write_map_len, write_nil, write_sint, write_str, write_uint};
+    // Writing into a Vec cannot fail; the results only carry the writer's error type.
+    let time = to_wire(time);
+    let _ = write_map_len(out, 6);
+    let _ = write_str(out, "version");
+    let _ = write_uint(out, u64::from(VERSION));
+    let _ = write_str(out, "id");
+    let _ = write_bin(out, id.as_bytes());
+    let _ = write_str(out, "pid");
+    let _ = write_uint(out, u64::from(pid));
+    let _ = write_str(out, "time");
+    let _ = write_map_len(out, 2);
+    let _ = write_str(out, "secs");
+    let _ = write_sint(out, time.secs);
+    let _ = write_str(out, "nanos");
+    let _ = write_uint(out, u64::from(time.nanos));
+    let _ = write_str(out, "process");
+    match process {
+        Some(p) => {
+            let _ = write_map_len(out, 2);
+            let _ = write_str(out, "start_time");
+            let _ = write_uint(out, p.start_time);
+            let _ = write_str(out, "boot_id");
+            let _ = write_str(out, &p.boot_id);
+        }
+        None => {
+            let _ = write_nil(out);
+        }
+    }
+    let _ = write_str(out, "config");
+    out.extend_from_slice(config);
+}
+
+/// Appends the encoding of `state` to `out`.
+#[cfg(test)]
+pub(crate) fn encode<C: Serialize>(state: &State<C>, out: &mut Vec<u8>) -> Result<(), String> {
+    let mut config = Vec::new();
+    encode_config(&state.config, &mut config)?;
+    encode_record(
+        state.id,
+        state.pid,
+        state.time,
+        state.process.as_ref(),
+        &config,
+        out,
+    );
+    Ok(())
 }
 
 /// Decodes one entry file's bytes.
@@ -110,6 +158,7 @@ pub(crate) fn decode<C: DeserializeOwned>(bytes: &[u8]) -> Result<State<C>, Stri
         id: record.id,
         pid: record.pid,
         time: from_wire(&record.time)?,
+        process: record.process,
         config: record.config,
     })
 }
@@ -147,7 +196,7 @@ mod tests {
         let mut generic: BTreeMap<String, rmpv::Value> = rmp_serde::from_slice(&bytes).unwrap();
         assert_eq!(
             generic.keys().map(String::as_str).collect::<Vec<_>>(),
-            ["config", "id", "pid", "time", "version"]
+            ["config", "id", "pid", "process", "time", "version"]
         );
         generic.insert("zz_future".into(), rmpv::Value::from(5));
         let extended = rmp_serde::to_vec_named(&generic).unwrap();

@@ -1,5 +1,7 @@
 //! Store settings.
 
+use std::path::{Path, PathBuf};
+
 /// How a store behaves; pass it to [`AsyncStore::with_options`](crate::AsyncStore::with_options).
 ///
 /// ```
@@ -14,6 +16,7 @@
 pub struct Options {
     pub(crate) durable: bool,
     pub(crate) max_entry_size: u64,
+    pub(crate) proc_root: PathBuf,
 }
 
 impl Options {
@@ -25,6 +28,7 @@ impl Options {
         Options {
             durable: false,
             max_entry_size: Self::DEFAULT_MAX_ENTRY_SIZE,
+            proc_root: PathBuf::from("/proc"),
         }
     }
 
@@ -43,6 +47,13 @@ impl Options {
         self
     }
 
+    /// Where to read process identities from instead of `/proc`: for tests with a fake
+    /// `/proc`, or a store that watches another pid namespace's mounted proc.
+    pub fn proc_root(mut self, dir: impl Into<PathBuf>) -> Options {
+        self.proc_root = dir.into();
+        self
+    }
+
     /// Whether saves and destroys are fsynced.
     pub fn is_durable(&self) -> bool {
         self.durable
@@ -51,6 +62,11 @@ impl Options {
     /// The entry size cap in bytes.
     pub fn entry_size_cap(&self) -> u64 {
         self.max_entry_size
+    }
+
+    /// The proc file system that liveness is read from.
+    pub fn proc_dir(&self) -> &Path {
+        &self.proc_root
     }
 }
 

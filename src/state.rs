@@ -2,7 +2,7 @@
 
 use std::time::SystemTime;
 
-use crate::InstanceId;
+use crate::{InstanceId, ProcessIdentity};
 
 /// What the store keeps about one running instance.
 ///
@@ -25,6 +25,11 @@ pub struct State<C> {
     pub pid: u32,
     /// When the instance started; stored to the nanosecond.
     pub time: SystemTime,
+    /// Who `pid` was when the entry was saved, so a reused pid is not taken for it.
+    ///
+    /// [`Cursor::save`](crate::Cursor::save) fills it in from `/proc` when it is `None`, so
+    /// a loaded entry has it unless `/proc` did not show the pid at save time.
+    pub process: Option<ProcessIdentity>,
     /// The application's configuration, stored as a MessagePack map.
     pub config: C,
 }
@@ -36,6 +41,7 @@ impl<C> State<C> {
             id,
             pid,
             time: SystemTime::now(),
+            process: None,
             config,
         }
     }

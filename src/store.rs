@@ -12,7 +12,9 @@ use serde::de::DeserializeOwned;
 
 use crate::batch::{self, Listing};
 use crate::hold::{Locks, Mode, Wait};
-use crate::{Aid, Cursor, Error, Options, ReadCursor, State, aid_dir, blocking};
+use crate::{
+    Aid, Cursor, Error, Liveness, Options, ReadCursor, State, aid_dir, blocking, liveness,
+};
 
 /// A store of running instances under one run directory, shared by every task and process
 /// that opens the same directory.
@@ -299,6 +301,53 @@ where
                 Err(e) => stream::iter([Err(e)]).right_stream(),
             }
         })
+    }
+
+    /// Whether the process of `state` is still running: [`Liveness::Alive`] only when its pid
+    /// exists with the recorded start time in the same boot. Reads `/proc` on the blocking
+    /// pool; anything it cannot read makes the answer [`Liveness::Unknown`].
+    pub async fn liveness(&self, state: &State<C>) -> Liveness {
+        let (proc_root, pid, process) = (
+            self.locks.options.proc_root.clone(),
+            state.pid,
+            state.process.clone(),
+        );
+        blocking::spawn("liveness", move || {
+            liveness::check(&proc_root, pid, process.as_ref())
+        })
+        .await
+        .unwrap_or(Liveness::Unknown)
+    }
+
+    /// Removes, in every aid, the entries whose process is [`Liveness::Dead`], and returns
+    /// them. Each aid is held exclusively while it is pruned; entries that are alive, of
+    /// unknown liveness or corrupt are left alone. Stops at the first error.
+    ///
+    /// ```
+    /// # use runstate::{Aid, AsyncStore, Error, InstanceId, State};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Error> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let store = AsyncStore::<()>::new(dir.path());
+    /// // A child that has come and gone.
+    /// let mut child = std::process::Command::new("true").spawn().unwrap();
+    /// let state = State::new(InstanceId::random(), child.id(), ());
+    /// store.with_aid(Aid::new(1)?, async |c| c.save(&state).await).await?;
+    /// child.wait().unwrap();
+    ///
+    /// let pruned = store.prune_dead().await?;
+    /// assert_eq!(pruned.len(), 1);
+    /// # Ok(()) }
+    /// ```
+    pub async fn prune_dead(&self) -> Result<Vec<(Aid, State<C>)>, Error> {
+        let mut pruned = Vec::new();
+        for aid in self.aids().await? {
+            let dead = self
+                .with_aid(aid, async |cursor| cursor.prune_dead().await)
+                .await?;
+            pruned.extend(dead.into_iter().map(|state| (aid, state)));
+        }
+        Ok(pruned)
     }
 
     /// Waits for the `with_aid` calls in flight, then closes every file the store holds.

@@ -1,0 +1,153 @@
+//! Telling a live instance from a ghost: a pid alone is reused, so an entry also records its
+//! process's start time (field 22 of `/proc/<pid>/stat`) and the boot it started in
+//! (`/proc/sys/kernel/random/boot_id`), as runc and crun do.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// Who a pid was when its entry was saved: enough to tell it from a later process that
+/// reuses the pid.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct ProcessIdentity {
+    /// The process's start time, in clock ticks after boot (`/proc/<pid>/stat`, field 22).
+    pub start_time: u64,
+    /// The kernel's boot id (`/proc/sys/kernel/random/boot_id`), a UUID.
+    pub boot_id: String,
+}
+
+/// Whether an entry's process is still running.
+///
+/// ```
+/// use runstate::Liveness;
+/// assert_eq!(Liveness::Dead.to_string(), "dead");
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Liveness {
+    /// The pid exists, with the recorded start time, in the same boot.
+    Alive,
+    /// The pid is gone, or now belongs to another process, or the machine has rebooted.
+    Dead,
+    /// The entry records no identity (its process was not visible in `/proc` when it was
+    /// saved), or `/proc` cannot be read: nothing can be said.
+    Unknown,
+}
+
+impl std::fmt::Display for Liveness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Liveness::Alive => "alive",
+            Liveness::Dead => "dead",
+            Liveness::Unknown => "unknown",
+        })
+    }
+}
+
+/// What reading a process's start time found.
+enum Probe {
+    Started(u64),
+    Gone,
+    Unreadable,
+}
+
+fn start_time(proc_root: &Path, pid: u32) -> Probe {
+    match std::fs::read(proc_root.join(pid.to_string()).join("stat")) {
+        Ok(stat) => parse_start_time(&stat).map_or(Probe::Unreadable, Probe::Started),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Probe::Gone,
+        // ESRCH: the process exited between open and read.
+        Err(e) if e.raw_os_error() == Some(3) => Probe::Gone,
+        Err(_) => Probe::Unreadable,
+    }
+}
+
+/// Field 22 of a stat line. The command name (field 2) is in parentheses and may itself
+/// hold spaces and parentheses, so fields are counted from the last `)`.
+fn parse_start_time(stat: &[u8]) -> Option<u64> {
+    let after = &stat[stat.iter().rposition(|&b| b == b')')? + 1..];
+    let field = std::str::from_utf8(after)
+        .ok()?
+        .split_ascii_whitespace()
+        .nth(22 - 3)?;
+    field.parse().ok()
+}
+
+fn boot_id(proc_root: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(proc_root.join("sys/kernel/random/boot_id")).ok()?;
+    let id = text.trim();
+    (!id.is_empty()).then(|| id.to_owned())
+}
+
+/// The identity of `pid` now, or `None` if `/proc` does not show it.
+pub(crate) fn identify(proc_root: &Path, pid: u32) -> Option<ProcessIdentity> {
+    match start_time(proc_root, pid) {
+        Probe::Started(start_time) => Some(ProcessIdentity {
+            start_time,
+            boot_id: boot_id(proc_root)?,
+        }),
+        Probe::Gone | Probe::Unreadable => None,
+    }
+}
+
+/// Whether the process recorded as `pid` with `identity` is still running.
+pub(crate) fn check(proc_root: &Path, pid: u32, identity: Option<&ProcessIdentity>) -> Liveness {
+    let Some(identity) = identity else {
+        return Liveness::Unknown;
+    };
+    match boot_id(proc_root) {
+        Some(boot) if boot != identity.boot_id => return Liveness::Dead,
+        Some(_) => {}
+        None => return Liveness::Unknown,
+    }
+    match start_time(proc_root, pid) {
+        Probe::Started(t) if t == identity.start_time => Liveness::Alive,
+        Probe::Started(_) | Probe::Gone => Liveness::Dead,
+        Probe::Unreadable => Liveness::Unknown,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_time_is_counted_from_the_last_parenthesis() {
+        let tail = "S 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 424242 20 21";
+        for comm in ["sleep", "a) b (c", "))", "x y z"] {
+            let line = format!("77 ({comm}) {tail}\n");
+            assert_eq!(parse_start_time(line.as_bytes()), Some(424242), "{comm}");
+        }
+        assert_eq!(parse_start_time(b"77 (sleep S 1 2"), None);
+        assert_eq!(parse_start_time(b"77 (sleep) S 1 2"), None);
+    }
+
+    #[test]
+    fn this_process_is_alive() {
+        let me =
+            identify(Path::new("/proc"), std::process::id()).expect("/proc shows this process");
+        assert_eq!(
+            check(Path::new("/proc"), std::process::id(), Some(&me)),
+            Liveness::Alive
+        );
+        let older = ProcessIdentity {
+            start_time: me.start_time.wrapping_add(1),
+            ..me.clone()
+        };
+        assert_eq!(
+            check(Path::new("/proc"), std::process::id(), Some(&older)),
+            Liveness::Dead
+        );
+        let rebooted = ProcessIdentity {
+            boot_id: "another-boot".into(),
+            ..me
+        };
+        assert_eq!(
+            check(Path::new("/proc"), std::process::id(), Some(&rebooted)),
+            Liveness::Dead
+        );
+        assert_eq!(
+            check(Path::new("/proc"), std::process::id(), None),
+            Liveness::Unknown
+        );
+    }
+}
