@@ -1,0 +1,234 @@
+//! Liveness and pruning: real children, and a fake /proc for the cases a real one cannot
+//! stage (a reused pid, a strange command name, another boot, an unreadable stat file).
+
+use std::fs;
+use std::path::Path;
+use std::time::Duration;
+
+use runstate::{Aid, AsyncStore, Error, InstanceId, Liveness, Options, State};
+
+const BOOT: &str = "0b7e51c4-6a3f-4c1e-9d2a-3f1e5c7d9a01\n";
+
+/// Writes `<root>/<pid>/stat` with `start` in field 22 and `comm` as the command name.
+fn fake_process(root: &Path, pid: u32, comm: &str, start: u64) {
+    let dir = root.join(pid.to_string());
+    fs::create_dir_all(&dir).unwrap();
+    let fields: Vec<String> = (3..=21).map(|n| n.to_string()).collect();
+    let line = format!("{pid} ({comm}) S {} {start} 23 24\n", fields[1..].join(" "));
+    fs::write(dir.join("stat"), line).unwrap();
+}
+
+fn fake_proc() -> tempfile::TempDir {
+    let root = tempfile::tempdir_in("/dev/shm").unwrap();
+    fs::create_dir_all(root.path().join("sys/kernel/random")).unwrap();
+    fs::write(root.path().join("sys/kernel/random/boot_id"), BOOT).unwrap();
+    root
+}
+
+fn runtimes() -> [tokio::runtime::Runtime; 2] {
+    [
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap(),
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap(),
+    ]
+}
+
+#[test]
+fn a_real_child_is_alive_until_it_is_reaped() {
+    for rt in runtimes() {
+        rt.block_on(async {
+            let dir = tempfile::tempdir_in("/dev/shm").unwrap();
+            let store = AsyncStore::<String>::new(dir.path());
+            let aid = Aid::new(3).unwrap();
+            let mut child = tokio::process::Command::new("sleep")
+                .arg("30")
+                .spawn()
+                .unwrap();
+            let pid = child.id().unwrap();
+            let id = InstanceId::random();
+            store
+                .with_aid(aid, async |c| {
+                    c.save(&State::new(id, pid, "sleep".into())).await
+                })
+                .await
+                .unwrap();
+
+            let saved = store
+                .with_aid(aid, async |c| c.load(id).await)
+                .await
+                .unwrap()
+                .unwrap();
+            let identity = saved
+                .process
+                .clone()
+                .expect("save records the identity of a live pid");
+            assert!(!identity.boot_id.is_empty());
+            assert_eq!(store.liveness(&saved).await, Liveness::Alive);
+            assert!(
+                store.prune_dead().await.unwrap().is_empty(),
+                "a live entry is not pruned"
+            );
+
+            child.kill().await.unwrap();
+            child.wait().await.unwrap();
+            assert_eq!(store.liveness(&saved).await, Liveness::Dead);
+            let pruned = store.prune_dead().await.unwrap();
+            assert_eq!(pruned.len(), 1);
+            assert_eq!((pruned[0].0, pruned[0].1.id), (aid, id));
+            assert_eq!(
+                store.with_aid(aid, async |c| c.len().await).await.unwrap(),
+                0
+            );
+        });
+    }
+}
+
+#[tokio::test]
+async fn an_entry_whose_pid_proc_does_not_show_is_saved_without_identity() {
+    let dir = tempfile::tempdir_in("/dev/shm").unwrap();
+    let proc_root = fake_proc();
+    let store =
+        AsyncStore::<u8>::with_options(dir.path(), Options::new().proc_root(proc_root.path()));
+    let state = State::new(InstanceId::random(), 4242, 1);
+    let loaded = store
+        .with_aid(Aid::new(0).unwrap(), async |c| {
+            c.save(&state).await?;
+            c.load(state.id).await
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(loaded.process, None);
+    assert_eq!(loaded, state);
+    assert_eq!(store.liveness(&loaded).await, Liveness::Unknown);
+    assert!(
+        store.prune_dead().await.unwrap().is_empty(),
+        "unknown liveness is left alone"
+    );
+}
+
+#[tokio::test]
+async fn a_fake_proc_tells_reuse_reboot_and_unreadable_apart() {
+    let dir = tempfile::tempdir_in("/dev/shm").unwrap();
+    let proc_root = fake_proc();
+    let root = proc_root.path();
+    let store = AsyncStore::<u8>::with_options(dir.path(), Options::new().proc_root(root));
+    let aid = Aid::new(9).unwrap();
+
+    // Each pid is saved while its fake process is "running", with a hostile command name.
+    let pids = [100u32, 101, 102, 103, 104];
+    let mut saved = Vec::new();
+    for &pid in &pids {
+        fake_process(root, pid, "a) b (c", 5_000 + u64::from(pid));
+        let state = State::new(InstanceId::random(), pid, 0);
+        let loaded = store
+            .with_aid(aid, async |c| {
+                c.save(&state).await?;
+                c.load(state.id).await
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        let identity = loaded.process.clone().unwrap();
+        assert_eq!(
+            identity.start_time,
+            5_000 + u64::from(pid),
+            "field 22 after the last ')'"
+        );
+        assert_eq!(identity.boot_id, BOOT.trim());
+        assert_eq!(store.liveness(&loaded).await, Liveness::Alive);
+        saved.push(loaded);
+    }
+
+    // 100 keeps running. 101's pid is reused by a process with another start time.
+    fake_process(root, 101, "other", 1);
+    // 102 is gone.
+    fs::remove_dir_all(root.join("102")).unwrap();
+    // 103's stat cannot be read.
+    fs::remove_file(root.join("103/stat")).unwrap();
+    fs::create_dir(root.join("103/stat")).unwrap();
+    // 104 still runs, but see below: after a reboot nothing from before is alive.
+    let verdicts: Vec<Liveness> =
+        futures::future::join_all(saved.iter().map(|s| store.liveness(s))).await;
+    assert_eq!(
+        verdicts,
+        [
+            Liveness::Alive,
+            Liveness::Dead,
+            Liveness::Dead,
+            Liveness::Unknown,
+            Liveness::Alive
+        ]
+    );
+
+    let pruned = store.prune_dead().await.unwrap();
+    let mut pruned_pids: Vec<u32> = pruned.iter().map(|(_, s)| s.pid).collect();
+    pruned_pids.sort();
+    assert_eq!(pruned_pids, [101, 102]);
+    let left = store
+        .with_aid(aid, async |c| c.load_all().await)
+        .await
+        .unwrap();
+    let mut left_pids: Vec<u32> = left.values().map(|s| s.pid).collect();
+    left_pids.sort();
+    assert_eq!(left_pids, [100, 103, 104]);
+
+    fs::write(root.join("sys/kernel/random/boot_id"), "another-boot\n").unwrap();
+    assert_eq!(store.liveness(&saved[0]).await, Liveness::Dead);
+    assert_eq!(store.liveness(&saved[4]).await, Liveness::Dead);
+    let pruned = store
+        .with_aid(aid, async |c| c.prune_dead().await)
+        .await
+        .unwrap();
+    let mut pruned_pids: Vec<u32> = pruned.iter().map(|s| s.pid).collect();
+    pruned_pids.sort();
+    assert_eq!(
+        pruned_pids,
+        [100, 103, 104],
+        "a reboot makes every recorded identity dead"
+    );
+}
+
+#[tokio::test]
+async fn prune_leaves_corrupt_files_alone() {
+    let dir = tempfile::tempdir_in("/dev/shm").unwrap();
+    let proc_root = fake_proc();
+    let store =
+        AsyncStore::<u8>::with_options(dir.path(), Options::new().proc_root(proc_root.path()));
+    let aid = Aid::new(1).unwrap();
+    fake_process(proc_root.path(), 7, "x", 70);
+    let state = State::new(InstanceId::random(), 7, 0);
+    store
+        .with_aid(aid, async |c| c.save(&state).await)
+        .await
+        .unwrap();
+    let junk = dir
+        .path()
+        .join("state/1")
+        .join(InstanceId::random().to_string());
+    fs::write(&junk, b"not msgpack").unwrap();
+    fs::remove_dir_all(proc_root.path().join("7")).unwrap();
+
+    let pruned = store
+        .with_aid(aid, async |c| c.prune_dead().await)
+        .await
+        .unwrap();
+    assert_eq!(pruned.len(), 1);
+    assert!(
+        junk.exists(),
+        "a corrupt file is not an entry of a dead process"
+    );
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        store.with_aid(aid, async |_| Ok::<_, Error>(())),
+    )
+    .await
+    .expect("the aid is free after pruning")
+    .unwrap();
+}
