@@ -1,0 +1,117 @@
+//! Runs the `ps` example (built by `cargo test` with the other examples) against a real store.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use runstate::{Aid, AsyncStore, InstanceId, State};
+use serde::Serialize;
+
+/// A config of the launcher's own type; ps reads it without knowing it.
+#[derive(Serialize, serde::Deserialize)]
+struct Config {
+    command: Vec<String>,
+    other: u32,
+}
+
+fn ps_binary() -> PathBuf {
+    // target/<profile>/deps/<this test> -> target/<profile>/examples/ps
+    let exe = std::env::current_exe().unwrap();
+    exe.parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join("ps")
+}
+
+fn ps(args: &[&str]) -> (String, String) {
+    let out = Command::new(ps_binary())
+        .args(args)
+        .output()
+        .expect("the ps example is built by cargo test");
+    assert!(
+        out.status.success(),
+        "ps {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn ps_lists_statuses_reports_corrupt_entries_and_prunes() {
+    let dir = tempfile::tempdir_in("/dev/shm").unwrap();
+    let run_dir = dir.path().to_str().unwrap();
+    let (stdout, _) = ps(&["--run-dir", run_dir]);
+    assert!(stdout.contains("no store"), "{stdout}");
+
+    let store = AsyncStore::<Config>::new(dir.path());
+    let mut alive = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    let cfg = |cmd: &str| Config {
+        command: vec![cmd.into(), "x".into()],
+        other: 1,
+    };
+    let (alive_id, gone_id) = (InstanceId::random(), InstanceId::random());
+    store
+        .with_aid(Aid::new(4).unwrap(), async |c| {
+            c.save(&State::new(alive_id, alive.id(), cfg("sleep")))
+                .await?;
+            c.save(&State::new(gone_id, gone.id(), cfg("true"))).await
+        })
+        .await
+        .unwrap();
+    gone.wait().unwrap();
+    std::fs::write(
+        dir.path()
+            .join("state/4")
+            .join(InstanceId::random().to_string()),
+        b"junk",
+    )
+    .unwrap();
+
+    let (table, errors) = ps(&["--run-dir", run_dir]);
+    let line = |id: InstanceId| {
+        table
+            .lines()
+            .find(|l| l.contains(&id.to_string()))
+            .unwrap()
+            .to_owned()
+    };
+    assert!(table.starts_with("    PID   AID STATUS"), "{table}");
+    assert!(
+        line(alive_id).contains(" alive ") && line(alive_id).ends_with("sleep x"),
+        "{table}"
+    );
+    assert!(
+        line(gone_id).contains(" dead ") && line(gone_id).ends_with("true x"),
+        "{table}"
+    );
+    assert!(errors.contains("corrupt entry"), "{errors}");
+
+    let (json, _) = ps(&["--run-dir", run_dir, "--json"]);
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&json).unwrap();
+    assert_eq!(rows.len(), 2);
+    let alive_row = rows
+        .iter()
+        .find(|r| r["instance"] == alive_id.to_string())
+        .unwrap();
+    assert_eq!(alive_row["status"], "alive");
+    assert_eq!(alive_row["aid"], 4);
+    assert_eq!(alive_row["command"], "sleep x");
+
+    let (after, errors) = ps(&["--run-dir", run_dir, "--prune"]);
+    assert!(errors.contains("pruned 1 dead entry"), "{errors}");
+    assert!(
+        after.contains(&alive_id.to_string()) && !after.contains(&gone_id.to_string()),
+        "{after}"
+    );
+
+    alive.kill().unwrap();
+    alive.wait().unwrap();
+}
