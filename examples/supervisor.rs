@@ -68,6 +68,16 @@ async fn main() -> Result<(), Box<dyn Error>> {
     // No I/O yet: the store makes its directories on first use.
     let store = Store::new(&run_dir);
 
+    // A supervisor killed earlier may have left entries of children that died with it.
+    // Entries record each child's start time and boot, so a reused pid does not look alive.
+    for (aid, ghost) in store.prune_dead().await? {
+        println!(
+            "removed a stale entry: pid {} (aid {aid}), `{}`",
+            ghost.pid,
+            ghost.config.command.join(" ")
+        );
+    }
+
     // Two instances of app 10 and one of app 20, started longest first so that they exit in
     // the opposite order.
     let plan = [
