@@ -7,7 +7,7 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use rustix::fs::{
     AtFlags, CWD, Dir, FileType, Mode, OFlags, fstat, fsync, linkat, mkdirat, openat, unlinkat,
@@ -27,8 +27,8 @@ pub(crate) struct AidDir {
     dir: OwnedFd,
     pub(crate) lock: LockFile,
     options: Options,
-    /// Cleared the first time `O_TMPFILE` publishing fails, to go straight to the fallback.
-    tmpfile_works: AtomicBool,
+    /// The cheapest way of publishing that has worked here; see [`Publish`].
+    publish: AtomicU8,
 }
 
 /// Flags for every open of an existing file: never follow a link, never block on a fifo,
@@ -153,7 +153,7 @@ impl AidDir {
             dir,
             lock: LockFile::new(lock_fd, lock_path),
             options: options.clone(),
-            tmpfile_works: AtomicBool::new(true),
+            publish: AtomicU8::new(Publish::EmptyPath as u8),
         })
     }
 
@@ -175,20 +175,34 @@ impl AidDir {
     pub(crate) fn save(&self, id: InstanceId, bytes: &[u8]) -> Result<(), Error> {
         let name = layout::entry_name(id);
         let name = layout::as_cstr(&name);
-        if self.tmpfile_works.load(Ordering::Relaxed) {
-            match self.save_tmpfile(id, name, bytes) {
-                Err(SaveError::Unsupported) => self.tmpfile_works.store(false, Ordering::Relaxed),
-                Err(SaveError::Failed(e)) => return Err(e),
+        loop {
+            let way = Publish::from_u8(self.publish.load(Ordering::Relaxed));
+            let result = match way {
+                Publish::EmptyPath | Publish::ProcLink => self.save_tmpfile(id, name, bytes, way),
+                Publish::NamedTemp => self
+                    .save_named_temp(id, name, bytes)
+                    .map_err(SaveError::Failed),
+            };
+            match result {
                 Ok(()) => return self.sync_dir(),
+                Err(SaveError::Failed(e)) => return Err(e),
+                // Each way is given up at most once, so this loop runs at most three times.
+                Err(SaveError::Unsupported) => self.publish.store(way as u8 + 1, Ordering::Relaxed),
             }
         }
-        self.save_named_temp(id, name, bytes)?;
-        self.sync_dir()
     }
 
     /// An unnamed file in the directory, linked in only once complete: a crash at any point
     /// leaves either nothing or the whole entry, and no temporary file to clean up.
-    fn save_tmpfile(&self, id: InstanceId, name: &CStr, bytes: &[u8]) -> Result<(), SaveError> {
+    fn save_tmpfile(
+        &self,
+        id: InstanceId,
+        name: &CStr,
+        bytes: &[u8],
+        way: Publish,
+    ) -> Result<(), SaveError> {
+        let failed =
+            |e: std::io::Error| SaveError::Failed(Error::io("save", self.entry_path(id), e));
         let fd = match openat(
             &self.dir,
             c".",
@@ -196,32 +210,37 @@ impl AidDir {
             Mode::from_raw_mode(FILE_MODE),
         ) {
             Ok(fd) => fd,
-            Err(Errno::OPNOTSUPP | Errno::ISDIR | Errno::INVAL | Errno::NOENT) => {
+            Err(Errno::OPNOTSUPP | Errno::ISDIR | Errno::INVAL) => {
                 return Err(SaveError::Unsupported);
             }
-            Err(e) => return Err(SaveError::Failed(Error::io("save", self.entry_path(id), e))),
+            Err(e) => return Err(failed(e.into())),
         };
         let mut file = File::from(fd);
-        self.write_out(&mut file, bytes)
-            .map_err(|e| SaveError::Failed(Error::io("save", self.entry_path(id), e)))?;
-        // linkat(AT_EMPTY_PATH) needs CAP_DAC_READ_SEARCH; the /proc link works for everyone.
-        let proc_path = format!("/proc/self/fd/{}", file.as_raw_fd());
-        match linkat(
-            CWD,
-            proc_path.as_str(),
-            &self.dir,
-            name,
-            AtFlags::SYMLINK_FOLLOW,
-        ) {
+        self.write_out(&mut file, bytes).map_err(failed)?;
+        let linked = match way {
+            // Needs CAP_DAC_READ_SEARCH on older kernels; saves a walk through /proc.
+            Publish::EmptyPath => linkat(&file, c"", &self.dir, name, AtFlags::EMPTY_PATH),
+            _ => {
+                let proc_path = format!("/proc/self/fd/{}", file.as_raw_fd());
+                linkat(
+                    CWD,
+                    proc_path.as_str(),
+                    &self.dir,
+                    name,
+                    AtFlags::SYMLINK_FOLLOW,
+                )
+            }
+        };
+        match linked {
             Ok(()) => Ok(()),
             Err(Errno::EXIST) => Err(SaveError::Failed(Error::AlreadyExists {
                 path: self.entry_path(id),
             })),
-            // No /proc, or a file system that cannot link an unnamed file.
-            Err(Errno::NOENT | Errno::XDEV | Errno::PERM | Errno::OPNOTSUPP) => {
+            // Not allowed, no /proc, or a file system that cannot link an unnamed file.
+            Err(Errno::NOENT | Errno::XDEV | Errno::PERM | Errno::OPNOTSUPP | Errno::INVAL) => {
                 Err(SaveError::Unsupported)
             }
-            Err(e) => Err(SaveError::Failed(Error::io("save", self.entry_path(id), e))),
+            Err(e) => Err(failed(e.into())),
         }
     }
 
@@ -337,23 +356,22 @@ impl AidDir {
                 CorruptKind::TooLarge { size, limit },
             ));
         }
+        // Published entries never change, so the size from fstat is the size to read, in
+        // one read(2); a foreign file that grows meanwhile is cut at the cap, and one that
+        // shrinks yields what it has.
         buf.clear();
-        buf.reserve(size as usize);
-        // Published entries never change, so the size from fstat is the size to read; the
-        // `take` guards against a foreign file that grows while we read it.
-        File::from(fd)
-            .take(limit + 1)
-            .read_to_end(buf)
-            .map_err(|e| Error::io("read", self.entry_path(id), e))?;
-        if buf.len() as u64 > limit {
-            return Err(Error::corrupt(
-                self.entry_path(id),
-                CorruptKind::TooLarge {
-                    size: buf.len() as u64,
-                    limit,
-                },
-            ));
+        buf.resize(size as usize, 0);
+        let mut file = File::from(fd);
+        let mut filled = 0;
+        while filled < buf.len() {
+            match file.read(&mut buf[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Error::io("read", self.entry_path(id), e)),
+            }
         }
+        buf.truncate(filled);
         Ok(true)
     }
 
@@ -414,6 +432,29 @@ impl AidDir {
             }
         }
         Ok(())
+    }
+}
+
+/// Ways of publishing an entry, cheapest first. A store starts with the first and moves down
+/// the list, for good, when one is not supported here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+enum Publish {
+    /// `O_TMPFILE`, then `linkat(fd, "", AT_EMPTY_PATH)`.
+    EmptyPath = 0,
+    /// `O_TMPFILE`, then `linkat("/proc/self/fd/N", AT_SYMLINK_FOLLOW)`.
+    ProcLink = 1,
+    /// A named temporary file, then `linkat` and `unlinkat`.
+    NamedTemp = 2,
+}
+
+impl Publish {
+    fn from_u8(n: u8) -> Publish {
+        match n {
+            0 => Publish::EmptyPath,
+            1 => Publish::ProcLink,
+            _ => Publish::NamedTemp,
+        }
     }
 }
 
@@ -499,4 +540,63 @@ pub(crate) fn list_aids(run_dir: &Path) -> Result<Vec<Aid>, Error> {
     }
     aids.sort_unstable();
     Ok(aids)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn every_way_of_publishing_refuses_to_overwrite_and_leaves_no_temporary_file() {
+        for way in [Publish::EmptyPath, Publish::ProcLink, Publish::NamedTemp] {
+            let run = tempfile::tempdir_in("/dev/shm").unwrap();
+            let dir = AidDir::open(run.path(), Aid::new(1).unwrap(), &Options::new()).unwrap();
+            dir.publish.store(way as u8, Ordering::Relaxed);
+            let state = State::new(InstanceId::random(), 1, 5u8);
+            let mut bytes = Vec::new();
+            format::encode(&state, &mut bytes).unwrap();
+            dir.save(state.id, &bytes).unwrap();
+            assert_eq!(
+                Publish::from_u8(dir.publish.load(Ordering::Relaxed)),
+                way,
+                "{way:?} works here"
+            );
+            let again = dir.save(state.id, b"other bytes");
+            assert!(
+                matches!(again, Err(Error::AlreadyExists { .. })),
+                "{way:?}: {again:?}"
+            );
+            assert_eq!(
+                dir.load::<u8>(state.id, &mut Vec::new()).unwrap(),
+                Some(state.clone())
+            );
+            assert_eq!(names(dir.path()), [state.id.to_string()], "{way:?}");
+            let mode = std::fs::metadata(dir.path().join(state.id.to_string())).unwrap();
+            assert_eq!(
+                std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,
+                0o600
+            );
+        }
+    }
+
+    #[test]
+    fn sweeping_removes_temporary_files_only() {
+        let run = tempfile::tempdir_in("/dev/shm").unwrap();
+        let dir = AidDir::open(run.path(), Aid::new(2).unwrap(), &Options::new()).unwrap();
+        let keep = InstanceId::random().to_string();
+        for name in [".tmp-0123", keep.as_str(), "foreign"] {
+            std::fs::write(dir.path().join(name), b"x").unwrap();
+        }
+        dir.sweep_temps().unwrap();
+        assert_eq!(names(dir.path()), [keep.as_str(), "foreign"]);
+    }
 }
