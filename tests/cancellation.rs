@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Duration;
 
-use common::{AppConfig, XorShift, aid_dir, config, names_in, no_deadlock, run_dir};
+use common::{AppConfig, XorShift, aid_dir, config, names_in, no_deadlock, pid, run_dir};
 use futures::future::{Either, select};
 use futures::{StreamExt, TryStreamExt};
 use runstate::{Aid, AsyncStore, Cursor, Error, InstanceId, State};
@@ -97,7 +97,7 @@ async fn random_work(
     };
     match op {
         0 | 1 => {
-            let state = State::new(InstanceId::random(), pick as u32, config(pick));
+            let state = State::new(InstanceId::random(), pid(pick as u32 % 1000), config(pick));
             known.lock().unwrap().push(state.id);
             c.save(&state).await?;
             assert_eq!(c.load(state.id).await?.as_ref(), Some(&state));
@@ -253,7 +253,7 @@ async fn dropped_streams_mid_iteration_leave_things_consistent() {
         store
             .with_aid(aid, async |c| {
                 for i in 0..N as u64 {
-                    c.save(&State::new(InstanceId::random(), i as u32, config(i)))
+                    c.save(&State::new(InstanceId::random(), pid(i as u32), config(i)))
                         .await?;
                 }
                 Ok::<_, Error>(())

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{AppConfig, aid_dir, config, entry_path, names_in, run_dir, state_dir};
+use common::{AppConfig, aid_dir, config, entry_path, names_in, pid, run_dir, state_dir};
 use futures::{StreamExt, TryStreamExt};
 use runstate::{Aid, AsyncStore, Error, InstanceId, State};
 
@@ -41,7 +41,7 @@ async fn go_scenario() {
     assert!(everything.is_empty(), "{everything:?}");
 
     // Save an entry in aid 0 and check it.
-    let first = State::new(InstanceId::random(), 1001, config(1));
+    let first = State::new(InstanceId::random(), pid(1001), config(1));
     store
         .with_aid(a0, async |c| {
             assert_eq!(c.aid(), a0);
@@ -57,7 +57,7 @@ async fn go_scenario() {
         .unwrap();
 
     // A second entry in aid 0.
-    let second = State::new(InstanceId::random(), 1002, config(2));
+    let second = State::new(InstanceId::random(), pid(1002), config(2));
     store
         .with_aid(a0, async |c| {
             c.save(&second).await?;
@@ -68,7 +68,7 @@ async fn go_scenario() {
         .unwrap();
 
     // An entry in aid 1.
-    let third = State::new(InstanceId::random(), 1003, config(3));
+    let third = State::new(InstanceId::random(), pid(1003), config(3));
     store
         .with_aid(a1, async |c| {
             c.save(&third).await?;
@@ -171,7 +171,7 @@ async fn saving_an_existing_id_fails_and_keeps_the_old_entry() {
     let dir = run_dir();
     let store = Store::new(dir.path());
     let a = aid(5);
-    let old = State::new(InstanceId::random(), 10, config(10));
+    let old = State::new(InstanceId::random(), pid(10), config(10));
     store
         .with_aid(a, async |c| c.save(&old).await)
         .await
@@ -179,7 +179,7 @@ async fn saving_an_existing_id_fails_and_keeps_the_old_entry() {
     let path = entry_path(dir.path(), a, old.id);
     let before = std::fs::read(&path).unwrap();
 
-    let mut new = State::new(old.id, 20, config(20));
+    let mut new = State::new(old.id, pid(20), config(20));
     new.time = UNIX_EPOCH;
     let err = store
         .with_aid(a, async |c| c.save(&new).await)
@@ -218,7 +218,9 @@ async fn time_round_trips_to_the_nanosecond() {
     let states: Vec<State<AppConfig>> = times
         .iter()
         .enumerate()
-        .map(|(i, t)| State::new(InstanceId::random(), i as u32, config(i as u64)).with_time(*t))
+        .map(|(i, t)| {
+            State::new(InstanceId::random(), pid(i as u32), config(i as u64)).with_time(*t)
+        })
         .collect();
     let loaded = store
         .with_aid(aid(3), async |c| {
@@ -247,7 +249,13 @@ async fn store_entries_cover_every_aid_in_aid_order() {
     let mut expected = BTreeMap::new();
     for (i, &a) in aids.iter().enumerate() {
         let states: Vec<_> = (0..=i)
-            .map(|j| State::new(InstanceId::random(), (i * 100 + j) as u32, config(j as u64)))
+            .map(|j| {
+                State::new(
+                    InstanceId::random(),
+                    pid((i * 100 + j) as u32),
+                    config(j as u64),
+                )
+            })
             .collect();
         store
             .with_aid(a, async |c| {
@@ -291,7 +299,7 @@ async fn files_are_private_and_where_the_layout_says() {
     assert_eq!(run, dir.path().join("run/launcher"));
     let a = aid(42);
     let states: Vec<_> = (0..3)
-        .map(|i| State::new(InstanceId::random(), i, config(u64::from(i))))
+        .map(|i| State::new(InstanceId::random(), pid(i), config(u64::from(i))))
         .collect();
     store
         .with_aid(a, async |c| {
@@ -355,7 +363,7 @@ async fn entry_file_is_a_messagepack_map_with_named_keys() {
     let store = Store::new(dir.path());
     let a = aid(8);
     let time = UNIX_EPOCH + Duration::new(1_700_000_000, 123_456_789);
-    let saved = State::new(InstanceId::random(), 31337, config(4)).with_time(time);
+    let saved = State::new(InstanceId::random(), pid(31337), config(4)).with_time(time);
     store
         .with_aid(a, async |c| c.save(&saved).await)
         .await
@@ -368,12 +376,14 @@ async fn entry_file_is_a_messagepack_map_with_named_keys() {
     let map = as_map(&value);
     assert_eq!(
         map.keys().map(String::as_str).collect::<Vec<_>>(),
-        ["config", "id", "pid", "time", "version"]
+        ["config", "id", "pid", "process", "time", "version"]
     );
     assert_eq!(map["version"].as_u64(), Some(1));
+    // No process has this pid, so no identity was recorded.
+    assert!(map["process"].is_nil(), "{}", map["process"]);
     assert_eq!(map["id"].as_slice(), Some(&saved.id.as_bytes()[..]));
     assert!(matches!(map["id"], rmpv::Value::Binary(_)), "id is bin 16");
-    assert_eq!(map["pid"].as_u64(), Some(31337));
+    assert_eq!(map["pid"].as_u64(), Some(u64::from(pid(31337))));
     let t = as_map(&map["time"]);
     assert_eq!(t.len(), 2, "{t:?}");
     assert_eq!(t["secs"].as_i64(), Some(1_700_000_000));
@@ -395,13 +405,38 @@ async fn entry_file_is_a_messagepack_map_with_named_keys() {
     assert_eq!(as_map(&c["flags"])["read_only_root"].as_bool(), Some(true));
     let config: AppConfig = rmpv::ext::from_value(map["config"].clone()).unwrap();
     assert_eq!(config, saved.config);
+
+    // For a live pid (ours), save records who the process is, and load gives it back.
+    let live = State::new(InstanceId::random(), std::process::id(), config.clone());
+    let loaded = store
+        .with_aid(a, async |c| {
+            c.save(&live).await?;
+            c.load(live.id).await
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    let bytes = std::fs::read(entry_path(dir.path(), a, live.id)).unwrap();
+    let map = as_map(&rmpv::decode::read_value(&mut bytes.as_slice()).unwrap());
+    let process = as_map(&map["process"]);
+    assert_eq!(
+        process.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["boot_id", "start_time"]
+    );
+    let identity = loaded.process.clone().expect("no identity for a live pid");
+    assert_eq!(process["start_time"].as_u64(), Some(identity.start_time));
+    assert_eq!(process["boot_id"].as_str(), Some(identity.boot_id.as_str()));
+    assert_eq!(identity.boot_id.len(), 36, "a UUID: {:?}", identity.boot_id);
+    let mut without = loaded;
+    without.process = None;
+    assert_eq!(without, live);
 }
 
 async fn entry_with_an_unknown_key_is_still_read() {
     let dir = run_dir();
     let store = Store::new(dir.path());
     let a = aid(9);
-    let saved = State::new(InstanceId::random(), 4242, config(9));
+    let saved = State::new(InstanceId::random(), pid(4242), config(9));
     store
         .with_aid(a, async |c| c.save(&saved).await)
         .await

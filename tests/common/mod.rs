@@ -148,3 +148,9 @@ impl XorShift {
         self.next_u64() % n
     }
 }
+
+/// A pid that no process can have: above the kernel's `PID_MAX_LIMIT` (2^22). `save` records
+/// no process identity for it, so a loaded entry equals the state that was saved.
+pub fn pid(n: u32) -> u32 {
+    (1 << 30) + n
+}
