@@ -152,16 +152,17 @@ async fn main() -> Result<(), Box<dyn Error>> {
             })
             .await?;
         let age = uptime(state.time.elapsed().unwrap_or_default());
+        let command = state.config.command.join(" ");
         println!(
-            "\n`{}` (pid {}, aid {aid}) exited after {age} with {status}; {}, {left} left for aid {aid}",
-            state.config.command.join(" "),
-            state.pid,
-            if existed {
-                "entry destroyed"
-            } else {
-                "its entry was already gone"
-            },
+            "\n`{command}` (pid {}) exited after {age}: {status}",
+            state.pid
         );
+        if existed {
+            println!("entry destroyed; aid {aid} has {left} left");
+        } else {
+            // Someone else (a `ps --prune`, say) removed it first: nothing left to do.
+            println!("its entry was already gone; aid {aid} has {left} left");
+        }
         print_table(&store).await?;
     }
 
