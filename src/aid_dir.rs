@@ -173,6 +173,14 @@ impl AidDir {
 
     /// Publishes `bytes` as the entry of `id`, atomically and without overwriting.
     pub(crate) fn save(&self, id: InstanceId, bytes: &[u8]) -> Result<(), Error> {
+        let (size, limit) = (bytes.len() as u64, self.options.max_entry_size);
+        if size > limit {
+            return Err(Error::TooLarge {
+                path: self.entry_path(id),
+                size,
+                limit,
+            });
+        }
         let name = layout::entry_name(id);
         let name = layout::as_cstr(&name);
         loop {
@@ -569,6 +577,12 @@ mod tests {
                 Publish::from_u8(dir.publish.load(Ordering::Relaxed)),
                 way,
                 "{way:?} works here"
+            );
+            let huge = vec![0; Options::DEFAULT_MAX_ENTRY_SIZE as usize + 1];
+            let refused = dir.save(InstanceId::random(), &huge);
+            assert!(
+                matches!(refused, Err(Error::TooLarge { .. })),
+                "{way:?}: {refused:?}"
             );
             let again = dir.save(state.id, b"other bytes");
             assert!(

@@ -85,6 +85,17 @@ pub enum Error {
         waited: std::time::Duration,
     },
 
+    /// `save` refused an entry larger than the store's size cap, which readers would reject.
+    #[error("the entry for {path} is {size} bytes, over the {limit}-byte entry size cap")]
+    TooLarge {
+        /// The entry file it was meant for.
+        path: PathBuf,
+        /// The encoded entry's size in bytes.
+        size: u64,
+        /// The cap in force ([`Options::max_entry_size`](crate::Options::max_entry_size)).
+        limit: u64,
+    },
+
     /// The store was closed with [`AsyncStore::close`](crate::AsyncStore::close).
     #[error("the store is closed")]
     Closed,
