@@ -26,7 +26,7 @@ pub(crate) trait Batcher: Send + 'static {
 pub(crate) fn stream<B: Batcher>(
     op: &'static str,
     batcher: B,
-) -> impl Stream<Item = Result<B::Item, Error>> + Send {
+) -> impl Stream<Item = Result<B::Item, Error>> + Send + Unpin {
     stream::unfold(Some(batcher), move |batcher| async move {
         let mut batcher = batcher?;
         let hop = blocking::spawn(op, move || {
@@ -40,6 +40,8 @@ pub(crate) fn stream<B: Batcher>(
         }
     })
     .flat_map(stream::iter)
+    // Boxed so callers can poll it without pinning it first.
+    .boxed()
 }
 
 /// Where a listing of one held aid stands.

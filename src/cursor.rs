@@ -172,7 +172,7 @@ where
     /// Streams the ids of the entries, in directory order, without reading the files.
     ///
     /// Lazy: names are read in batches as the stream is polled. Foreign names are skipped.
-    pub fn ids(&mut self) -> impl Stream<Item = Result<InstanceId, Error>> + Send + '_ {
+    pub fn ids(&mut self) -> impl Stream<Item = Result<InstanceId, Error>> + Send + Unpin + '_ {
         batch::stream("ids", batch::Ids(Listing::new(self.hold.clone())))
     }
 
@@ -198,7 +198,7 @@ where
     /// assert_eq!(pids, [100]);
     /// # Ok(()) }
     /// ```
-    pub fn entries(&mut self) -> impl Stream<Item = Result<State<C>, Error>> + Send + '_ {
+    pub fn entries(&mut self) -> impl Stream<Item = Result<State<C>, Error>> + Send + Unpin + '_ {
         batch::stream(
             "entries",
             batch::Entries::new(Listing::new(self.hold.clone())),

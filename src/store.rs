@@ -275,8 +275,30 @@ where
     /// is read.
     ///
     /// Lazy and bounded in memory like [`Cursor::entries`]. An error about one aid or one
-    /// file is one item, and the stream goes on with the rest.
-    pub fn entries(&self) -> impl Stream<Item = Result<(Aid, State<C>), Error>> + Send + '_ {
+    /// file is one item, and the stream goes on with the rest. The stream is `Unpin`: poll it
+    /// as it is.
+    ///
+    /// ```
+    /// # use runstate::{Aid, AsyncStore, Error, InstanceId, State};
+    /// use futures::StreamExt;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Error> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let store = AsyncStore::<String>::new(dir.path());
+    /// # store.with_aid(Aid::new(2)?, async |c| c.save(&State::new(InstanceId::random(), 9, "x".into())).await).await?;
+    /// let mut entries = store.entries();
+    /// while let Some(item) = entries.next().await {
+    ///     match item {
+    ///         Ok((aid, state)) => println!("{aid} {} {}", state.pid, state.id),
+    ///         Err(e @ Error::Corrupt { .. }) => eprintln!("skipped: {e}"),
+    ///         Err(e) => return Err(e),
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn entries(
+        &self,
+    ) -> impl Stream<Item = Result<(Aid, State<C>), Error>> + Send + Unpin + '_ {
         stream::once(self.aids())
             .flat_map(|aids| match aids {
                 Ok(aids) => stream::iter(aids).map(Ok).left_stream(),
@@ -286,6 +308,8 @@ where
                 Ok(aid) => self.aid_entries(aid).left_stream(),
                 Err(e) => stream::iter([Err(e)]).right_stream(),
             })
+            // Boxed so callers can poll it without pinning it first.
+            .boxed()
     }
 
     /// One aid's entries, under its shared lock, paired with the aid.

@@ -8,7 +8,8 @@ async fn futures_are_send() {
     let s2 = store.clone();
     let h = tokio::spawn(async move {
         s2.with_aid(Aid::new(1).unwrap(), async |c| {
-            c.save(&State::new(InstanceId::random(), 1, "x".into())).await?;
+            c.save(&State::new(InstanceId::random(), 1, "x".into()))
+                .await?;
             let v: Vec<_> = c.entries().try_collect().await?;
             let ids: Vec<_> = c.ids().try_collect().await?;
             Ok::<_, Error>((v.len(), ids.len()))
@@ -17,6 +18,10 @@ async fn futures_are_send() {
     });
     assert_eq!(h.await.unwrap().unwrap(), (1, 1));
     let s3 = store.clone();
-    let n = tokio::spawn(async move { s3.entries().try_collect::<Vec<_>>().await.map(|v| v.len()) }).await.unwrap().unwrap();
+    let n =
+        tokio::spawn(async move { s3.entries().try_collect::<Vec<_>>().await.map(|v| v.len()) })
+            .await
+            .unwrap()
+            .unwrap();
     assert_eq!(n, 1);
 }
