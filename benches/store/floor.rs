@@ -1,0 +1,226 @@
+//! `floor`: the same on-disk work as the crate, as plain synchronous rustix code on one
+//! thread. No runtime, no thread hops, no allocation beyond what encoding and decoding need:
+//! what the system calls and the encoding cost by themselves.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::Path;
+
+use rustix::fs::{
+    AtFlags, CWD, Dir, FileType, FlockOperation, Mode, OFlags, flock, fstat, linkat, mkdirat,
+    openat, unlinkat,
+};
+use rustix::io::Errno;
+
+use super::common::{self, Decoded, Entry};
+use runstate::InstanceId;
+
+fn open_flags() -> OFlags {
+    OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY
+}
+
+fn mkdir_open(parent: impl AsFd, name: &str) -> io::Result<OwnedFd> {
+    match mkdirat(&parent, name, Mode::from_raw_mode(0o700)) {
+        Ok(()) | Err(Errno::EXIST) => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok(openat(
+        &parent,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | open_flags(),
+        Mode::empty(),
+    )?)
+}
+
+/// `<run_dir>/state`, made if missing, open.
+pub fn state_dir(run_dir: &Path) -> io::Result<OwnedFd> {
+    std::fs::create_dir_all(run_dir)?;
+    let run = openat(
+        CWD,
+        run_dir,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    mkdir_open(&run, "state")
+}
+
+/// One aid's directory and lock file, open (made if missing).
+pub struct FloorAid {
+    dir: OwnedFd,
+    lock: OwnedFd,
+    buf: Vec<u8>,
+}
+
+impl FloorAid {
+    pub fn open(run_dir: &Path, aid: u16) -> io::Result<FloorAid> {
+        let state = state_dir(run_dir)?;
+        let dir = mkdir_open(&state, &aid.to_string())?;
+        let lock = openat(
+            &state,
+            format!("{aid}.lock"),
+            OFlags::RDWR | OFlags::CREATE | open_flags(),
+            Mode::from_raw_mode(0o600),
+        )?;
+        Ok(FloorAid {
+            dir,
+            lock,
+            buf: Vec::new(),
+        })
+    }
+
+    pub fn lock(&self) {
+        flock(&self.lock, FlockOperation::LockExclusive).expect("flock");
+    }
+
+    pub fn unlock(&self) {
+        flock(&self.lock, FlockOperation::Unlock).expect("unlock");
+    }
+
+    /// Identifies the process from /proc, encodes and publishes an entry: O_TMPFILE,
+    /// write, linkat via /proc/self/fd, close.
+    pub fn save(&mut self, state: &Entry) -> io::Result<()> {
+        let process = identify(state.pid);
+        self.save_as(state, process.as_ref())
+    }
+
+    /// Publishes an entry with a known process identity.
+    pub fn save_as(
+        &mut self,
+        state: &Entry,
+        process: Option<&common::ProcIdent>,
+    ) -> io::Result<()> {
+        self.buf.clear();
+        common::encode(state, process, &mut self.buf);
+        let fd = openat(
+            &self.dir,
+            c".",
+            OFlags::TMPFILE | OFlags::WRONLY | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )?;
+        let mut written = 0;
+        while written < self.buf.len() {
+            written += rustix::io::write(&fd, &self.buf[written..])?;
+        }
+        let mut path = [0u8; 32];
+        let path = common::proc_fd_path(fd.as_raw_fd(), &mut path);
+        let name = common::entry_name(state.id);
+        let name = std::ffi::CStr::from_bytes_with_nul(&name).expect("nul");
+        linkat(CWD, path, &self.dir, name, AtFlags::SYMLINK_FOLLOW)?;
+        Ok(())
+    }
+
+    pub fn destroy(&self, id: InstanceId) -> io::Result<bool> {
+        let name = common::entry_name(id);
+        let name = std::ffi::CStr::from_bytes_with_nul(&name).expect("nul");
+        match unlinkat(&self.dir, name, AtFlags::empty()) {
+            Ok(()) => Ok(true),
+            Err(Errno::NOENT) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Reads and decodes every entry (openat + fstat + one read + close each), handing each
+    /// to `f`. Returns how many there were.
+    pub fn entries(&mut self, mut f: impl FnMut(Decoded)) -> io::Result<usize> {
+        let mut dir = Dir::read_from(&self.dir)?;
+        let mut n = 0;
+        while let Some(entry) = dir.read() {
+            let entry = entry?;
+            let name = entry.file_name();
+            let Some(id) = common::parse_entry_name(name.to_bytes()) else {
+                continue;
+            };
+            let fd = openat(
+                &self.dir,
+                name,
+                OFlags::RDONLY | open_flags(),
+                Mode::empty(),
+            )?;
+            let st = fstat(&fd)?;
+            let size = st.st_size as usize;
+            self.buf.clear();
+            self.buf.resize(size, 0);
+            let mut got = 0;
+            while got < size {
+                let r = rustix::io::read(&fd, &mut self.buf[got..])?;
+                if r == 0 {
+                    break;
+                }
+                got += r;
+            }
+            drop(fd);
+            let state = common::decode(&self.buf[..got], id).map_err(io::Error::other)?;
+            f(state);
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Counts the entry names.
+    pub fn len(&self) -> io::Result<usize> {
+        let mut dir = Dir::read_from(&self.dir)?;
+        let mut n = 0;
+        while let Some(entry) = dir.read() {
+            if common::parse_entry_name(entry?.file_name().to_bytes()).is_some() {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// Reads a small /proc file with one openat, one read and one close.
+fn read_small<'a>(path: &std::ffi::CStr, buf: &'a mut [u8; 1024]) -> Option<&'a [u8]> {
+    let fd = openat(CWD, path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()).ok()?;
+    let n = rustix::io::read(&fd, &mut buf[..]).ok()?;
+    Some(&buf[..n])
+}
+
+/// The identity of `pid`, read as cheaply as possible: `/proc/<pid>/stat` and the boot id,
+/// each with openat + read + close.
+pub fn identify(pid: u32) -> Option<common::ProcIdent> {
+    use std::io::Write as _;
+    let mut path = [0u8; 32];
+    write!(&mut path[..], "/proc/{pid}/stat\0").ok()?;
+    let path = std::ffi::CStr::from_bytes_until_nul(&path).ok()?;
+    let (mut stat, mut boot) = ([0u8; 1024], [0u8; 1024]);
+    let stat = read_small(path, &mut stat)?;
+    let boot = read_small(c"/proc/sys/kernel/random/boot_id", &mut boot)?;
+    common::ident(stat, boot)
+}
+
+/// The aids with a directory under `<run_dir>/state`, ascending.
+pub fn aids(run_dir: &Path) -> io::Result<Vec<u16>> {
+    let fd = openat(
+        CWD,
+        run_dir.join("state"),
+        OFlags::RDONLY | OFlags::DIRECTORY | open_flags(),
+        Mode::empty(),
+    )?;
+    let mut dir = Dir::new(fd)?;
+    let mut out = Vec::new();
+    while let Some(entry) = dir.read() {
+        let entry = entry?;
+        if entry.file_type() != FileType::Directory {
+            continue;
+        }
+        if let Some(aid) = common::parse_aid_name(entry.file_name().to_bytes()) {
+            out.push(aid);
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+/// Setup helper (never timed): an aid with `n` entries saved by the floor writer, which
+/// writes byte for byte what the crate writes.
+pub fn populate(run_dir: &Path, aid: u16, ids: &[InstanceId], template: &Entry) -> io::Result<()> {
+    let mut a = FloorAid::open(run_dir, aid)?;
+    let mut state = template.clone();
+    let process = identify(state.pid);
+    for &id in ids {
+        state.id = id;
+        a.save_as(&state, process.as_ref())?;
+    }
+    Ok(())
+}

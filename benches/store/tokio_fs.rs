@@ -1,0 +1,170 @@
+//! `tokio-fs`: what a user would write by hand on `tokio::fs`: the same layout, one `.await`
+//! per file operation, paths instead of directory descriptors, the flock taken through
+//! `spawn_blocking` on a lock file opened once per aid, and a `tokio::sync::Mutex` per aid
+//! for exclusion between tasks.
+
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustix::fs::{FlockOperation, flock};
+use std::future::poll_fn;
+use std::pin::Pin;
+
+use tokio::io::AsyncWrite;
+use tokio::sync::{Mutex, MutexGuard};
+
+use super::common::{self, Decoded, Entry};
+use runstate::InstanceId;
+
+pub struct TfsAid {
+    dir: PathBuf,
+    turn: Mutex<()>,
+    lock: Arc<File>,
+}
+
+/// An aid held: the task mutex and the flock. Unlocking never blocks, so it happens inline.
+pub struct TfsHold<'a> {
+    aid: &'a TfsAid,
+    _turn: MutexGuard<'a, ()>,
+}
+
+impl Drop for TfsHold<'_> {
+    fn drop(&mut self) {
+        let _ = flock(&*self.aid.lock, FlockOperation::Unlock);
+    }
+}
+
+impl TfsAid {
+    /// Setup (never timed): makes the directories and opens the lock file.
+    pub fn open(run_dir: &Path, aid: u16) -> io::Result<Arc<TfsAid>> {
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        let state = run_dir.join("state");
+        let dir = state.join(aid.to_string());
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)?;
+        let lock = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(state.join(format!("{aid}.lock")))?;
+        Ok(Arc::new(TfsAid {
+            dir,
+            turn: Mutex::new(()),
+            lock: Arc::new(lock),
+        }))
+    }
+
+    pub async fn hold(&self) -> TfsHold<'_> {
+        let turn = self.turn.lock().await;
+        let lock = self.lock.clone();
+        tokio::task::spawn_blocking(move || flock(&*lock, FlockOperation::LockExclusive))
+            .await
+            .expect("join")
+            .expect("flock");
+        TfsHold {
+            aid: self,
+            _turn: turn,
+        }
+    }
+
+    fn path(&self, id: InstanceId) -> PathBuf {
+        self.dir.join(id.to_string())
+    }
+
+    /// Identifies the process, then: create_new a temporary file, write_all, flush, hard_link to the final name (which,
+    /// unlike rename, refuses to overwrite), remove the temporary name.
+    ///
+    /// The process identity comes first, as two more `tokio::fs::read`s.
+    pub async fn save(&self, state: &Entry) -> io::Result<()> {
+        let stat = tokio::fs::read(format!("/proc/{}/stat", state.pid)).await;
+        let boot = tokio::fs::read(common::BOOT_ID).await;
+        let process = match (stat, boot) {
+            (Ok(stat), Ok(boot)) => common::ident(&stat, &boot),
+            _ => None,
+        };
+        let mut bytes = Vec::new();
+        common::encode(state, process.as_ref(), &mut bytes);
+        let temp = self.dir.join(format!(".tmp-{}", state.id));
+        let mut file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&temp)
+            .await?;
+        write_all(&mut file, &bytes).await?;
+        drop(file);
+        let linked = tokio::fs::hard_link(&temp, self.path(state.id)).await;
+        tokio::fs::remove_file(&temp).await?;
+        linked
+    }
+
+    pub async fn destroy(&self, id: InstanceId) -> io::Result<bool> {
+        match tokio::fs::remove_file(self.path(id)).await {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// read_dir, then tokio::fs::read and decode each entry.
+    pub async fn entries(&self, mut f: impl FnMut(Decoded)) -> io::Result<usize> {
+        let mut rd = tokio::fs::read_dir(&self.dir).await?;
+        let mut n = 0;
+        while let Some(entry) = rd.next_entry().await? {
+            let name = entry.file_name();
+            let Some(id) = common::parse_entry_name(name.as_encoded_bytes()) else {
+                continue;
+            };
+            let bytes = tokio::fs::read(entry.path()).await?;
+            f(common::decode(&bytes, id).map_err(io::Error::other)?);
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    pub async fn len(&self) -> io::Result<usize> {
+        let mut rd = tokio::fs::read_dir(&self.dir).await?;
+        let mut n = 0;
+        while let Some(entry) = rd.next_entry().await? {
+            if common::parse_entry_name(entry.file_name().as_encoded_bytes()).is_some() {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// `AsyncWriteExt::write_all` then `flush`, spelled out: the crate's dev-dependencies do not
+/// enable tokio's `io-util` feature. tokio's `File` hands each write to the blocking pool;
+/// the flush waits for it to land.
+async fn write_all(file: &mut tokio::fs::File, mut buf: &[u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        let n = poll_fn(|cx| Pin::new(&mut *file).poll_write(cx, buf)).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        buf = &buf[n..];
+    }
+    poll_fn(|cx| Pin::new(&mut *file).poll_flush(cx)).await
+}
+
+pub async fn aids(run_dir: &Path) -> io::Result<Vec<u16>> {
+    let mut rd = tokio::fs::read_dir(run_dir.join("state")).await?;
+    let mut out = Vec::new();
+    while let Some(entry) = rd.next_entry().await? {
+        let Some(aid) = common::parse_aid_name(entry.file_name().as_encoded_bytes()) else {
+            continue;
+        };
+        if entry.file_type().await?.is_dir() {
+            out.push(aid);
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
+}
