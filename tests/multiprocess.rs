@@ -628,8 +628,12 @@ async fn child_counter(env: &ChildEnv) {
 /// the aid directory while it holds the lock, like the fallback save path does, so that a
 /// kill can leave one behind for the next holder to sweep.
 async fn child_crash(env: &ChildEnv) {
-    let store = open_store(&env.dir);
     let mut rng = Rng::new(child_num("RUNSTATE_CHILD_SEED"));
+    // Half the children take the durable (fsyncing) path.
+    let options = Options::new()
+        .max_entry_size(MAX_ENTRY)
+        .durable(rng.below(2) == 0);
+    let store = AsyncStore::<Cfg>::with_options(&env.dir, options);
     let aid_dir = env.dir.join("state").join(env.aid.to_string());
     let pid = std::process::id();
     say("READY");
