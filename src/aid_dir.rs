@@ -256,6 +256,11 @@ impl AidDir {
     /// rename, refuses to overwrite), then unlinked. A crash can leave the temporary file;
     /// [`AidDir::sweep_temps`] removes it later.
     fn save_named_temp(&self, id: InstanceId, name: &CStr, bytes: &[u8]) -> Result<(), Error> {
+        // A fallback save that was killed left its mark: clear up after it first.
+        if self.lock.temps_marked()? {
+            self.sweep_temps()?;
+        }
+        self.lock.mark_temps(true)?;
         let temp = layout::temp_name();
         let fd = openat(
             &self.dir,
@@ -279,7 +284,8 @@ impl AidDir {
             });
         let removed = unlinkat(&self.dir, temp.as_str(), AtFlags::empty());
         linked?;
-        removed.map_err(|e| Error::io("remove temporary file", self.path.join(&temp), e))
+        removed.map_err(|e| Error::io("remove temporary file", self.path.join(&temp), e))?;
+        self.lock.mark_temps(false)
     }
 
     fn write_out(&self, file: &mut File, bytes: &[u8]) -> std::io::Result<()> {
@@ -418,8 +424,9 @@ impl AidDir {
         }
     }
 
-    /// Removes temporary files that a killed process left behind. Call it holding the lock
-    /// exclusively, so no save in progress loses its file.
+    /// Removes temporary files that a killed process left behind, and the lock file's mark
+    /// that there may be some. Call it holding the lock exclusively, so no save in progress
+    /// loses its file.
     pub(crate) fn sweep_temps(&self) -> Result<(), Error> {
         let mut dir = Dir::read_from(&self.dir).map_err(|e| Error::io("list", &self.path, e))?;
         while let Some(entry) = dir.read() {
@@ -439,7 +446,7 @@ impl AidDir {
                 }
             }
         }
-        Ok(())
+        self.lock.mark_temps(false)
     }
 }
 
@@ -600,6 +607,25 @@ mod tests {
                 0o600
             );
         }
+    }
+
+    #[test]
+    fn a_fallback_save_clears_up_after_a_killed_one() {
+        let run = tempfile::tempdir_in("/dev/shm").unwrap();
+        let dir = AidDir::open(run.path(), Aid::new(3).unwrap(), &Options::new()).unwrap();
+        dir.publish
+            .store(Publish::NamedTemp as u8, Ordering::Relaxed);
+        // What a fallback save killed between creating and unlinking its file leaves.
+        dir.lock.mark_temps(true).unwrap();
+        std::fs::write(dir.path().join(".tmp-killed"), b"half").unwrap();
+
+        let id = InstanceId::random();
+        dir.save(id, b"entry").unwrap();
+        assert_eq!(names(dir.path()), [id.to_string()]);
+        assert!(
+            !dir.lock.temps_marked().unwrap(),
+            "a completed save leaves no mark"
+        );
     }
 
     #[test]

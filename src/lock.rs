@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use rustix::fs::{FlockOperation, flock};
-use rustix::io::Errno;
+use rustix::io::{Errno, pread, pwrite};
 
 use crate::Error;
 
@@ -92,6 +92,25 @@ impl LockFile {
     /// descriptor or an interruption before any change, so it cannot leave the lock held.
     pub(crate) fn unlock(&self) {
         while let Err(Errno::INTR) = flock(&self.fd, FlockOperation::Unlock) {}
+    }
+
+    /// Whether a fallback save may have left a temporary file: the lock file's first byte
+    /// is 1 from before such a save creates its file until after it has removed it, so a
+    /// save killed in between leaves the mark for the next fallback save to act on. Call it
+    /// holding the lock exclusively.
+    pub(crate) fn temps_marked(&self) -> Result<bool, Error> {
+        let mut byte = [0u8];
+        match pread(&self.fd, &mut byte, 0) {
+            Ok(n) => Ok(n == 1 && byte[0] == 1),
+            Err(e) => Err(Error::io("read lock file", &self.path, e)),
+        }
+    }
+
+    /// Sets or clears the mark read by [`LockFile::temps_marked`].
+    pub(crate) fn mark_temps(&self, on: bool) -> Result<(), Error> {
+        pwrite(&self.fd, &[u8::from(on)], 0)
+            .map(drop)
+            .map_err(|e| Error::io("write lock file", &self.path, e))
     }
 
     /// Joins the shared lock if this process already owns it.
