@@ -300,12 +300,12 @@ impl AidModel {
                         }
                         other => panic!("{}: expected AlreadyExists, got {other:?}", ctx()),
                     }
-                } else {
-                    if let Err(e) = r {
-                        panic!("{}: save failed: {e:?}", ctx());
-                    }
-                    self.entries.insert(s.id, s.clone());
+                    return;
                 }
+                if let Err(e) = r {
+                    panic!("{}: save failed: {e:?}", ctx());
+                }
+                self.entries.insert(s.id, s.clone());
             }
             (Step::Destroy(id), Outcome::Destroy(r)) => {
                 let existed = self.entries.remove(id).is_some();
