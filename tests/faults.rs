@@ -515,6 +515,12 @@ fn assert_efbig(result: Result<(), Error>, run_dir: &Path, id: InstanceId) {
 
 /// Checks the full-disk aid holds exactly the small entries, whole, and nothing else.
 async fn check_full_disk_aid(store: &Store, run_dir: &Path, small: usize) {
+    // Looked at first: a store's first exclusive hold of an aid would sweep temporary files.
+    assert_eq!(
+        foreign_names(run_dir, aid(FULL_AID)),
+        Vec::<String>::new(),
+        "no temporary file or other leftover in the aid directory"
+    );
     let all = store
         .try_with_aid(aid(FULL_AID), async |c| {
             for n in 0..BIG_SIZES.len() {
@@ -537,11 +543,6 @@ async fn check_full_disk_aid(store: &Store, run_dir: &Path, small: usize) {
         every.len(),
         small,
         "store.entries() sees the small ones only"
-    );
-    assert_eq!(
-        foreign_names(run_dir, aid(FULL_AID)),
-        Vec::<String>::new(),
-        "no temporary file or other leftover in the aid directory"
     );
 }
 
@@ -855,8 +856,13 @@ async fn child_check(run_dir: &Path) {
 
 /// After a round of kills, with no child left: every aid is free for a long-lived handle
 /// and a fresh one, every entry is whole and decodes, and no leftover file is visible.
-/// Returns the number of aid checks done and the entries seen.
-async fn check_after_kills(main: &Store, run_dir: &Path, round: usize) -> (u64, Vec<State<Cfg>>) {
+/// Returns the number of aid checks done, the entries seen, and the temporary files found
+/// before a sweep.
+async fn check_after_kills(
+    main: &Store,
+    run_dir: &Path,
+    round: usize,
+) -> (u64, Vec<State<Cfg>>, usize) {
     let aids: Vec<Aid> = STORM_AIDS.iter().map(|&n| aid(n)).collect();
     let mut checks = 0;
     let mut seen = BTreeMap::new();
@@ -868,6 +874,17 @@ async fn check_after_kills(main: &Store, run_dir: &Path, round: usize) -> (u64, 
             .unwrap_or_else(|e| panic!("round {round}: aid {a} after the kills: {e}"));
         seen.insert(a, all);
         checks += 1;
+    }
+    // Before any sweep: a killed save may have left a temporary file (if this file system
+    // made the store fall back to named ones), but nothing else.
+    let mut temps = 0;
+    for &a in &aids {
+        let foreign = foreign_names(run_dir, a);
+        temps += foreign.iter().filter(|n| n.starts_with(".tmp-")).count();
+        assert!(
+            foreign.iter().all(|n| n.starts_with(".tmp-")),
+            "round {round}: foreign files in aid {a}: {foreign:?}"
+        );
     }
     // A new handle's first exclusive hold sweeps what a killed process may have left;
     // then only entry files may remain.
@@ -903,7 +920,7 @@ async fn check_after_kills(main: &Store, run_dir: &Path, round: usize) -> (u64, 
         assert_eq!(seen[a].get(&state.id), Some(state), "round {round}");
     }
     checks += 1;
-    (checks, every.into_iter().map(|(_, s)| s).collect())
+    (checks, every.into_iter().map(|(_, s)| s).collect(), temps)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -917,7 +934,7 @@ async fn kill_storm() {
     let mut rng = XorShift::new(seed);
     let started = Instant::now();
     let (mut kills, mut checks, mut child_checks) = (0u64, 0u64, 0u64);
-    let (mut most, mut written) = (0usize, 0usize);
+    let (mut most, mut written, mut temps_left) = (0usize, 0usize, 0usize);
     for round in 0..ROUNDS {
         let mut kids: Vec<Kid> = (0..KIDS)
             .map(|i| {
@@ -946,8 +963,9 @@ async fn kill_storm() {
             kid.kill().await;
             kills += 1;
         }
-        let (n, states) = check_after_kills(&main, &run_dir, round).await;
+        let (n, states, temps) = check_after_kills(&main, &run_dir, round).await;
         checks += n;
+        temps_left += temps;
         let entries = states.len();
         most = most.max(entries);
         // What this round's children saved and did not destroy: proof that they worked.
@@ -975,7 +993,8 @@ async fn kill_storm() {
     eprintln!(
         "kill_storm (seed {seed}): {kills} SIGKILLs in {ROUNDS} rounds, {checks} aid checks \
          ({child_checks} rounds also checked by a fresh process), {written} entries found \
-         from the round's children, up to {most} entries, in {:?}",
+         from the round's children, up to {most} entries, {temps_left} temporary files \
+         left by a kill (swept), in {:?}",
         started.elapsed()
     );
 }
@@ -1350,6 +1369,12 @@ async fn cancellation_storm(runtime: &str, seed: u64, tasks: u64, per_task: u64)
             .expect("the second handle's with_aid after the storm deadlocked")
             .unwrap();
         assert_eq!(all, again);
+        // Before the fresh handle's first hold, which would sweep temporary files.
+        assert_eq!(
+            foreign_names(&run_dir, a),
+            Vec::<String>::new(),
+            "leftover files in aid {a}"
+        );
         for store in [&stores[0], &stores[1], &fresh] {
             let now = store
                 .try_with_aid(a, async |c| read_all(c).await)
@@ -1366,11 +1391,6 @@ async fn cancellation_storm(runtime: &str, seed: u64, tasks: u64, per_task: u64)
         assert!(
             all.values().all(|s| s.config.owner < tasks),
             "an entry no task saved"
-        );
-        assert_eq!(
-            foreign_names(&run_dir, a),
-            Vec::<String>::new(),
-            "leftover files in aid {a}"
         );
         entries += all.len();
     }
