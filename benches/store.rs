@@ -1028,7 +1028,7 @@ fn main() {
     println!(
         "saves:   entries record a live `sleep` child; each save identifies it from /proc \
          (stat + boot_id): {} ns the floor's way (openat+read+close x2), {} ns with \
-         std::fs::read x2 (the crate's way)",
+         std::fs::read x2 (as src/liveness.rs reads them now)",
         fmt_ns(id_floor),
         fmt_ns(id_std)
     );
