@@ -953,13 +953,14 @@ fn main() {
     let base = std::env::var_os("RUNSTATE_BENCH_DIR")
         .filter(|d| !d.is_empty())
         .map_or_else(|| PathBuf::from("/dev/shm"), PathBuf::from);
-    match is_tmpfs(&base) {
-        Ok(true) => {}
+    let fs_kind = match is_tmpfs(&base) {
+        Ok(true) => "tmpfs",
         Ok(false) if env_on("RUNSTATE_BENCH_ALLOW_DISK") => {
             eprintln!(
                 "warning: {} is not tmpfs; running anyway (RUNSTATE_BENCH_ALLOW_DISK)",
                 base.display()
             );
+            "NOT tmpfs: figures do not compare with tmpfs runs"
         }
         Ok(false) => {
             eprintln!(
@@ -975,7 +976,7 @@ fn main() {
             eprintln!("cannot use the bench directory: {e}");
             std::process::exit(2);
         }
-    }
+    };
 
     let reps = if quick { 3 } else { 7 };
     let w9_reps = if quick { 3 } else { 5 };
@@ -1009,7 +1010,7 @@ fn main() {
         if quick { " (quick mode)" } else { "" }
     );
     println!("machine: {}", machine());
-    println!("dir:     {} (tmpfs)", ctx.scratch.root.display());
+    println!("dir:     {} ({fs_kind})", ctx.scratch.root.display());
     println!("load:    {} (at start)", loadavg());
     println!(
         "runtime: runstate and tokio-fs on a tokio multi-thread runtime, 2 workers; \
