@@ -74,10 +74,12 @@ where
     /// this returns.
     pub async fn save(&mut self, state: &State<C>) -> Result<(), Error> {
         let mut config = Vec::with_capacity(self.last_len);
-        format::encode_config(&state.config, &mut config).map_err(|reason| Error::Encode {
-            path: self.read.hold.dir().path().join(state.id.to_string()),
-            reason,
-        })?;
+        let encoded = format::encode_config(&state.config, &mut config)
+            .and_then(|()| format::check_depth(&config, format::MAX_CONFIG_DEPTH));
+        if let Err(reason) = encoded {
+            let path = self.read.hold.dir().path().join(state.id.to_string());
+            return Err(Error::Encode { path, reason });
+        }
         self.last_len = config.len();
         let (hold, id, pid, time) = (self.read.hold.clone(), state.id, state.pid, state.time);
         let process = state.process.clone();
@@ -86,7 +88,12 @@ where
             // Identified here, on the blocking pool, right before publishing.
             let process = process.or_else(|| liveness::identify(dir.options().proc_dir(), pid));
             let mut bytes = Vec::with_capacity(config.len() + 128);
-            format::encode_record(id, pid, time, process.as_ref(), &config, &mut bytes);
+            format::encode_record(id, pid, time, process.as_ref(), &config, &mut bytes).map_err(
+                |reason| Error::Encode {
+                    path: dir.path().join(id.to_string()),
+                    reason,
+                },
+            )?;
             dir.save(id, &bytes)
         })
         .await

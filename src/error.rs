@@ -59,7 +59,9 @@ pub enum Error {
         reason: String,
     },
 
-    /// The config could not be encoded as MessagePack (a serde `Serialize` impl failed).
+    /// `save` could not encode the entry: the config's `Serialize` impl failed, the config
+    /// nests arrays and maps more than 200 levels deep (readers refuse deeper files), or the
+    /// start time is out of the format's range.
     #[error("cannot encode the entry for {path}: {reason}")]
     Encode {
         /// The entry file it was meant for.

@@ -26,6 +26,84 @@ use crate::{InstanceId, ProcessIdentity, State};
 /// The format version this crate writes.
 pub(crate) const VERSION: u32 = 1;
 
+/// How deeply a reader lets arrays and maps nest in an entry. Decoding recurses once per
+/// level, so a hostile file nested a million deep must be refused before it exhausts the
+/// blocking thread's stack (2 MiB by default, less if the runtime says so).
+const MAX_DEPTH: usize = 256;
+
+/// How deeply `save` lets a config nest, counting its own levels only. Below [`MAX_DEPTH`]
+/// with a margin for the entry's own map, so whatever is saved can be read back.
+pub(crate) const MAX_CONFIG_DEPTH: usize = 200;
+
+/// Checks, without recursion, that one encoded MessagePack value nests at most `max` deep.
+pub(crate) fn check_depth(mut bytes: &[u8], max: usize) -> Result<(), String> {
+    // open[i]: values still to come in the i-th open array or map.
+    let mut open = [0u64; MAX_DEPTH];
+    let max = max.min(MAX_DEPTH);
+    let mut depth = 0;
+    loop {
+        let (children, skip) = value_header(&mut bytes).ok_or("malformed MessagePack")?;
+        bytes = bytes.get(skip..).ok_or("truncated MessagePack")?;
+        if depth > 0 {
+            open[depth - 1] -= 1;
+        }
+        if children > 0 {
+            if depth == max {
+                return Err(format!("nested deeper than {max} levels"));
+            }
+            open[depth] = children;
+            depth += 1;
+        }
+        while depth > 0 && open[depth - 1] == 0 {
+            depth -= 1;
+        }
+        if depth == 0 {
+            return Ok(());
+        }
+    }
+}
+
+/// Reads one value's header: how many values nest directly in it (map keys count), and
+/// how many payload bytes follow the header.
+fn value_header(bytes: &mut &[u8]) -> Option<(u64, usize)> {
+    fn take<const N: usize>(bytes: &mut &[u8]) -> Option<u64> {
+        let (head, rest) = bytes.split_first_chunk::<N>()?;
+        *bytes = rest;
+        Some(head.iter().fold(0u64, |n, &b| n << 8 | u64::from(b)))
+    }
+    let (&marker, rest) = bytes.split_first()?;
+    *bytes = rest;
+    let len = |n: u64| usize::try_from(n).ok();
+    Some(match marker {
+        0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => (0, 0),
+        0x80..=0x8f => (2 * u64::from(marker & 0x0f), 0),
+        0x90..=0x9f => (u64::from(marker & 0x0f), 0),
+        0xa0..=0xbf => (0, usize::from(marker & 0x1f)),
+        0xc4 | 0xd9 => (0, len(take::<1>(bytes)?)?),
+        0xc5 | 0xda => (0, len(take::<2>(bytes)?)?),
+        0xc6 | 0xdb => (0, len(take::<4>(bytes)?)?),
+        0xc7 => (0, len(take::<1>(bytes)?)? + 1),
+        0xc8 => (0, len(take::<2>(bytes)?)? + 1),
+        0xc9 => (0, len(take::<4>(bytes)?)? + 1),
+        0xca => (0, 4),
+        0xcb => (0, 8),
+        0xcc | 0xd0 => (0, 1),
+        0xcd | 0xd1 => (0, 2),
+        0xce | 0xd2 => (0, 4),
+        0xcf | 0xd3 => (0, 8),
+        0xd4 => (0, 2),
+        0xd5 => (0, 3),
+        0xd6 => (0, 5),
+        0xd7 => (0, 9),
+        0xd8 => (0, 17),
+        0xdc => (take::<2>(bytes)?, 0),
+        0xdd => (take::<4>(bytes)?, 0),
+        0xde => (2 * take::<2>(bytes)?, 0),
+        0xdf => (2 * take::<4>(bytes)?, 0),
+        0xc1 => return None,
+    })
+}
+
 #[derive(Serialize, Deserialize)]
 struct Time {
     secs: i64,
@@ -43,29 +121,25 @@ struct Record<C> {
     config: C,
 }
 
-fn to_wire(time: SystemTime) -> Time {
-    match time.duration_since(UNIX_EPOCH) {
-        Ok(d) => Time {
-            secs: d.as_secs() as i64,
-            nanos: d.subsec_nanos(),
-        },
+/// The wire form of a time, or `None` for one beyond `i64` seconds from the epoch.
+fn to_wire(time: SystemTime) -> Option<Time> {
+    // i128 so that every SystemTime this platform has maps without overflow, including
+    // i64::MIN seconds, which from_wire can produce.
+    let (secs, nanos) = match time.duration_since(UNIX_EPOCH) {
+        Ok(d) => (i128::from(d.as_secs()), d.subsec_nanos()),
         // Before the epoch: floor to whole seconds so nanos stays in 0..1e9.
         Err(e) => {
             let d = e.duration();
-            let (secs, nanos) = (d.as_secs() as i64, d.subsec_nanos());
-            if nanos == 0 {
-                Time {
-                    secs: -secs,
-                    nanos: 0,
-                }
-            } else {
-                Time {
-                    secs: -secs - 1,
-                    nanos: 1_000_000_000 - nanos,
-                }
+            match d.subsec_nanos() {
+                0 => (-i128::from(d.as_secs()), 0),
+                n => (-i128::from(d.as_secs()) - 1, 1_000_000_000 - n),
             }
         }
-    }
+    };
+    Some(Time {
+        secs: i64::try_from(secs).ok()?,
+        nanos,
+    })
 }
 
 fn from_wire(t: &Time) -> Result<SystemTime, String> {
@@ -98,10 +172,10 @@ pub(crate) fn encode_record(
     process: Option<&ProcessIdentity>,
     config: &[u8],
     out: &mut Vec<u8>,
-) {
+) -> Result<(), String> {
     use rmp::encode::{write_bin, write_map_len, write_nil, write_sint, write_str, write_uint};
+    let time = to_wire(time).ok_or("the start time is too far from 1970 to store")?;
     // Writing into a Vec cannot fail; the results only carry the writer's error type.
-    let time = to_wire(time);
     let _ = write_map_len(out, 6);
     let _ = write_str(out, "version");
     let _ = write_uint(out, u64::from(VERSION));
@@ -130,6 +204,7 @@ pub(crate) fn encode_record(
     }
     let _ = write_str(out, "config");
     out.extend_from_slice(config);
+    Ok(())
 }
 
 /// Appends the encoding of `state` to `out`.
@@ -150,7 +225,9 @@ pub(crate) fn encode<C: Serialize>(state: &State<C>, out: &mut Vec<u8>) -> Resul
 
 /// Decodes one entry file's bytes.
 pub(crate) fn decode<C: DeserializeOwned>(bytes: &[u8]) -> Result<State<C>, String> {
-    let record: Record<C> = rmp_serde::from_slice(bytes).map_err(|e| e.to_string())?;
+    let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
+    de.set_max_depth(MAX_DEPTH);
+    let record = Record::<C>::deserialize(&mut de).map_err(|e| e.to_string())?;
     if record.version == 0 {
         return Err("format version 0 does not exist".into());
     }
@@ -208,6 +285,56 @@ mod tests {
 
     fn sample_with_time(bytes: &[u8]) -> State<BTreeMap<String, String>> {
         decode(bytes).unwrap()
+    }
+
+    #[test]
+    fn times_far_from_the_epoch_round_trip_or_are_refused() {
+        let far_past = UNIX_EPOCH - Duration::from_secs(1 << 63);
+        let mut bytes = Vec::new();
+        encode(&sample().with_time(far_past), &mut bytes).unwrap();
+        assert_eq!(
+            decode::<BTreeMap<String, String>>(&bytes).unwrap().time,
+            far_past
+        );
+        if let Some(too_far) = UNIX_EPOCH.checked_sub(Duration::new(1 << 63, 1)) {
+            assert!(encode(&sample().with_time(too_far), &mut Vec::new()).is_err());
+        }
+    }
+
+    #[test]
+    fn depth_is_checked_without_recursion_as_the_reader_counts_it() {
+        fn nested(levels: usize) -> rmpv::Value {
+            (0..levels).fold(rmpv::Value::Nil, |inner, i| {
+                if i % 2 == 0 {
+                    rmpv::Value::Array(vec![1.into(), inner])
+                } else {
+                    rmpv::Value::Map(vec![("k".into(), inner), (2.into(), "x".into())])
+                }
+            })
+        }
+        for levels in [0, 1, 5, MAX_CONFIG_DEPTH] {
+            let mut config = Vec::new();
+            encode_config(&nested(levels), &mut config).unwrap();
+            check_depth(&config, MAX_CONFIG_DEPTH).unwrap();
+            let state = State::new(InstanceId::from_bytes([1; 16]), 1, nested(levels));
+            let mut bytes = Vec::new();
+            encode(&state, &mut bytes).unwrap();
+            assert_eq!(
+                decode::<rmpv::Value>(&bytes).unwrap(),
+                state,
+                "{levels} levels"
+            );
+        }
+        let mut config = Vec::new();
+        encode_config(&nested(MAX_CONFIG_DEPTH + 1), &mut config).unwrap();
+        assert!(check_depth(&config, MAX_CONFIG_DEPTH).is_err());
+        // A million levels: refused by the reader's limit, not by the stack.
+        let mut deep = vec![0x91; 1_000_000];
+        deep.push(0xc0);
+        assert!(check_depth(&deep, MAX_CONFIG_DEPTH).is_err());
+        assert!(decode::<rmpv::Value>(&deep).is_err());
+        assert!(check_depth(&[0xc1], 4).is_err());
+        assert!(check_depth(&[0x92, 0x01], 4).is_err());
     }
 
     #[test]
