@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use rustix::fs::{FlockOperation, flock};
+use rustix::fs::{FlockOperation, flock, ftruncate};
 use rustix::io::{Errno, pread, pwrite};
 
 use crate::Error;
@@ -106,11 +106,15 @@ impl LockFile {
         }
     }
 
-    /// Sets or clears the mark read by [`LockFile::temps_marked`].
+    /// Sets the mark read by [`LockFile::temps_marked`] (one byte), or clears it (no bytes,
+    /// so a lock file that was never marked stays empty).
     pub(crate) fn mark_temps(&self, on: bool) -> Result<(), Error> {
-        pwrite(&self.fd, &[u8::from(on)], 0)
-            .map(drop)
-            .map_err(|e| Error::io("write lock file", &self.path, e))
+        let done = if on {
+            pwrite(&self.fd, &[1], 0).map(drop)
+        } else {
+            ftruncate(&self.fd, 0)
+        };
+        done.map_err(|e| Error::io("write lock file", &self.path, e))
     }
 
     /// Joins the shared lock if this process already owns it.
