@@ -29,7 +29,7 @@ pub(crate) fn stream<B: Batcher>(
 ) -> impl Stream<Item = Result<B::Item, Error>> + Send + Unpin {
     stream::unfold(Some(batcher), move |batcher| async move {
         let mut batcher = batcher?;
-        let hop = blocking::spawn(op, move || {
+        let hop = blocking::run_infallible(op, move || {
             let mut out = Vec::new();
             let more = batcher.fill(&mut out);
             (batcher, out, more)

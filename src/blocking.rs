@@ -1,9 +1,28 @@
-//! Moving whole operations onto tokio's blocking pool.
+//! Running file work where it cannot stall the runtime.
+//!
+//! Every store operation is one call here with the whole logical operation (or one batch of
+//! a stream) as a plain synchronous closure. File operations are short but may sleep: on a
+//! directory lock held by another process, or on a disk for a durable store. So they never
+//! run on a runtime thread as if they were cheap:
+//!
+//! - On a multi-thread runtime they run in place through `tokio::task::block_in_place`,
+//!   which first hands this worker's other tasks to another thread, so nothing waits behind
+//!   them. That saves the round trip to the blocking pool and back, which on a small VM costs
+//!   more than the operation itself (17-35 us measured here, against 5-25 us for a save).
+//! - On a current-thread runtime, where `block_in_place` is not allowed, they go to the
+//!   blocking pool with `spawn_blocking`.
+//!
+//! Waiting for a contended lock always goes to the pool ([`on_pool`]): the wait can be long,
+//! and its waiter must stay free to give up.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use tokio::runtime::{Handle, RuntimeFlavor};
 
 use crate::Error;
 
 /// Runs `f` on the blocking pool. A panic or cancellation there becomes [`Error::Blocking`].
-pub(crate) async fn spawn<T, F>(op: &'static str, f: F) -> Result<T, Error>
+pub(crate) async fn on_pool<T, F>(op: &'static str, f: F) -> Result<T, Error>
 where
     T: Send + 'static,
     F: FnOnce() -> T + Send + 'static,
@@ -16,11 +35,37 @@ where
         })
 }
 
-/// [`spawn`] for work that can fail.
+/// Runs `f`, a short file operation, in place on a multi-thread runtime and on the blocking
+/// pool otherwise. A panic in `f` becomes [`Error::Blocking`] either way.
 pub(crate) async fn run<T, F>(op: &'static str, f: F) -> Result<T, Error>
 where
     T: Send + 'static,
     F: FnOnce() -> Result<T, Error> + Send + 'static,
 {
-    spawn(op, f).await?
+    if in_place_allowed() {
+        // Unwinding stops here, as it would at the blocking pool's edge: the closure only
+        // holds values it owns, and they are dropped on the way out.
+        catch_unwind(AssertUnwindSafe(|| tokio::task::block_in_place(f)))
+            .map_err(|_| Error::Blocking { op, panicked: true })?
+    } else {
+        on_pool(op, f).await?
+    }
+}
+
+/// [`run`] for work that cannot fail.
+pub(crate) async fn run_infallible<T, F>(op: &'static str, f: F) -> Result<T, Error>
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    run(op, move || Ok(f())).await
+}
+
+/// Whether `block_in_place` may be called here: only on a multi-thread runtime (it panics on
+/// a current-thread one). Outside any runtime there is no runtime thread to protect, but
+/// the pool is not there either, so such callers also run in place.
+fn in_place_allowed() -> bool {
+    Handle::try_current().map_or(true, |handle| {
+        handle.runtime_flavor() == RuntimeFlavor::MultiThread
+    })
 }

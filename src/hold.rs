@@ -220,21 +220,21 @@ impl Locks {
         match wait {
             Wait::Never => Err(Error::WouldBlock { aid }),
             Wait::Forever => {
-                blocking::run("lock", move || {
+                blocking::on_pool("lock", move || {
                     pending.dir.lock.exclusive()?;
                     Ok(pending.granted())
                 })
-                .await
+                .await?
             }
             Wait::Until(deadline, waited) => {
-                blocking::run("lock", move || {
+                blocking::on_pool("lock", move || {
                     if pending.dir.lock.exclusive_until(deadline)? {
                         Ok(pending.granted())
                     } else {
                         Err(Error::Timeout { aid, waited })
                     }
                 })
-                .await
+                .await?
             }
         }
     }
@@ -260,15 +260,15 @@ impl Locks {
         match wait {
             Wait::Never => Err(Error::WouldBlock { aid }),
             Wait::Forever => {
-                blocking::run("lock", move || {
+                blocking::on_pool("lock", move || {
                     let _first = first;
                     pending.dir.lock.first_shared()?;
                     Ok(pending.granted())
                 })
-                .await
+                .await?
             }
             Wait::Until(deadline, waited) => {
-                blocking::run("lock", move || {
+                blocking::on_pool("lock", move || {
                     let _first = first;
                     if pending.dir.lock.first_shared_until(deadline)? {
                         Ok(pending.granted())
@@ -276,7 +276,7 @@ impl Locks {
                         Err(Error::Timeout { aid, waited })
                     }
                 })
-                .await
+                .await?
             }
         }
     }

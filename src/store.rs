@@ -336,7 +336,7 @@ where
             state.pid,
             state.process.clone(),
         );
-        blocking::spawn("liveness", move || {
+        blocking::run_infallible("liveness", move || {
             liveness::check(&proc_root, pid, process.as_ref())
         })
         .await

@@ -91,6 +91,10 @@ async fn random_work(
 ) -> Result<(), Error> {
     let _inside = Inside::enter(inside);
     entered.fetch_add(1, Ordering::Relaxed);
+    // On a multi-thread runtime the store's operations finish within one poll (they run in
+    // place), so a closure needs an await point of its own to be dropped while holding the
+    // aid, as a real one awaiting a child process would.
+    tokio::task::yield_now().await;
     let some_known = || {
         let known = known.lock().unwrap();
         (!known.is_empty()).then(|| known[pick as usize % known.len()])
@@ -134,6 +138,7 @@ async fn random_work(
             assert!(all.iter().all(|(id, s)| *id == s.id));
         }
     }
+    tokio::task::yield_now().await;
     Ok(())
 }
 
