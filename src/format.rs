@@ -219,8 +219,7 @@ pub(crate) fn encode<C: Serialize>(state: &State<C>, out: &mut Vec<u8>) -> Resul
         state.process.as_ref(),
         &config,
         out,
-    );
-    Ok(())
+    )
 }
 
 /// Decodes one entry file's bytes.
