@@ -7,6 +7,7 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use rustix::fs::{
@@ -29,6 +30,8 @@ pub(crate) struct AidDir {
     options: Options,
     /// The cheapest way of publishing that has worked here; see [`Publish`].
     publish: AtomicU8,
+    /// The boot id, read once for the process identities that saves record.
+    pub(crate) boot_id: OnceLock<String>,
 }
 
 /// Flags for every open of an existing file: never follow a link, never block on a fifo,
@@ -154,6 +157,7 @@ impl AidDir {
             lock: LockFile::new(lock_fd, lock_path),
             options: options.clone(),
             publish: AtomicU8::new(Publish::EmptyPath as u8),
+            boot_id: OnceLock::new(),
         })
     }
 

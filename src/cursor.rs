@@ -86,7 +86,8 @@ where
         blocking::run("save", move || {
             let dir = hold.dir();
             // Identified here, on the blocking pool, right before publishing.
-            let process = process.or_else(|| liveness::identify(dir.options().proc_dir(), pid));
+            let process =
+                process.or_else(|| liveness::identify(dir.options().proc_dir(), pid, &dir.boot_id));
             let mut bytes = Vec::with_capacity(config.len() + 128);
             format::encode_record(id, pid, time, process.as_ref(), &config, &mut bytes).map_err(
                 |reason| Error::Encode {

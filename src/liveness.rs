@@ -3,6 +3,7 @@
 //! (`/proc/sys/kernel/random/boot_id`), as runc and crun do.
 
 use std::path::Path;
+use std::sync::OnceLock;
 
 use serde::{Deserialize, Serialize};
 
@@ -52,13 +53,27 @@ enum Probe {
 }
 
 fn start_time(proc_root: &Path, pid: u32) -> Probe {
-    match std::fs::read(proc_root.join(pid.to_string()).join("stat")) {
-        Ok(stat) => parse_start_time(&stat).map_or(Probe::Unreadable, Probe::Started),
+    let mut path = proc_root.to_path_buf();
+    path.push(pid.to_string());
+    path.push("stat");
+    let mut buf = [0u8; 1024];
+    match read_small(&path, &mut buf) {
+        Ok(stat) => parse_start_time(stat).map_or(Probe::Unreadable, Probe::Started),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Probe::Gone,
         // ESRCH: the process exited between open and read.
         Err(e) if e.raw_os_error() == Some(3) => Probe::Gone,
         Err(_) => Probe::Unreadable,
     }
+}
+
+/// Reads a small /proc file with one read(2) into `buf`. /proc files report size 0, so
+/// `fs::read` would stat them and then read in growing steps; a stat line or a boot id fits
+/// in 1 KiB. A file that fills the buffer is cut, which a stat line never is (its fields
+/// after the command name are numbers, and the name is at most 64 bytes).
+fn read_small<'b>(path: &Path, buf: &'b mut [u8]) -> std::io::Result<&'b [u8]> {
+    use std::io::Read;
+    let n = std::fs::File::open(path)?.read(buf)?;
+    Ok(&buf[..n])
 }
 
 /// Field 22 of a stat line. The command name (field 2) is in parentheses and may itself
@@ -73,20 +88,34 @@ fn parse_start_time(stat: &[u8]) -> Option<u64> {
 }
 
 fn boot_id(proc_root: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(proc_root.join("sys/kernel/random/boot_id")).ok()?;
-    let id = text.trim();
+    let mut buf = [0u8; 128];
+    let text = read_small(&proc_root.join("sys/kernel/random/boot_id"), &mut buf).ok()?;
+    let id = std::str::from_utf8(text).ok()?.trim();
     (!id.is_empty()).then(|| id.to_owned())
 }
 
-/// The identity of `pid` now, or `None` if `/proc` does not show it.
-pub(crate) fn identify(proc_root: &Path, pid: u32) -> Option<ProcessIdentity> {
-    match start_time(proc_root, pid) {
-        Probe::Started(start_time) => Some(ProcessIdentity {
-            start_time,
-            boot_id: boot_id(proc_root)?,
-        }),
-        Probe::Gone | Probe::Unreadable => None,
-    }
+/// The identity of `pid` now, or `None` if `/proc` does not show it. `boot` caches the boot
+/// id, which cannot change while this process runs, once it has been read.
+pub(crate) fn identify(
+    proc_root: &Path,
+    pid: u32,
+    boot: &OnceLock<String>,
+) -> Option<ProcessIdentity> {
+    let Probe::Started(start_time) = start_time(proc_root, pid) else {
+        return None;
+    };
+    let boot_id = match boot.get() {
+        Some(id) => id.clone(),
+        // Only a boot id that was read is kept: a failed read is tried again next time.
+        None => {
+            let id = boot_id(proc_root)?;
+            boot.get_or_init(|| id).clone()
+        }
+    };
+    Some(ProcessIdentity {
+        start_time,
+        boot_id,
+    })
 }
 
 /// Whether the process recorded as `pid` with `identity` is still running.
@@ -123,8 +152,8 @@ mod tests {
 
     #[test]
     fn this_process_is_alive() {
-        let me =
-            identify(Path::new("/proc"), std::process::id()).expect("/proc shows this process");
+        let me = identify(Path::new("/proc"), std::process::id(), &OnceLock::new())
+            .expect("/proc shows this process");
         assert_eq!(
             check(Path::new("/proc"), std::process::id(), Some(&me)),
             Liveness::Alive
