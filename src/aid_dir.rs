@@ -5,13 +5,15 @@
 use std::ffi::CStr;
 use std::fs::File;
 use std::io::{Read, Write};
+use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use rustix::fs::{
-    AtFlags, CWD, Dir, FileType, Mode, OFlags, fstat, fsync, linkat, mkdirat, openat, unlinkat,
+    AtFlags, CWD, FileType, Mode, OFlags, RawDir, fstat, fsync, linkat, mkdirat, openat, statat,
+    unlinkat,
 };
 use rustix::io::Errno;
 use serde::de::DeserializeOwned;
@@ -324,16 +326,7 @@ impl AidDir {
         buf: &mut Vec<u8>,
     ) -> Result<Option<State<C>>, Error> {
         let name = layout::entry_name(id);
-        self.load_named(layout::as_cstr(&name), id, buf)
-    }
-
-    fn load_named<C: DeserializeOwned>(
-        &self,
-        name: &CStr,
-        id: InstanceId,
-        buf: &mut Vec<u8>,
-    ) -> Result<Option<State<C>>, Error> {
-        if !self.read_file(name, id, buf)? {
+        if !self.read_file(layout::as_cstr(&name), id, buf)? {
             return Ok(None);
         }
         let state: State<C> = format::decode(buf)
@@ -395,9 +388,21 @@ impl AidDir {
 
     /// Starts a listing of the directory's entry names.
     pub(crate) fn scan(&self) -> Result<Scan, Error> {
-        Dir::read_from(&self.dir)
-            .map(|dir| Scan { dir, done: false })
-            .map_err(|e| Error::io("list", &self.path, e))
+        // A descriptor of its own, for a position of its own.
+        let fd = openat(
+            &self.dir,
+            c".",
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| Error::io("list", &self.path, e))?;
+        Ok(Scan {
+            fd,
+            buf: vec![MaybeUninit::uninit(); DIRENT_BUF],
+            ids: Vec::new(),
+            next: 0,
+            more: true,
+        })
     }
 
     /// Decodes the next entries of `scan` into `out`: at most `max` files or `max_bytes` read.
@@ -411,11 +416,11 @@ impl AidDir {
     ) {
         let mut bytes = 0;
         while out.len() < max && bytes < max_bytes {
-            match scan.next_entry(&self.path) {
+            match scan.next_id(&self.path) {
                 None => break,
                 Some(Err(e)) => out.push(Err(e)),
-                Some(Ok((name, id))) => {
-                    match self.load_named(&name, id, buf) {
+                Some(Ok(id)) => {
+                    match self.load(id, buf) {
                         Ok(Some(state)) => out.push(Ok(state)),
                         // Destroyed since it was listed: another holder cannot do that, but a
                         // foreign process can; it simply is no longer an entry.
@@ -432,23 +437,30 @@ impl AidDir {
     /// that there may be some. Call it holding the lock exclusively, so no save in progress
     /// loses its file.
     pub(crate) fn sweep_temps(&self) -> Result<(), Error> {
-        let mut dir = Dir::read_from(&self.dir).map_err(|e| Error::io("list", &self.path, e))?;
-        while let Some(entry) = dir.read() {
-            let entry = entry.map_err(|e| Error::io("list", &self.path, e))?;
-            let name = entry.file_name();
-            if name.to_bytes().starts_with(TEMP_PREFIX) && entry.file_type() != FileType::Directory
+        let fd = openat(
+            &self.dir,
+            c".",
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| Error::io("list", &self.path, e))?;
+        let mut failed = None;
+        for_each_dirent(&fd, &self.path, |name, kind| {
+            if failed.is_none()
+                && name.to_bytes().starts_with(TEMP_PREFIX)
+                && kind != FileType::Directory
             {
                 match unlinkat(&self.dir, name, AtFlags::empty()) {
                     Ok(()) | Err(Errno::NOENT) => {}
                     Err(e) => {
-                        return Err(Error::io(
-                            "remove temporary file",
-                            self.path.join(name.to_string_lossy().as_ref()),
-                            e,
-                        ));
+                        let path = self.path.join(name.to_string_lossy().as_ref());
+                        failed = Some(Error::io("remove temporary file", path, e));
                     }
                 }
             }
+        })?;
+        if let Some(e) = failed {
+            return Err(e);
         }
         self.lock.mark_temps(false)
     }
@@ -483,43 +495,79 @@ enum SaveError {
     Failed(Error),
 }
 
-/// A listing in progress of one aid directory's entry names.
+/// Bytes of directory entries fetched per `getdents64` call: about 500 entry names.
+const DIRENT_BUF: usize = 32 << 10;
+
+/// Reads one `getdents64` buffer of `fd` and calls `each` for its entries. Returns `false`
+/// at the end of the directory. A fresh `RawDir` per call is fine because the kernel keeps
+/// the position in the open file, and each call drains what it fetched.
+fn read_dirents(
+    fd: &OwnedFd,
+    buf: &mut [MaybeUninit<u8>],
+    mut each: impl FnMut(&CStr, FileType),
+) -> std::io::Result<bool> {
+    let mut raw = RawDir::new(fd, buf);
+    loop {
+        match raw.next() {
+            None => return Ok(false),
+            Some(Err(e)) => return Err(e.into()),
+            Some(Ok(entry)) => each(entry.file_name(), entry.file_type()),
+        }
+        if raw.is_buffer_empty() {
+            return Ok(true);
+        }
+    }
+}
+
+/// Calls `each` for every entry of the directory `fd` (its own position, so pass a fresh
+/// descriptor).
+fn for_each_dirent(
+    fd: &OwnedFd,
+    path: &Path,
+    mut each: impl FnMut(&CStr, FileType),
+) -> Result<(), Error> {
+    let mut buf = vec![MaybeUninit::uninit(); DIRENT_BUF];
+    while read_dirents(fd, &mut buf, &mut each).map_err(|e| Error::io("list", path, e))? {}
+    Ok(())
+}
+
+/// A listing in progress of one aid directory's entry names: the ids of one `getdents64`
+/// buffer at a time, with no allocation per name.
 pub(crate) struct Scan {
-    dir: Dir,
-    done: bool,
+    fd: OwnedFd,
+    buf: Vec<MaybeUninit<u8>>,
+    ids: Vec<InstanceId>,
+    next: usize,
+    more: bool,
 }
 
 impl Scan {
-    /// The next name that is an entry's, skipping foreign names. `None` at the end.
-    pub(crate) fn next_entry(
-        &mut self,
-        path: &Path,
-    ) -> Option<Result<(std::ffi::CString, InstanceId), Error>> {
-        while !self.done {
-            match self.dir.read() {
-                None => self.done = true,
-                Some(Err(e)) => {
-                    self.done = true;
-                    return Some(Err(Error::io("list", path, e)));
-                }
-                Some(Ok(entry)) => {
-                    if let Some(id) = layout::parse_entry_name(entry.file_name()) {
-                        return Some(Ok((entry.file_name().to_owned(), id)));
-                    }
-                }
-            }
-        }
-        None
-    }
-
     /// Whether the listing has reached its end.
     pub(crate) fn is_done(&self) -> bool {
-        self.done
+        !self.more && self.next == self.ids.len()
     }
 
     /// The next entry's id, skipping foreign names.
     pub(crate) fn next_id(&mut self, path: &Path) -> Option<Result<InstanceId, Error>> {
-        self.next_entry(path).map(|r| r.map(|(_, id)| id))
+        while self.next == self.ids.len() {
+            if !self.more {
+                return None;
+            }
+            self.ids.clear();
+            self.next = 0;
+            let ids = &mut self.ids;
+            match read_dirents(&self.fd, &mut self.buf, |name, _| {
+                ids.extend(layout::parse_entry_name(name))
+            }) {
+                Ok(more) => self.more = more,
+                Err(e) => {
+                    self.more = false;
+                    return Some(Err(Error::io("list", path, e)));
+                }
+            }
+        }
+        self.next += 1;
+        Some(Ok(self.ids[self.next - 1]))
     }
 }
 
@@ -536,27 +584,22 @@ pub(crate) fn list_aids(run_dir: &Path) -> Result<Vec<Aid>, Error> {
         Err(Errno::NOENT) => return Ok(Vec::new()),
         Err(e) => return Err(Error::io("list", &state_path, e)),
     };
-    let mut dir = Dir::new(fd).map_err(|e| Error::io("list", &state_path, e))?;
     let mut aids = Vec::new();
-    while let Some(entry) = dir.read() {
-        let entry = entry.map_err(|e| Error::io("list", &state_path, e))?;
-        let Some(aid) = layout::parse_aid_name(entry.file_name().to_bytes()) else {
-            continue;
+    for_each_dirent(&fd, &state_path, |name, kind| {
+        let Some(aid) = layout::parse_aid_name(name.to_bytes()) else {
+            return;
         };
-        let is_dir = match entry.file_type() {
+        let is_dir = match kind {
             FileType::Directory => true,
-            FileType::Unknown => rustix::fs::statat(
-                dir.fd().map_err(|e| Error::io("list", &state_path, e))?,
-                entry.file_name(),
-                AtFlags::SYMLINK_NOFOLLOW,
-            )
-            .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Directory),
+            // Some file systems do not fill in d_type.
+            FileType::Unknown => statat(&fd, name, AtFlags::SYMLINK_NOFOLLOW)
+                .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Directory),
             _ => false,
         };
         if is_dir {
             aids.push(aid);
         }
-    }
+    })?;
     aids.sort_unstable();
     Ok(aids)
 }
