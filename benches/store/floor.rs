@@ -77,7 +77,7 @@ impl FloorAid {
     }
 
     /// Identifies the process from /proc, encodes and publishes an entry: O_TMPFILE,
-    /// write, linkat via /proc/self/fd, close.
+    /// write, linkat, close.
     pub fn save(&mut self, state: &Entry) -> io::Result<()> {
         let process = identify(state.pid);
         self.save_as(state, process.as_ref())
@@ -101,11 +101,18 @@ impl FloorAid {
         while written < self.buf.len() {
             written += rustix::io::write(&fd, &self.buf[written..])?;
         }
-        let mut path = [0u8; 32];
-        let path = common::proc_fd_path(fd.as_raw_fd(), &mut path);
         let name = common::entry_name(state.id);
         let name = std::ffi::CStr::from_bytes_with_nul(&name).expect("nul");
-        linkat(CWD, path, &self.dir, name, AtFlags::SYMLINK_FOLLOW)?;
+        // The cheapest link the kernel allows here, as the crate does: AT_EMPTY_PATH where
+        // permitted, else the /proc/self/fd link.
+        match linkat(&fd, c"", &self.dir, name, AtFlags::EMPTY_PATH) {
+            Err(rustix::io::Errno::NOENT | rustix::io::Errno::PERM) => {
+                let mut path = [0u8; 32];
+                let path = common::proc_fd_path(fd.as_raw_fd(), &mut path);
+                linkat(CWD, path, &self.dir, name, AtFlags::SYMLINK_FOLLOW)?;
+            }
+            linked => linked?,
+        }
         Ok(())
     }
 
@@ -183,10 +190,15 @@ pub fn identify(pid: u32) -> Option<common::ProcIdent> {
     let mut path = [0u8; 32];
     write!(&mut path[..], "/proc/{pid}/stat\0").ok()?;
     let path = std::ffi::CStr::from_bytes_until_nul(&path).ok()?;
-    let (mut stat, mut boot) = ([0u8; 1024], [0u8; 1024]);
+    let mut stat = [0u8; 1024];
     let stat = read_small(path, &mut stat)?;
-    let boot = read_small(c"/proc/sys/kernel/random/boot_id", &mut boot)?;
-    common::ident(stat, boot)
+    // The boot id cannot change while the process runs: read once, as the crate does.
+    static BOOT: std::sync::OnceLock<Option<Vec<u8>>> = std::sync::OnceLock::new();
+    let boot = BOOT.get_or_init(|| {
+        let mut boot = [0u8; 1024];
+        read_small(c"/proc/sys/kernel/random/boot_id", &mut boot).map(<[u8]>::to_vec)
+    });
+    common::ident(stat, boot.as_deref()?)
 }
 
 /// The aids with a directory under `<run_dir>/state`, ascending.
