@@ -21,9 +21,27 @@ use crate::{Aid, Error, InstanceId, Liveness, State, blocking, format, liveness}
 /// `&mut`: the borrow checker keeps it from escaping, so it cannot be used after the lock is
 /// released.
 ///
-/// Every method is one logical operation on tokio's blocking pool (streams: one per batch).
-/// Dropping its future at any point is safe: the operation either completes or has no
-/// effect, and the lock is released only after it has finished.
+/// Every method is one logical operation, moved off the runtime's reach (streams: one per
+/// batch). Dropping its future at any point is safe: the operation either completes or has
+/// no effect, and the lock is released only after it has finished.
+///
+/// A read cursor cannot write: the types refuse it.
+///
+/// ```compile_fail
+/// # use runstate::{Aid, AsyncStore, Error, InstanceId, State};
+/// # async fn f(store: AsyncStore<u32>) -> Result<(), Error> {
+/// store
+///     .with_aid_shared(Aid::new(1)?, async |c| c.save(&State::new(InstanceId::random(), 1, 0)).await)
+///     .await
+/// # }
+/// ```
+///
+/// ```compile_fail
+/// # use runstate::{Aid, AsyncStore, Error, InstanceId};
+/// # async fn f(store: AsyncStore<u32>) -> Result<bool, Error> {
+/// store.with_aid_shared(Aid::new(1)?, async |c| c.destroy(InstanceId::random()).await).await
+/// # }
+/// ```
 #[derive(Debug)]
 pub struct ReadCursor<C> {
     hold: Arc<Hold>,

@@ -278,6 +278,10 @@ where
     /// file is one item, and the stream goes on with the rest. The stream is `Unpin`: poll it
     /// as it is.
     ///
+    /// Each aid's shared lock is taken when the stream reaches that aid and released as soon
+    /// as its last batch has been read, so a stream left unfinished holds at most one aid,
+    /// and only while entries of that aid are still to be read.
+    ///
     /// ```
     /// # use runstate::{Aid, AsyncStore, Error, InstanceId, State};
     /// use futures::StreamExt;
