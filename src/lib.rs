@@ -70,3 +70,8 @@ pub use store::AsyncStore;
 
 /// The async streams this crate returns, re-exported so callers need not name `futures`.
 pub use futures::Stream;
+
+/// The README's code, compiled with the doctests so it stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
