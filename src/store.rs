@@ -274,7 +274,7 @@ where
     /// Streams every entry of every aid, in aid order, holding each aid's lock shared while it
     /// is read.
     ///
-    /// Lazy and bounded in memory like [`Cursor::entries`]. An error about one aid or one
+    /// Lazy and bounded in memory like [`ReadCursor::entries`]. An error about one aid or one
     /// file is one item, and the stream goes on with the rest. The stream is `Unpin`: poll it
     /// as it is.
     ///
