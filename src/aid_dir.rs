@@ -386,16 +386,20 @@ impl AidDir {
         Ok(true)
     }
 
-    /// Starts a listing of the directory's entry names.
-    pub(crate) fn scan(&self) -> Result<Scan, Error> {
-        // A descriptor of its own, for a position of its own.
-        let fd = openat(
+    /// A new descriptor of the directory: a listing needs a position of its own.
+    fn reopen(&self) -> Result<OwnedFd, Error> {
+        openat(
             &self.dir,
             c".",
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
         )
-        .map_err(|e| Error::io("list", &self.path, e))?;
+        .map_err(|e| Error::io("list", &self.path, e))
+    }
+
+    /// Starts a listing of the directory's entry names.
+    pub(crate) fn scan(&self) -> Result<Scan, Error> {
+        let fd = self.reopen()?;
         Ok(Scan {
             fd,
             buf: vec![MaybeUninit::uninit(); DIRENT_BUF],
@@ -437,13 +441,7 @@ impl AidDir {
     /// that there may be some. Call it holding the lock exclusively, so no save in progress
     /// loses its file.
     pub(crate) fn sweep_temps(&self) -> Result<(), Error> {
-        let fd = openat(
-            &self.dir,
-            c".",
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| Error::io("list", &self.path, e))?;
+        let fd = self.reopen()?;
         let mut failed = None;
         for_each_dirent(&fd, &self.path, |name, kind| {
             if failed.is_none()
