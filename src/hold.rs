@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{OnceCell, OwnedMutexGuard, OwnedRwLockReadGuard, OwnedRwLockWriteGuard, RwLock};
 
 use crate::aid_dir::AidDir;
+use crate::lock::LockFile;
 use crate::{Aid, Error, Options, blocking};
 
 /// Whether a holder excludes everyone or only exclusive holders.
@@ -212,73 +213,58 @@ impl Locks {
     /// Takes the flock for a claim with an exclusive turn. A claim dropped on the way gives
     /// back its turn without unlocking: it owns no flock, and the descriptor's flock may be
     /// another holder's.
-    async fn flock_exclusive(pending: Claim, wait: Wait) -> Result<Hold, Error> {
-        if pending.dir.lock.try_exclusive()? {
-            return Ok(pending.granted());
+    async fn flock_exclusive(claim: Claim, wait: Wait) -> Result<Hold, Error> {
+        if claim.dir.lock.try_exclusive()? {
+            return Ok(claim.granted());
         }
-        let aid = pending.aid;
-        match wait {
-            Wait::Never => Err(Error::WouldBlock { aid }),
-            Wait::Forever => {
-                blocking::on_pool("lock", move || {
-                    pending.dir.lock.exclusive()?;
-                    Ok(pending.granted())
-                })
-                .await?
-            }
-            Wait::Until(deadline, waited) => {
-                blocking::on_pool("lock", move || {
-                    if pending.dir.lock.exclusive_until(deadline)? {
-                        Ok(pending.granted())
-                    } else {
-                        Err(Error::Timeout { aid, waited })
-                    }
-                })
-                .await?
-            }
-        }
+        Self::wait_for_flock(claim, wait, (), LockFile::exclusive).await
     }
 
-    /// Takes (or joins) this process's shared flock for a hold that has its shared turn.
-    async fn flock_shared(pending: Claim, slot: &Slot, wait: Wait) -> Result<Hold, Error> {
-        if pending.dir.lock.join_shared() {
-            return Ok(pending.granted());
+    /// Takes (or joins) this process's shared flock for a claim with a shared turn.
+    async fn flock_shared(claim: Claim, slot: &Slot, wait: Wait) -> Result<Hold, Error> {
+        if claim.dir.lock.join_shared() {
+            return Ok(claim.granted());
         }
-        let aid = pending.aid;
         let first = slot.first_reader.clone();
         let first: OwnedMutexGuard<()> = within(
-            aid,
+            claim.aid,
             wait,
             || first.clone().try_lock_owned().ok(),
             first.clone().lock_owned(),
         )
         .await?;
         // Another reader may have taken it while we queued.
-        if pending.dir.lock.join_shared() || pending.dir.lock.try_first_shared()? {
-            return Ok(pending.granted());
+        if claim.dir.lock.join_shared() || claim.dir.lock.try_first_shared()? {
+            return Ok(claim.granted());
         }
-        match wait {
-            Wait::Never => Err(Error::WouldBlock { aid }),
-            Wait::Forever => {
-                blocking::on_pool("lock", move || {
-                    let _first = first;
-                    pending.dir.lock.first_shared()?;
-                    Ok(pending.granted())
-                })
-                .await?
+        Self::wait_for_flock(claim, wait, first, LockFile::first_shared).await
+    }
+
+    /// Waits on the blocking pool for a flock that another process holds, as `wait` allows,
+    /// keeping `guard` until then. The hold is built on that thread, so if our caller is
+    /// gone by the time the lock comes, it is dropped there and the lock released at once.
+    async fn wait_for_flock<G: Send + 'static>(
+        claim: Claim,
+        wait: Wait,
+        guard: G,
+        take: fn(&LockFile, Option<Instant>) -> Result<bool, Error>,
+    ) -> Result<Hold, Error> {
+        let (aid, until) = match wait {
+            Wait::Never => return Err(Error::WouldBlock { aid: claim.aid }),
+            Wait::Forever => (claim.aid, None),
+            Wait::Until(deadline, _) => (claim.aid, Some(deadline)),
+        };
+        blocking::on_pool("lock", move || {
+            let _guard = guard;
+            match take(&claim.dir.lock, until)? {
+                true => Ok(claim.granted()),
+                false => Err(match wait {
+                    Wait::Until(_, waited) => Error::Timeout { aid, waited },
+                    _ => Error::WouldBlock { aid },
+                }),
             }
-            Wait::Until(deadline, waited) => {
-                blocking::on_pool("lock", move || {
-                    let _first = first;
-                    if pending.dir.lock.first_shared_until(deadline)? {
-                        Ok(pending.granted())
-                    } else {
-                        Err(Error::Timeout { aid, waited })
-                    }
-                })
-                .await?
-            }
-        }
+        })
+        .await?
     }
 
     /// Refuses new holds, waits for the current ones, and closes every file.

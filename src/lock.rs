@@ -78,14 +78,13 @@ impl LockFile {
         self.flock(FlockOperation::NonBlockingLockExclusive)
     }
 
-    /// Waits for the exclusive lock. Blocks: call it on the blocking pool.
-    pub(crate) fn exclusive(&self) -> Result<(), Error> {
-        self.flock(FlockOperation::LockExclusive).map(drop)
-    }
-
-    /// Waits for the exclusive lock until `deadline`; `Ok(false)` if it did not come.
-    pub(crate) fn exclusive_until(&self, deadline: Instant) -> Result<bool, Error> {
-        self.flock_until(FlockOperation::NonBlockingLockExclusive, deadline)
+    /// Waits for the exclusive lock, without limit (`None`) or until a deadline; `Ok(false)`
+    /// if the deadline came first. Blocks: call it on the blocking pool.
+    pub(crate) fn exclusive(&self, until: Option<Instant>) -> Result<bool, Error> {
+        match until {
+            None => self.flock(FlockOperation::LockExclusive),
+            Some(deadline) => self.flock_until(FlockOperation::NonBlockingLockExclusive, deadline),
+        }
     }
 
     /// Drops the exclusive lock. Never blocks. The only failures of `LOCK_UN` are a bad
@@ -132,15 +131,13 @@ impl LockFile {
         self.first_shared_with(|| self.flock(FlockOperation::NonBlockingLockShared))
     }
 
-    /// Waits for the shared lock for this process. Blocks: call it on the blocking pool.
-    pub(crate) fn first_shared(&self) -> Result<(), Error> {
-        self.first_shared_with(|| self.flock(FlockOperation::LockShared))
-            .map(drop)
-    }
-
-    /// Waits for the shared lock until `deadline`; `Ok(false)` if it did not come.
-    pub(crate) fn first_shared_until(&self, deadline: Instant) -> Result<bool, Error> {
-        self.first_shared_with(|| self.flock_until(FlockOperation::NonBlockingLockShared, deadline))
+    /// Waits for the shared lock for this process, as [`LockFile::exclusive`] waits. The
+    /// caller must be the only one trying to take it first.
+    pub(crate) fn first_shared(&self, until: Option<Instant>) -> Result<bool, Error> {
+        self.first_shared_with(|| match until {
+            None => self.flock(FlockOperation::LockShared),
+            Some(deadline) => self.flock_until(FlockOperation::NonBlockingLockShared, deadline),
+        })
     }
 
     fn first_shared_with(&self, take: impl FnOnce() -> Result<bool, Error>) -> Result<bool, Error> {
