@@ -1,6 +1,6 @@
 //! The synchronous file logic of one aid: opening its directory safely, publishing entries
 //! atomically, reading them back and listing them. Nothing here is async; the async shell
-//! moves whole operations onto the blocking pool.
+//! runs whole operations where they cannot stall the runtime (see `blocking.rs`).
 
 use std::ffi::CStr;
 use std::fs::File;
@@ -409,6 +409,26 @@ impl AidDir {
         })
     }
 
+    /// The next entry of `scan`, read into `buf` and decoded, or the error in its place.
+    pub(crate) fn next_entry<C: DeserializeOwned>(
+        &self,
+        scan: &mut Scan,
+        buf: &mut Vec<u8>,
+    ) -> Option<Result<State<C>, Error>> {
+        loop {
+            return match scan.next_id(&self.path)? {
+                Ok(id) => match self.load(id, buf) {
+                    Ok(Some(state)) => Some(Ok(state)),
+                    // Destroyed since it was listed: another holder cannot do that, but a
+                    // foreign process can; it simply is no longer an entry.
+                    Ok(None) => continue,
+                    Err(e) => Some(Err(e)),
+                },
+                Err(e) => Some(Err(e)),
+            };
+        }
+    }
+
     /// Decodes the next entries of `scan` into `out`: at most `max` files or `max_bytes` read.
     pub(crate) fn read_batch<C: DeserializeOwned>(
         &self,
@@ -420,21 +440,25 @@ impl AidDir {
     ) {
         let mut bytes = 0;
         while out.len() < max && bytes < max_bytes {
-            match scan.next_id(&self.path) {
-                None => break,
-                Some(Err(e)) => out.push(Err(e)),
-                Some(Ok(id)) => {
-                    match self.load(id, buf) {
-                        Ok(Some(state)) => out.push(Ok(state)),
-                        // Destroyed since it was listed: another holder cannot do that, but a
-                        // foreign process can; it simply is no longer an entry.
-                        Ok(None) => {}
-                        Err(e) => out.push(Err(e)),
-                    }
-                    bytes += buf.len();
-                }
-            }
+            let Some(entry) = self.next_entry(scan, buf) else {
+                break;
+            };
+            out.push(entry);
+            bytes += buf.len();
         }
+    }
+
+    /// Reads every entry, in directory order, and hands each (or its error) to `each`,
+    /// stopping at the first error `each` returns.
+    pub(crate) fn read_all<C: DeserializeOwned>(
+        &self,
+        mut each: impl FnMut(Result<State<C>, Error>) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        let (mut scan, mut buf) = (self.scan()?, Vec::new());
+        while let Some(entry) = self.next_entry(&mut scan, &mut buf) {
+            each(entry)?;
+        }
+        Ok(())
     }
 
     /// Removes temporary files that a killed process left behind, and the lock file's mark

@@ -1,4 +1,4 @@
-//! Lazy streams that fill batches on the blocking pool: one hop per batch, never per file,
+//! Lazy streams that fill batches as blocking work: one call per batch, never per file,
 //! and at most one batch in memory.
 
 use std::sync::Arc;
@@ -15,7 +15,7 @@ const BATCH_FILES: usize = 128;
 /// Bytes read per hop at most, so large entries make smaller batches.
 const BATCH_BYTES: usize = 512 << 10;
 
-/// The work behind one stream, run a batch at a time on the blocking pool.
+/// The work behind one stream, run a batch at a time as blocking work (`blocking::run`).
 pub(crate) trait Batcher: Send + 'static {
     type Item: Send + 'static;
     /// Appends the next items; returns `false` once there are no more after these.

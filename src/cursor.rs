@@ -103,7 +103,7 @@ where
         let process = state.process.clone();
         blocking::run("save", move || {
             let dir = hold.dir();
-            // Identified here, on the blocking pool, right before publishing.
+            // Identified here, in the blocking work, right before publishing.
             let process =
                 process.or_else(|| liveness::identify(dir.options().proc_dir(), pid, &dir.boot_id));
             let mut bytes = Vec::with_capacity(config.len() + 128);
@@ -120,28 +120,23 @@ where
 
     /// Removes the entries whose process is [`Liveness::Dead`](crate::Liveness::Dead) and
     /// returns them; see [`AsyncStore::prune_dead`](crate::AsyncStore::prune_dead). One pass
-    /// over the directory on the blocking pool. Corrupt files are left alone.
+    /// over the directory as one blocking operation. Corrupt files are left alone.
     pub async fn prune_dead(&mut self) -> Result<Vec<State<C>>, Error> {
         let hold = self.read.hold.clone();
         blocking::run("prune", move || {
             let dir = hold.dir();
             let proc_root = dir.options().proc_dir();
-            let mut scan = dir.scan()?;
-            let (mut buf, mut batch, mut dead) = (Vec::new(), Vec::new(), Vec::new());
-            loop {
-                dir.read_batch::<C>(&mut scan, 256, usize::MAX, &mut buf, &mut batch);
-                for state in batch.drain(..).flatten() {
-                    if liveness::check(proc_root, state.pid, state.process.as_ref())
-                        == Liveness::Dead
-                        && dir.destroy(state.id)?
-                    {
-                        dead.push(state);
-                    }
+            let mut dead = Vec::new();
+            dir.read_all::<C>(|state| {
+                // Not an entry, so not an entry of a dead process: left alone.
+                let Ok(state) = state else { return Ok(()) };
+                let liveness = liveness::check(proc_root, state.pid, state.process.as_ref());
+                if liveness == Liveness::Dead && dir.destroy(state.id)? {
+                    dead.push(state);
                 }
-                if scan.is_done() {
-                    return Ok(dead);
-                }
-            }
+                Ok(())
+            })?;
+            Ok(dead)
         })
         .await
     }
@@ -204,8 +199,8 @@ where
 
     /// Streams the entries, decoded, in directory order.
     ///
-    /// Lazy and bounded in memory: files are read and decoded in batches on the blocking
-    /// pool as the stream is polled. A file that is not a valid entry is one
+    /// Lazy and bounded in memory: files are read and decoded in batches of up to 128 as the
+    /// stream is polled, each batch one blocking operation. A file that is not a valid entry is one
     /// [`Error::Corrupt`] item naming it, and the stream goes on.
     ///
     /// ```
@@ -235,19 +230,13 @@ where
     pub async fn load_all(&mut self) -> Result<BTreeMap<InstanceId, State<C>>, Error> {
         let hold = self.hold.clone();
         blocking::run("load_all", move || {
-            let mut scan = hold.dir().scan()?;
-            let (mut buf, mut batch, mut all) = (Vec::new(), Vec::new(), BTreeMap::new());
-            loop {
-                hold.dir()
-                    .read_batch::<C>(&mut scan, 256, usize::MAX, &mut buf, &mut batch);
-                for state in batch.drain(..) {
-                    let state = state?;
-                    all.insert(state.id, state);
-                }
-                if scan.is_done() {
-                    return Ok(all);
-                }
-            }
+            let mut all = BTreeMap::new();
+            hold.dir().read_all::<C>(|state| {
+                let state = state?;
+                all.insert(state.id, state);
+                Ok(())
+            })?;
+            Ok(all)
         })
         .await
     }

@@ -114,7 +114,8 @@ pub enum Error {
         source: io::Error,
     },
 
-    /// Work moved to tokio's blocking pool panicked or was cancelled by a runtime shutdown.
+    /// The store's own blocking work panicked (a config's `Deserialize` impl, say), or was
+    /// cancelled on the blocking pool by a runtime shutdown.
     #[error("{op}: blocking task {}", if *.panicked { "panicked" } else { "was cancelled" })]
     Blocking {
         /// The operation that was running.
