@@ -3,9 +3,9 @@
 //! entries that decode, no lock and no leftover file.
 //!
 //! Other processes are this very test binary, run again with only the `fault_child` test
-//! selected and `RUNSTATE_FAULT_*` variables saying what to do. Without them `fault_child`
-//! passes at once, so a plain `cargo test` is unaffected. A child announces its progress with
-//! `@@<TAG> <value>` lines on stdout.
+//! selected and `RUNSTATE_FAULT_*` variables saying what to do (the harness is in
+//! `tests/common/child.rs`). Without them `fault_child` passes at once, so a plain
+//! `cargo test` is unaffected.
 //!
 //! `RUNSTATE_TEST_SEED` replays another run of the random tests.
 
@@ -14,16 +14,15 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{BufRead as _, Read as _, Write as _};
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::pin::pin;
-use std::process::{ExitStatus, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
-use common::{XorShift, pid};
+use common::child::{DEADLOCK, Flavor, Kid, child_var, say, spawn_kid, test_args, test_command};
+use common::{Checked, XorShift, aid, check_states, foreign_names, pattern, pid};
 use futures::future::{Either, select};
 use futures::{StreamExt, TryStreamExt};
 use runstate::{Aid, AsyncStore, Cursor, Error, InstanceId, ReadCursor, State};
@@ -32,23 +31,13 @@ use tokio::time::timeout;
 
 /// The test that children run.
 const CHILD_TEST: &str = "fault_child";
-/// A bound on anything that should happen promptly; hitting it means a deadlock or a lock
-/// that was never released, never slowness.
-const DEADLOCK: Duration = Duration::from_secs(30);
-
-type Store = AsyncStore<Cfg>;
-
-fn aid(n: u16) -> Aid {
-    Aid::new(n).unwrap()
-}
 
 /// The base seed: `RUNSTATE_TEST_SEED` if set, else a fixed one.
 fn base_seed() -> u64 {
-    std::env::var("RUNSTATE_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0xfa17_2024)
+    common::child::base_seed(0xfa17_2024)
 }
+
+type Store = AsyncStore<Cfg>;
 
 // ---------------------------------------------------------------------------------------
 // Entries whose content can be checked.
@@ -70,7 +59,9 @@ impl Cfg {
             fill: pattern(seq, len),
         }
     }
+}
 
+impl Checked for Cfg {
     fn check(&self) -> Result<(), String> {
         if self.fill != pattern(self.seq, self.fill.len()) {
             return Err(format!(
@@ -82,31 +73,6 @@ impl Cfg {
         }
         Ok(())
     }
-}
-
-fn pattern(seq: u64, len: usize) -> String {
-    let start = (seq % 26) as u8;
-    let cycle: Vec<u8> = (0..26u8).map(|i| b'a' + (start + i) % 26).collect();
-    let mut out = Vec::with_capacity(len + cycle.len());
-    while out.len() < len {
-        out.extend_from_slice(&cycle);
-    }
-    out.truncate(len);
-    String::from_utf8(out).unwrap()
-}
-
-/// Every entry is listed under its own id and holds an intact config.
-fn check_states(all: &BTreeMap<InstanceId, State<Cfg>>) -> Result<(), String> {
-    for (id, state) in all {
-        if state.id != *id {
-            return Err(format!("entry listed as {id} holds {}", state.id));
-        }
-        state
-            .config
-            .check()
-            .map_err(|e| format!("entry {id}: {e}"))?;
-    }
-    Ok(())
 }
 
 /// What a closure can fail with: a store error, or a broken invariant.
@@ -165,22 +131,6 @@ async fn read_all(c: &mut ReadCursor<Cfg>) -> Result<BTreeMap<InstanceId, State<
     Ok(all)
 }
 
-/// Names under `<run_dir>/state/<aid>` that are not entry files: temporary files, orphans,
-/// anything else.
-fn foreign_names(run_dir: &Path, aid: Aid) -> Vec<String> {
-    let dir = run_dir.join("state").join(aid.to_string());
-    let mut out = Vec::new();
-    for item in std::fs::read_dir(&dir).unwrap() {
-        let item = item.unwrap();
-        let name = item.file_name().to_string_lossy().into_owned();
-        if name.parse::<InstanceId>().is_err() || !item.file_type().unwrap().is_file() {
-            out.push(name);
-        }
-    }
-    out.sort();
-    out
-}
-
 /// Names under `<run_dir>/state` other than the given aids' directories and lock files.
 fn foreign_state_names(run_dir: &Path, aids: &[Aid]) -> Vec<String> {
     let mut out = Vec::new();
@@ -199,45 +149,9 @@ fn foreign_state_names(run_dir: &Path, aids: &[Aid]) -> Vec<String> {
 // ---------------------------------------------------------------------------------------
 // Processes.
 
-#[derive(Clone, Copy, Debug)]
-enum Flavor {
-    Current,
-    Multi,
-}
-
-impl Flavor {
-    fn name(self) -> &'static str {
-        match self {
-            Flavor::Current => "current",
-            Flavor::Multi => "multi",
-        }
-    }
-
-    /// Current for even `i`, multi for odd.
-    fn alternate(i: usize) -> Flavor {
-        if i % 2 == 0 {
-            Flavor::Current
-        } else {
-            Flavor::Multi
-        }
-    }
-}
-
-/// A child process running this binary's `fault_child` test in some role. Threads pass its
-/// stdout lines and its stderr to the async side; it is killed if dropped unreaped.
-struct Kid {
-    what: String,
-    child: std::process::Child,
-    status: Option<ExitStatus>,
-    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
-    stderr: Option<std::thread::JoinHandle<String>>,
-    seen: Vec<String>,
-}
-
 /// The command that runs `fault_child` in `role`.
 fn child_command(role: &str, run_dir: &Path, flavor: Flavor, seed: u64) -> std::process::Command {
-    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
-    cmd.args(["--exact", CHILD_TEST, "--nocapture", "--test-threads=1"]);
+    let mut cmd = test_command(CHILD_TEST);
     child_env(&mut cmd, role, run_dir, flavor, seed);
     cmd
 }
@@ -253,157 +167,11 @@ fn child_env(
         .env("RUNSTATE_FAULT_DIR", run_dir)
         .env("RUNSTATE_FAULT_FLAVOR", flavor.name())
         .env("RUNSTATE_FAULT_SEED", seed.to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-}
-
-fn spawn_kid(what: impl Into<String>, mut cmd: std::process::Command) -> Kid {
-    let what = what.into();
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {what}: {e}"));
-    let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
-    let stdout = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut stderr = child.stderr.take().unwrap();
-    let stderr = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = stderr.read_to_string(&mut text);
-        text
-    });
-    Kid {
-        what,
-        child,
-        status: None,
-        lines,
-        stderr: Some(stderr),
-        seen: Vec::new(),
-    }
-}
-
-impl Drop for Kid {
-    fn drop(&mut self) {
-        if self.status.is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-impl Kid {
-    /// Waits for the child's next `@@<tag>` line and returns what follows the tag.
-    async fn expect(&mut self, tag: &str) -> String {
-        loop {
-            let line = match timeout(DEADLOCK, self.lines.recv()).await {
-                Err(_) => {
-                    let report = self
-                        .report(&format!("no @@{tag} within {DEADLOCK:?}"))
-                        .await;
-                    panic!("{report}")
-                }
-                Ok(None) => {
-                    let report = self.report(&format!("stdout closed before @@{tag}")).await;
-                    panic!("{report}")
-                }
-                Ok(Some(line)) => line,
-            };
-            self.seen.push(line.clone());
-            if let Some(pos) = line.find("@@") {
-                if let Some(rest) = line[pos + 2..].strip_prefix(tag) {
-                    return rest.trim().to_owned();
-                }
-            }
-        }
-    }
-
-    /// Kills the child and describes it, with everything it printed, for a panic message.
-    async fn report(&mut self, why: &str) -> String {
-        let pid = self.child.id();
-        let _ = self.child.kill();
-        let (out, err) = self.drain().await;
-        format!(
-            "{} (pid {pid}): {why}\nstatus: {:?}\n--- stdout ---\n{}\n{out}\n--- stderr ---\n{err}",
-            self.what,
-            self.status,
-            self.seen.join("\n"),
-        )
-    }
-
-    /// Waits for the exit (killing the child after [`DEADLOCK`]) and returns the rest of
-    /// stdout and all of stderr.
-    async fn drain(&mut self) -> (String, String) {
-        let start = Instant::now();
-        while self.status.is_none() {
-            self.status = self.child.try_wait().unwrap();
-            if self.status.is_none() {
-                if start.elapsed() > DEADLOCK {
-                    let _ = self.child.kill();
-                }
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-        }
-        let mut out = Vec::new();
-        while let Some(line) = timeout(DEADLOCK, self.lines.recv()).await.ok().flatten() {
-            out.push(line);
-        }
-        let err = match self.stderr.take() {
-            Some(reader) => tokio::task::spawn_blocking(move || reader.join())
-                .await
-                .unwrap()
-                .unwrap_or_default(),
-            None => String::new(),
-        };
-        (out.join("\n"), err)
-    }
-
-    /// Lets the child run to its end and asserts that it succeeded.
-    async fn finish(mut self) {
-        let (out, err) = self.drain().await;
-        if !self.status.is_some_and(|s| s.success()) {
-            panic!(
-                "{} failed: {:?}\n--- stdout ---\n{}\n{out}\n--- stderr ---\n{err}",
-                self.what,
-                self.status,
-                self.seen.join("\n"),
-            );
-        }
-    }
-
-    /// SIGKILLs the child, and asserts that it was still running (it never ends by itself)
-    /// when it got the signal: a child that found a broken invariant exits with a panic.
-    async fn kill(mut self) {
-        let _ = self.child.kill();
-        let (out, err) = self.drain().await;
-        if self.status.and_then(|s| s.signal()) != Some(9) {
-            panic!(
-                "{} had ended before it was killed: {:?}\n--- stdout ---\n{}\n{out}\n--- stderr ---\n{err}",
-                self.what,
-                self.status,
-                self.seen.join("\n"),
-            );
-        }
-    }
+        .stdin(Stdio::null());
 }
 
 // ---------------------------------------------------------------------------------------
 // The child side.
-
-/// Prints a message that the parent's [`Kid::expect`] picks up.
-fn say(msg: impl std::fmt::Display) {
-    // libtest may have written "test fault_child ... " without a newline.
-    println!("\n@@{msg}");
-    std::io::stdout().flush().unwrap();
-}
-
-fn child_var(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set"))
-}
 
 /// Not a test of its own: the entry point of the child processes the other tests spawn.
 /// Without `RUNSTATE_FAULT_ROLE` it does nothing.
@@ -421,21 +189,11 @@ fn fault_child() {
     }));
     let dir = PathBuf::from(child_var("RUNSTATE_FAULT_DIR"));
     let seed: u64 = child_var("RUNSTATE_FAULT_SEED").parse().unwrap();
-    let flavor = child_var("RUNSTATE_FAULT_FLAVOR");
-    let mut builder = match flavor.as_str() {
-        "current" => tokio::runtime::Builder::new_current_thread(),
-        "multi" => {
-            let mut b = tokio::runtime::Builder::new_multi_thread();
-            b.worker_threads(2);
-            b
-        }
-        other => panic!("unknown flavor {other}"),
-    };
-    let rt = builder.enable_all().build().unwrap();
-    rt.block_on(async {
+    let flavor = Flavor::from_name(&child_var("RUNSTATE_FAULT_FLAVOR"));
+    flavor.runtime().block_on(async {
         match role.as_str() {
             "full_disk" => child_full_disk(&dir).await,
-            "storm" => child_storm(&dir, seed, flavor == "multi").await,
+            "storm" => child_storm(&dir, seed, flavor == Flavor::Multi).await,
             "check" => child_check(&dir).await,
             other => panic!("unknown role {other}"),
         }
@@ -626,11 +384,8 @@ async fn full_disk(flavor: Flavor) {
         "-c",
         r#"trap '' XFSZ; exec "$0" "$@""#,
         std::env::current_exe().unwrap().to_str().unwrap(),
-        "--exact",
-        CHILD_TEST,
-        "--nocapture",
-        "--test-threads=1",
     ]);
+    cmd.args(test_args(CHILD_TEST));
     child_env(&mut cmd, "full_disk", &run_dir, flavor, 0);
     let mut kid = spawn_kid(format!("full-disk child ({flavor:?})"), cmd);
     for _ in 0..BIG_SIZES.len() {
@@ -938,7 +693,7 @@ async fn kill_storm() {
     for round in 0..ROUNDS {
         let mut kids: Vec<Kid> = (0..KIDS)
             .map(|i| {
-                let flavor = Flavor::alternate(round + i);
+                let flavor = Flavor::Current.alternate(round + i);
                 let child_seed = rng.next_u64();
                 spawn_kid(
                     format!("storm child {i} of round {round} ({flavor:?}, seed {child_seed})"),
@@ -977,7 +732,7 @@ async fn kill_storm() {
         if round % 10 == 9 {
             let mut checker = spawn_kid(
                 format!("checker after round {round}"),
-                child_command("check", &run_dir, Flavor::alternate(round), 0),
+                child_command("check", &run_dir, Flavor::Current.alternate(round), 0),
             );
             let seen = checker.expect("OK").await;
             checker.finish().await;

@@ -2,25 +2,28 @@
 //! cancellation.
 //!
 //! Other processes are this very test binary, run again with only the `child_process` test
-//! selected and `RUNSTATE_CHILD_*` variables saying what to do. Without them `child_process`
-//! passes at once, so a plain `cargo test` is unaffected. A child announces its progress with
-//! `@@<TAG> <value>` lines on stdout; the parent checks every child's exit status and prints
-//! its output when it fails.
+//! selected and `RUNSTATE_CHILD_*` variables saying what to do (the harness is in
+//! `tests/common/child.rs`). Without them `child_process` passes at once, so a plain
+//! `cargo test` is unaffected.
+
+// Only the helpers are used here, not the both_runtimes! macro.
+#[allow(unused_macros)]
+mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 use std::future::Future;
-use std::io::{BufRead as _, Read as _, Write as _};
+use std::io::Write as _;
 use std::os::unix::fs::MetadataExt;
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::pin::pin;
-use std::process::{ExitStatus, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
+use common::child::{DEADLOCK, Flavor, Kid, child_var, say, test_command};
+use common::{Checked, aid, check_states, foreign_names, pattern};
 use futures::TryStreamExt;
 use runstate::{Aid, AsyncStore, Cursor, Error, InstanceId, Options, State};
 use serde::{Deserialize, Serialize};
@@ -30,9 +33,6 @@ type BoxErr = Box<dyn std::error::Error + Send + Sync>;
 
 /// The test that children run.
 const CHILD_TEST: &str = "child_process";
-/// A bound on anything that should happen promptly; hitting it means a deadlock or a lock
-/// that was never released, not slowness.
-const DEADLOCK: Duration = Duration::from_secs(30);
 /// Entries here are up to 500 KiB; the cap leaves room.
 const MAX_ENTRY: u64 = 2 << 20;
 /// How long the `sleep` children would run: well past [`DEADLOCK`], so that a lock kept by
@@ -43,10 +43,6 @@ const COUNTER: InstanceId = InstanceId::from_bytes([0xc0; 16]);
 
 fn open_store(run_dir: &Path) -> AsyncStore<Cfg> {
     AsyncStore::with_options(run_dir, Options::new().max_entry_size(MAX_ENTRY))
-}
-
-fn aid(n: u16) -> Aid {
-    Aid::new(n).unwrap()
 }
 
 fn run_dir() -> (tempfile::TempDir, PathBuf) {
@@ -87,7 +83,9 @@ impl Cfg {
     fn small(seq: u64) -> Cfg {
         Cfg::new(seq, seq % 2048)
     }
+}
 
+impl Checked for Cfg {
     fn check(&self) -> Result<(), String> {
         if self.fill.len() as u64 != self.len || self.fill != pattern(self.seq, self.fill.len()) {
             return Err(format!(
@@ -99,30 +97,6 @@ impl Cfg {
         }
         Ok(())
     }
-}
-
-fn pattern(seq: u64, len: usize) -> String {
-    let start = (seq % 26) as u8;
-    let cycle: Vec<u8> = (0..26u8).map(|i| b'a' + (start + i) % 26).collect();
-    let mut out = Vec::with_capacity(len + cycle.len());
-    while out.len() < len {
-        out.extend_from_slice(&cycle);
-    }
-    out.truncate(len);
-    String::from_utf8(out).unwrap()
-}
-
-fn check_states(all: &BTreeMap<InstanceId, State<Cfg>>) -> Result<(), String> {
-    for (id, state) in all {
-        if state.id != *id {
-            return Err(format!("entry listed as {id} holds {}", state.id));
-        }
-        state
-            .config
-            .check()
-            .map_err(|e| format!("entry {id}: {e}"))?;
-    }
-    Ok(())
 }
 
 /// Takes the aid, bounded by [`DEADLOCK`], reads every entry in each way the cursor offers
@@ -158,20 +132,6 @@ async fn verify_aid(
         .map_err(|_| format!("with_aid({aid}) not granted within {DEADLOCK:?}"))??;
     check_states(&all)?;
     Ok(all)
-}
-
-/// Names in the aid's directory that are not entry files: leftovers or foreign files.
-fn foreign_names(run_dir: &Path, aid: Aid) -> Vec<String> {
-    let dir = run_dir.join("state").join(aid.to_string());
-    let mut out = Vec::new();
-    for item in std::fs::read_dir(&dir).unwrap() {
-        let item = item.unwrap();
-        let name = item.file_name().to_string_lossy().into_owned();
-        if name.parse::<InstanceId>().is_err() || !item.file_type().unwrap().is_file() {
-            out.push(name);
-        }
-    }
-    out
 }
 
 fn lock_path(run_dir: &Path, aid: Aid) -> PathBuf {
@@ -219,54 +179,14 @@ impl Rng {
 
 /// The base seed: `RUNSTATE_TEST_SEED` if set, else a fixed one.
 fn base_seed() -> u64 {
-    std::env::var("RUNSTATE_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0x5eed_2024)
+    common::child::base_seed(0x5eed_2024)
 }
 
 // ---------------------------------------------------------------------------------------
 // Processes.
 
-#[derive(Clone, Copy, Debug)]
-enum Flavor {
-    Current,
-    Multi,
-}
-
-impl Flavor {
-    fn name(self) -> &'static str {
-        match self {
-            Flavor::Current => "current",
-            Flavor::Multi => "multi",
-        }
-    }
-
-    fn other(self) -> Flavor {
-        match self {
-            Flavor::Current => Flavor::Multi,
-            Flavor::Multi => Flavor::Current,
-        }
-    }
-
-    /// This flavor for even `i`, the other for odd.
-    fn alternate(self, i: usize) -> Flavor {
-        if i % 2 == 0 { self } else { self.other() }
-    }
-}
-
-/// A child process running this binary's `child_process` test in some role. Threads pass
-/// its stdout lines and its stderr to the async side; it is killed if dropped unreaped.
-struct Kid {
-    what: String,
-    child: std::process::Child,
-    status: Option<ExitStatus>,
-    stdin: Option<std::process::ChildStdin>,
-    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
-    stderr: Option<std::thread::JoinHandle<String>>,
-    seen: Vec<String>,
-}
-
+/// A child running this binary's `child_process` test in `role` on `aid`, with `extra`
+/// variables; its stdin is a pipe that [`Kid::finish`] closes.
 fn spawn_kid(
     what: impl Into<String>,
     role: &str,
@@ -275,149 +195,16 @@ fn spawn_kid(
     flavor: Flavor,
     extra: &[(&str, String)],
 ) -> Kid {
-    let what = what.into();
-    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
-    cmd.args(["--exact", CHILD_TEST, "--nocapture", "--test-threads=1"])
-        .env("RUNSTATE_CHILD_ROLE", role)
+    let mut cmd = test_command(CHILD_TEST);
+    cmd.env("RUNSTATE_CHILD_ROLE", role)
         .env("RUNSTATE_CHILD_DIR", run_dir)
         .env("RUNSTATE_CHILD_AID", aid.to_string())
         .env("RUNSTATE_CHILD_FLAVOR", flavor.name())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .stdin(Stdio::piped());
     for (key, value) in extra {
         cmd.env(key, value);
     }
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {what}: {e}"));
-    let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
-    let stdout = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut stderr = child.stderr.take().unwrap();
-    let stderr = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = stderr.read_to_string(&mut text);
-        text
-    });
-    Kid {
-        what,
-        stdin: child.stdin.take(),
-        child,
-        status: None,
-        lines,
-        stderr: Some(stderr),
-        seen: Vec::new(),
-    }
-}
-
-impl Drop for Kid {
-    fn drop(&mut self) {
-        if self.status.is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-impl Kid {
-    /// Waits for the child's next `@@<tag>` line and returns what follows the tag.
-    async fn expect(&mut self, tag: &str) -> String {
-        loop {
-            let line = match timeout(DEADLOCK, self.lines.recv()).await {
-                Err(_) => {
-                    let report = self
-                        .report(&format!("no @@{tag} within {DEADLOCK:?}"))
-                        .await;
-                    panic!("{report}")
-                }
-                Ok(None) => {
-                    let report = self.report(&format!("stdout closed before @@{tag}")).await;
-                    panic!("{report}")
-                }
-                Ok(Some(line)) => line,
-            };
-            self.seen.push(line.clone());
-            if let Some(pos) = line.find("@@") {
-                if let Some(rest) = line[pos + 2..].strip_prefix(tag) {
-                    return rest.trim().to_owned();
-                }
-            }
-        }
-    }
-
-    /// Kills the child and describes it, with everything it printed, for a panic message.
-    async fn report(&mut self, why: &str) -> String {
-        let pid = self.child.id();
-        let _ = self.child.kill();
-        let (out, err) = self.drain().await;
-        format!(
-            "{} (pid {pid}): {why}\nstatus: {:?}\n--- stdout ---\n{}\n{out}\n--- stderr ---\n{err}",
-            self.what,
-            self.status,
-            self.seen.join("\n"),
-        )
-    }
-
-    /// Closes stdin, waits for the exit (killing the child after [`DEADLOCK`]) and returns
-    /// the rest of stdout and all of stderr.
-    async fn drain(&mut self) -> (String, String) {
-        drop(self.stdin.take());
-        let start = Instant::now();
-        while self.status.is_none() {
-            self.status = self.child.try_wait().unwrap();
-            if self.status.is_none() {
-                if start.elapsed() > DEADLOCK {
-                    let _ = self.child.kill();
-                }
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-        }
-        let mut out = Vec::new();
-        while let Some(line) = timeout(DEADLOCK, self.lines.recv()).await.ok().flatten() {
-            out.push(line);
-        }
-        let err = match self.stderr.take() {
-            Some(reader) => tokio::task::spawn_blocking(move || reader.join())
-                .await
-                .unwrap()
-                .unwrap_or_default(),
-            None => String::new(),
-        };
-        (out.join("\n"), err)
-    }
-
-    /// Closes the child's stdin, lets it run to its end and asserts that it succeeded.
-    async fn finish(mut self) {
-        let (out, err) = self.drain().await;
-        if !self.status.is_some_and(|s| s.success()) {
-            panic!(
-                "{} failed: {:?}\n--- stdout ---\n{}\n{out}\n--- stderr ---\n{err}",
-                self.what,
-                self.status,
-                self.seen.join("\n"),
-            );
-        }
-    }
-
-    /// SIGKILLs the child, and asserts that it was still running when it got the signal.
-    async fn kill(mut self) {
-        let _ = self.child.kill();
-        let (out, err) = self.drain().await;
-        if self.status.and_then(|s| s.signal()) != Some(9) {
-            panic!(
-                "{} had ended before it was killed: {:?}\n--- stdout ---\n{}\n{out}\n--- stderr ---\n{err}",
-                self.what,
-                self.status,
-                self.seen.join("\n"),
-            );
-        }
-    }
+    common::child::spawn_kid(what, cmd)
 }
 
 /// Polls `done` every 2 ms until it is true; panics after [`DEADLOCK`].
@@ -517,21 +304,10 @@ async fn poll_then_drop<F: Future>(fut: F, polls: u64) -> Option<F::Output> {
 // ---------------------------------------------------------------------------------------
 // The child side.
 
-/// Prints a message that the parent's [`Kid::expect`] picks up.
-fn say(msg: impl fmt::Display) {
-    // libtest may have written "test child_process ... " without a newline.
-    println!("\n@@{msg}");
-    std::io::stdout().flush().unwrap();
-}
-
 struct ChildEnv {
     role: String,
     dir: PathBuf,
     aid: Aid,
-}
-
-fn child_var(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set"))
 }
 
 fn child_num(name: &str) -> u64 {
@@ -550,17 +326,8 @@ fn child_process() {
         dir: PathBuf::from(child_var("RUNSTATE_CHILD_DIR")),
         aid: child_var("RUNSTATE_CHILD_AID").parse().unwrap(),
     };
-    let mut builder = match child_var("RUNSTATE_CHILD_FLAVOR").as_str() {
-        "current" => tokio::runtime::Builder::new_current_thread(),
-        "multi" => {
-            let mut b = tokio::runtime::Builder::new_multi_thread();
-            b.worker_threads(2);
-            b
-        }
-        other => panic!("unknown flavor {other}"),
-    };
-    let rt = builder.enable_all().build().unwrap();
-    rt.block_on(async {
+    let flavor = Flavor::from_name(&child_var("RUNSTATE_CHILD_FLAVOR"));
+    flavor.runtime().block_on(async {
         match env.role.as_str() {
             "counter" => child_counter(&env).await,
             "crash" => child_crash(&env).await,

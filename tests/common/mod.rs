@@ -6,11 +6,14 @@
 
 #![allow(dead_code)]
 
+pub mod child;
+
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use runstate::{Aid, InstanceId, State};
 use serde::{Deserialize, Serialize};
 
 /// Generous bound for "this must not hang": a deadlock detector, never a speed check.
@@ -153,4 +156,55 @@ impl XorShift {
 /// no process identity for it, so a loaded entry equals the state that was saved.
 pub fn pid(n: u32) -> u32 {
     (1 << 30) + n
+}
+
+/// An aid the tests know to be valid.
+pub fn aid(n: u16) -> Aid {
+    Aid::new(n).unwrap()
+}
+
+/// `len` bytes of the alphabet, starting at a letter set by `seq`: content a reader can check.
+pub fn pattern(seq: u64, len: usize) -> String {
+    let start = (seq % 26) as u8;
+    let cycle: Vec<u8> = (0..26u8).map(|i| b'a' + (start + i) % 26).collect();
+    let mut out = Vec::with_capacity(len + cycle.len());
+    while out.len() < len {
+        out.extend_from_slice(&cycle);
+    }
+    out.truncate(len);
+    String::from_utf8(out).unwrap()
+}
+
+/// A config that can tell whether it is intact, e.g. by holding a [`pattern`].
+pub trait Checked {
+    fn check(&self) -> Result<(), String>;
+}
+
+/// Every entry is listed under its own id and holds an intact config.
+pub fn check_states<C: Checked>(all: &BTreeMap<InstanceId, State<C>>) -> Result<(), String> {
+    for (id, state) in all {
+        if state.id != *id {
+            return Err(format!("entry listed as {id} holds {}", state.id));
+        }
+        state
+            .config
+            .check()
+            .map_err(|e| format!("entry {id}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Names under `<run_dir>/state/<aid>` that are not entry files: temporary files, orphans,
+/// anything else; sorted.
+pub fn foreign_names(run_dir: &Path, aid: Aid) -> Vec<String> {
+    let mut out = Vec::new();
+    for item in std::fs::read_dir(aid_dir(run_dir, aid)).unwrap() {
+        let item = item.unwrap();
+        let name = item.file_name().to_string_lossy().into_owned();
+        if name.parse::<InstanceId>().is_err() || !item.file_type().unwrap().is_file() {
+            out.push(name);
+        }
+    }
+    out.sort();
+    out
 }

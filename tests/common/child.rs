@@ -1,0 +1,255 @@
+//! The harness of the multi-process tests, shared by `tests/multiprocess.rs` and
+//! `tests/faults.rs`.
+//!
+//! Other processes are the very test binary, run again with only one test selected
+//! ([`test_command`]) and environment variables saying what to do. A child announces its
+//! progress with `@@<TAG> <value>` lines on stdout ([`say`]), which the parent waits for with
+//! [`Kid::expect`]; the parent checks every child's exit status and prints its output when it
+//! fails.
+
+use std::io::{BufRead as _, Read as _, Write as _};
+use std::os::unix::process::ExitStatusExt;
+use std::process::{ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use tokio::time::timeout;
+
+/// A bound on anything that should happen promptly across processes; hitting it means a
+/// deadlock or a lock that was never released, never slowness.
+pub const DEADLOCK: Duration = Duration::from_secs(30);
+
+/// The tokio runtime a child runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flavor {
+    Current,
+    Multi,
+}
+
+impl Flavor {
+    /// The name passed to a child, which [`Flavor::from_name`] reads back.
+    pub fn name(self) -> &'static str {
+        match self {
+            Flavor::Current => "current",
+            Flavor::Multi => "multi",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Flavor {
+        match name {
+            "current" => Flavor::Current,
+            "multi" => Flavor::Multi,
+            other => panic!("unknown flavor {other}"),
+        }
+    }
+
+    pub fn other(self) -> Flavor {
+        match self {
+            Flavor::Current => Flavor::Multi,
+            Flavor::Multi => Flavor::Current,
+        }
+    }
+
+    /// This flavor for even `i`, the other for odd.
+    pub fn alternate(self, i: usize) -> Flavor {
+        if i % 2 == 0 { self } else { self.other() }
+    }
+
+    /// A runtime of this flavor for a child process (two workers when multi-threaded).
+    pub fn runtime(self) -> tokio::runtime::Runtime {
+        let mut builder = match self {
+            Flavor::Current => tokio::runtime::Builder::new_current_thread(),
+            Flavor::Multi => {
+                let mut b = tokio::runtime::Builder::new_multi_thread();
+                b.worker_threads(2);
+                b
+            }
+        };
+        builder.enable_all().build().unwrap()
+    }
+}
+
+/// The libtest arguments that run only the test `test`, with its output shown.
+pub fn test_args(test: &str) -> [&str; 4] {
+    ["--exact", test, "--nocapture", "--test-threads=1"]
+}
+
+/// A command that runs this test binary again with only the test `test` selected.
+pub fn test_command(test: &str) -> std::process::Command {
+    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+    cmd.args(test_args(test));
+    cmd
+}
+
+/// A child process running this binary in some role. Threads pass its stdout lines and its
+/// stderr to the async side; it is killed if dropped unreaped.
+pub struct Kid {
+    what: String,
+    pub child: std::process::Child,
+    status: Option<ExitStatus>,
+    /// The child's stdin, if the command piped it; [`Kid::drain`] closes it.
+    pub stdin: Option<std::process::ChildStdin>,
+    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+    stderr: Option<std::thread::JoinHandle<String>>,
+    seen: Vec<String>,
+}
+
+/// Spawns `cmd` with its stdout and stderr piped to the returned [`Kid`]; its stdin is as
+/// `cmd` sets it. `what` names the child in panic messages.
+pub fn spawn_kid(what: impl Into<String>, mut cmd: std::process::Command) -> Kid {
+    let what = what.into();
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {what}: {e}"));
+    let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut stderr = child.stderr.take().unwrap();
+    let stderr = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+    Kid {
+        what,
+        stdin: child.stdin.take(),
+        child,
+        status: None,
+        lines,
+        stderr: Some(stderr),
+        seen: Vec::new(),
+    }
+}
+
+impl Drop for Kid {
+    fn drop(&mut self) {
+        if self.status.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+impl Kid {
+    /// Waits for the child's next `@@<tag>` line and returns what follows the tag.
+    pub async fn expect(&mut self, tag: &str) -> String {
+        loop {
+            let line = match timeout(DEADLOCK, self.lines.recv()).await {
+                Err(_) => {
+                    let report = self
+                        .report(&format!("no @@{tag} within {DEADLOCK:?}"))
+                        .await;
+                    panic!("{report}")
+                }
+                Ok(None) => {
+                    let report = self.report(&format!("stdout closed before @@{tag}")).await;
+                    panic!("{report}")
+                }
+                Ok(Some(line)) => line,
+            };
+            self.seen.push(line.clone());
+            if let Some(pos) = line.find("@@") {
+                if let Some(rest) = line[pos + 2..].strip_prefix(tag) {
+                    return rest.trim().to_owned();
+                }
+            }
+        }
+    }
+
+    /// Kills the child and describes it, with everything it printed, for a panic message.
+    pub async fn report(&mut self, why: &str) -> String {
+        let pid = self.child.id();
+        let _ = self.child.kill();
+        let (out, err) = self.drain().await;
+        format!(
+            "{} (pid {pid}): {why}\nstatus: {:?}\n--- stdout ---\n{}\n{out}\n--- stderr ---\n{err}",
+            self.what,
+            self.status,
+            self.seen.join("\n"),
+        )
+    }
+
+    /// Closes stdin, waits for the exit (killing the child after [`DEADLOCK`]) and returns
+    /// the rest of stdout and all of stderr.
+    pub async fn drain(&mut self) -> (String, String) {
+        drop(self.stdin.take());
+        let start = Instant::now();
+        while self.status.is_none() {
+            self.status = self.child.try_wait().unwrap();
+            if self.status.is_none() {
+                if start.elapsed() > DEADLOCK {
+                    let _ = self.child.kill();
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        let mut out = Vec::new();
+        while let Some(line) = timeout(DEADLOCK, self.lines.recv()).await.ok().flatten() {
+            out.push(line);
+        }
+        let err = match self.stderr.take() {
+            Some(reader) => tokio::task::spawn_blocking(move || reader.join())
+                .await
+                .unwrap()
+                .unwrap_or_default(),
+            None => String::new(),
+        };
+        (out.join("\n"), err)
+    }
+
+    /// Closes the child's stdin, lets it run to its end and asserts that it succeeded.
+    pub async fn finish(mut self) {
+        let (out, err) = self.drain().await;
+        if !self.status.is_some_and(|s| s.success()) {
+            panic!(
+                "{} failed: {:?}\n--- stdout ---\n{}\n{out}\n--- stderr ---\n{err}",
+                self.what,
+                self.status,
+                self.seen.join("\n"),
+            );
+        }
+    }
+
+    /// SIGKILLs the child, and asserts that it was still running when it got the signal: a
+    /// child that found a broken invariant exits by itself, with a panic.
+    pub async fn kill(mut self) {
+        let _ = self.child.kill();
+        let (out, err) = self.drain().await;
+        if self.status.and_then(|s| s.signal()) != Some(9) {
+            panic!(
+                "{} had ended before it was killed: {:?}\n--- stdout ---\n{}\n{out}\n--- stderr ---\n{err}",
+                self.what,
+                self.status,
+                self.seen.join("\n"),
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The child side.
+
+/// Prints a message that the parent's [`Kid::expect`] picks up.
+pub fn say(msg: impl std::fmt::Display) {
+    // libtest may have written "test <name> ... " without a newline.
+    println!("\n@@{msg}");
+    std::io::stdout().flush().unwrap();
+}
+
+/// The environment variable `name`, which the parent must have set.
+pub fn child_var(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set"))
+}
+
+/// The base seed of the random tests: `RUNSTATE_TEST_SEED` if set, else `default`.
+pub fn base_seed(default: u64) -> u64 {
+    std::env::var("RUNSTATE_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
