@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Duration;
 
-use common::{AppConfig, XorShift, aid_dir, config, names_in, no_deadlock, pid, run_dir};
+use common::{AppConfig, Inside, XorShift, aid_dir, config, names_in, no_deadlock, pid, run_dir};
 use futures::future::{Either, select};
 use futures::{StreamExt, TryStreamExt};
 use runstate::{Aid, AsyncStore, Cursor, Error, InstanceId, State};
@@ -26,25 +26,6 @@ both_runtimes!(
     a_waiter_dropped_while_queued_never_takes_the_aid,
     a_waiter_dropped_while_waiting_on_another_handle_releases_the_aid,
 );
-
-/// Marks the critical section; panics if two holders are ever inside at once.
-struct Inside<'a>(&'a AtomicBool);
-
-impl<'a> Inside<'a> {
-    fn enter(flag: &'a AtomicBool) -> Inside<'a> {
-        assert!(
-            !flag.swap(true, Ordering::SeqCst),
-            "two holders of one aid at once"
-        );
-        Inside(flag)
-    }
-}
-
-impl Drop for Inside<'_> {
-    fn drop(&mut self) {
-        self.0.store(false, Ordering::SeqCst);
-    }
-}
 
 /// Completes after `n` yields.
 async fn yields(n: u64) {

@@ -9,7 +9,7 @@ use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use common::{no_deadlock, run_dir};
+use common::{Inside, no_deadlock, run_dir};
 use runstate::{Aid, AsyncStore, Cursor, Error, InstanceId, State};
 use tokio::sync::oneshot;
 use tokio::task::yield_now;
@@ -22,25 +22,6 @@ both_runtimes!(
     different_aids_never_wait_for_each_other,
     waiters_acquire_in_fifo_order,
 );
-
-/// Marks the critical section; panics if two holders are ever inside at once.
-struct Inside<'a>(&'a AtomicBool);
-
-impl<'a> Inside<'a> {
-    fn enter(flag: &'a AtomicBool) -> Inside<'a> {
-        assert!(
-            !flag.swap(true, Ordering::SeqCst),
-            "two holders of one aid at once"
-        );
-        Inside(flag)
-    }
-}
-
-impl Drop for Inside<'_> {
-    fn drop(&mut self) {
-        self.0.store(false, Ordering::SeqCst);
-    }
-}
 
 /// One increment of the counter entry `id`: load, destroy, save + 1, with yields between the
 /// steps to invite other tasks in.

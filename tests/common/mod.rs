@@ -11,6 +11,7 @@ pub mod child;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use runstate::{Aid, InstanceId, State};
@@ -61,6 +62,25 @@ pub async fn no_deadlock<T>(what: &str, fut: impl Future<Output = T>) -> T {
     match tokio::time::timeout(DEADLOCK, fut).await {
         Ok(out) => out,
         Err(_) => panic!("deadlock: {what} did not finish within {DEADLOCK:?}"),
+    }
+}
+
+/// Marks the critical section; panics if two holders are ever inside at once.
+pub struct Inside<'a>(&'a AtomicBool);
+
+impl<'a> Inside<'a> {
+    pub fn enter(flag: &'a AtomicBool) -> Inside<'a> {
+        assert!(
+            !flag.swap(true, Ordering::SeqCst),
+            "two holders of one aid at once"
+        );
+        Inside(flag)
+    }
+}
+
+impl Drop for Inside<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
     }
 }
 
