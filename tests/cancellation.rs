@@ -296,12 +296,13 @@ async fn dropped_streams_mid_iteration_leave_things_consistent() {
     }
 }
 
-async fn a_waiter_dropped_while_queued_never_takes_the_aid() {
-    let dir = run_dir();
-    let store = Store::new(dir.path());
-    let aid = Aid::new(5).unwrap();
-    const WAITERS: usize = 40;
-
+/// Spawns a task that takes `aid` through `store` and holds it until the returned sender
+/// fires; returns once the task is inside. `what` names it in a deadlock panic.
+async fn hold(
+    store: &Store,
+    aid: Aid,
+    what: &str,
+) -> (oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
     let (release, released) = oneshot::channel::<()>();
     let (entered_tx, entered_rx) = oneshot::channel();
     let holder = {
@@ -317,7 +318,17 @@ async fn a_waiter_dropped_while_queued_never_takes_the_aid() {
                 .unwrap()
         })
     };
-    no_deadlock("the holder", entered_rx).await.unwrap();
+    no_deadlock(what, entered_rx).await.unwrap();
+    (release, holder)
+}
+
+async fn a_waiter_dropped_while_queued_never_takes_the_aid() {
+    let dir = run_dir();
+    let store = Store::new(dir.path());
+    let aid = Aid::new(5).unwrap();
+    const WAITERS: usize = 40;
+
+    let (release, holder) = hold(&store, aid, "the holder").await;
 
     // Queue waiters; drop a random half of them while they wait, keep the others.
     let ran = Arc::new(Mutex::new(Vec::new()));
@@ -385,22 +396,7 @@ async fn a_waiter_dropped_while_waiting_on_another_handle_releases_the_aid() {
     let aid = Aid::new(6).unwrap();
     let ran = AtomicBool::new(false);
 
-    let (release, released) = oneshot::channel::<()>();
-    let (entered_tx, entered_rx) = oneshot::channel();
-    let holder = {
-        let theirs = theirs.clone();
-        tokio::spawn(async move {
-            theirs
-                .with_aid(aid, async |_| {
-                    entered_tx.send(()).unwrap();
-                    released.await.unwrap();
-                    Ok::<_, Error>(())
-                })
-                .await
-                .unwrap()
-        })
-    };
-    no_deadlock("their holder", entered_rx).await.unwrap();
+    let (release, holder) = hold(&theirs, aid, "their holder").await;
 
     let waited = tokio::time::timeout(
         Duration::from_millis(50),
