@@ -12,7 +12,8 @@ use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 
 use common::{
-    AppConfig, aid_dir, config, entry_path, names_in, no_deadlock, pid, run_dir, state_dir,
+    AppConfig, aid, aid_dir, config, entry_path, mkfifo, names_in, no_deadlock, pid, run_dir,
+    state_dir,
 };
 use futures::{StreamExt, TryStreamExt};
 use runstate::{Aid, AsyncStore, CorruptKind, Error, InstanceId, Options, State};
@@ -28,10 +29,6 @@ both_runtimes!(
     symlinks_in_place_of_store_files_are_refused,
     loose_permissions_and_foreign_owners_are_refused,
 );
-
-fn aid(n: u16) -> Aid {
-    Aid::new(n).unwrap()
-}
 
 /// Saves `states` in `aid`.
 async fn save_all(store: &Store, aid: Aid, states: &[State<AppConfig>]) {
@@ -50,17 +47,6 @@ fn states(n: u64) -> Vec<State<AppConfig>> {
     (0..n)
         .map(|i| State::new(InstanceId::random(), pid(100 + i as u32), config(i)))
         .collect()
-}
-
-fn mkfifo(path: &Path) {
-    rustix::fs::mknodat(
-        rustix::fs::CWD,
-        path,
-        rustix::fs::FileType::Fifo,
-        rustix::fs::Mode::from_raw_mode(0o600),
-        0,
-    )
-    .unwrap();
 }
 
 /// The path and kind of a `Corrupt` error; panics on any other result.

@@ -19,7 +19,7 @@ use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::{aid_dir, entry_path, no_deadlock, pid, run_dir, state_dir};
+use common::{aid, aid_dir, entry_path, mkfifo, no_deadlock, pid, run_dir, state_dir};
 use futures::StreamExt;
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestRunner};
@@ -58,10 +58,6 @@ struct Node {
 type ValueStore = AsyncStore<Value>;
 type LaunchStore = AsyncStore<Launch>;
 
-fn aid(n: u16) -> Aid {
-    Aid::new(n).unwrap()
-}
-
 fn launch(n: u64) -> Launch {
     Launch {
         name: format!("app-{n}"),
@@ -73,17 +69,6 @@ fn launch(n: u64) -> Launch {
         limit: (n % 2 == 0).then_some(n << 20),
         tags: vec![1, 2, n as u32],
     }
-}
-
-fn mkfifo(path: &Path) {
-    rustix::fs::mknodat(
-        rustix::fs::CWD,
-        path,
-        rustix::fs::FileType::Fifo,
-        rustix::fs::Mode::from_raw_mode(0o600),
-        0,
-    )
-    .unwrap();
 }
 
 fn is_root() -> bool {

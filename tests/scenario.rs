@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{AppConfig, aid_dir, config, entry_path, names_in, pid, run_dir, state_dir};
+use common::{AppConfig, aid, aid_dir, config, entry_path, names_in, pid, run_dir, state_dir};
 use futures::{StreamExt, TryStreamExt};
 use runstate::{Aid, AsyncStore, Error, InstanceId, State};
 
@@ -24,10 +24,6 @@ both_runtimes!(
     entry_file_is_a_messagepack_map_with_named_keys,
     entry_with_an_unknown_key_is_still_read,
 );
-
-fn aid(n: u16) -> Aid {
-    Aid::new(n).unwrap()
-}
 
 /// The Go original's test, step by step.
 async fn go_scenario() {

@@ -183,6 +183,18 @@ pub fn aid(n: u16) -> Aid {
     Aid::new(n).unwrap()
 }
 
+/// Makes a named pipe at `path`: a file that blocks whoever opens it to read.
+pub fn mkfifo(path: &Path) {
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        path,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .unwrap();
+}
+
 /// `len` bytes of the alphabet, starting at a letter set by `seq`: content a reader can check.
 pub fn pattern(seq: u64, len: usize) -> String {
     let start = (seq % 26) as u8;
