@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use futures::TryStreamExt;
 use futures::future::join_all;
-use runstate::{Aid, AsyncStore, Error, InstanceId, State};
+use runstate::{Aid, AsyncStore, Cursor, Error, InstanceId, ReadCursor, State};
 use std::io::{BufRead, BufReader};
 use std::process::{ChildStdin, Stdio};
 use std::task::Poll;
@@ -196,26 +196,8 @@ impl Holder {
             }
         };
         let store = store.clone();
-        let task = tokio::spawn(async move {
-            match kind {
-                Kind::Exclusive => {
-                    store
-                        .with_aid(aid, async move |c| {
-                            assert_eq!(c.aid(), aid);
-                            body.await
-                        })
-                        .await
-                }
-                Kind::Shared => {
-                    store
-                        .with_aid_shared(aid, async move |c| {
-                            assert_eq!(c.aid(), aid);
-                            body.await
-                        })
-                        .await
-                }
-            }
-        });
+        let task =
+            tokio::spawn(async move { hold_by(&store, aid, kind, Wait::Forever, body).await });
         Holder {
             name: name.to_string(),
             inside,
@@ -252,6 +234,67 @@ impl Holder {
     }
 }
 
+/// How a holder asks for the aid: waiting as long as it takes, not at all, or up to a limit.
+#[derive(Clone, Copy, Debug)]
+enum Wait {
+    Forever,
+    Try,
+    Limit(Duration),
+}
+
+/// Holds `aid` in `kind` mode through the store call that `wait` names (`with_aid`,
+/// `try_with_aid`, `with_aid_timeout` or their `_shared` forms) and runs `body` inside, after
+/// checking that the cursor is for `aid`.
+async fn hold_by(
+    store: &Store,
+    aid: Aid,
+    kind: Kind,
+    wait: Wait,
+    body: impl Future<Output = Result<(), Error>>,
+) -> Result<(), Error> {
+    let checked = async move |got: Aid| {
+        assert_eq!(got, aid);
+        body.await
+    };
+    match (kind, wait) {
+        (Kind::Exclusive, Wait::Forever) => {
+            let f = async move |c: &mut Cursor<u32>| checked(c.aid()).await;
+            store.with_aid(aid, f).await
+        }
+        (Kind::Shared, Wait::Forever) => {
+            let f = async move |c: &mut ReadCursor<u32>| checked(c.aid()).await;
+            store.with_aid_shared(aid, f).await
+        }
+        (Kind::Exclusive, Wait::Try) => {
+            let f = async move |c: &mut Cursor<u32>| checked(c.aid()).await;
+            store.try_with_aid(aid, f).await
+        }
+        (Kind::Shared, Wait::Try) => {
+            let f = async move |c: &mut ReadCursor<u32>| checked(c.aid()).await;
+            store.try_with_aid_shared(aid, f).await
+        }
+        (Kind::Exclusive, Wait::Limit(limit)) => {
+            let f = async move |c: &mut Cursor<u32>| checked(c.aid()).await;
+            store.with_aid_timeout(aid, limit, f).await
+        }
+        (Kind::Shared, Wait::Limit(limit)) => {
+            let f = async move |c: &mut ReadCursor<u32>| checked(c.aid()).await;
+            store.with_aid_shared_timeout(aid, limit, f).await
+        }
+    }
+}
+
+/// A reader on `reader` takes the aid shared; while it is inside, `writer` cannot write.
+async fn reader_keeps_writers_out(reader: &Store, writer: &Store, aid: Aid) {
+    reader
+        .with_aid_shared(aid, async |_| {
+            assert_would_block(try_hold(writer, aid, Kind::Exclusive).await, aid);
+            Ok::<_, Error>(())
+        })
+        .await
+        .unwrap();
+}
+
 #[track_caller]
 fn assert_would_block(r: Result<(), Error>, aid: Aid) {
     match r {
@@ -271,42 +314,28 @@ fn assert_timeout(r: Result<(), Error>, aid: Aid, limit: Duration) {
     }
 }
 
-/// `try_with_aid` or `try_with_aid_shared`, checking that the closure ran exactly when the
-/// call succeeded.
-async fn try_hold(store: &Store, aid: Aid, kind: Kind) -> Result<(), Error> {
+/// One hold of `aid` asked for as `wait` says, doing nothing inside; checks that the closure
+/// ran exactly when the call succeeded.
+async fn hold_once(store: &Store, aid: Aid, kind: Kind, wait: Wait) -> Result<(), Error> {
     let ran = AtomicBool::new(false);
-    let body = async || {
+    let body = async {
         ran.store(true, SeqCst);
-        Ok::<(), Error>(())
+        Ok(())
     };
-    let r = match kind {
-        Kind::Exclusive => {
-            no_deadlock(
-                "try_with_aid",
-                store.try_with_aid(aid, async |c| {
-                    assert_eq!(c.aid(), aid);
-                    body().await
-                }),
-            )
-            .await
-        }
-        Kind::Shared => {
-            no_deadlock(
-                "try_with_aid_shared",
-                store.try_with_aid_shared(aid, async |c| {
-                    assert_eq!(c.aid(), aid);
-                    body().await
-                }),
-            )
-            .await
-        }
-    };
+    let what = format!("a {kind:?} hold ({wait:?})");
+    let r = no_deadlock(&what, hold_by(store, aid, kind, wait, body)).await;
     assert_eq!(
         ran.load(SeqCst),
         r.is_ok(),
-        "the closure must run exactly when the try succeeds: {r:?}"
+        "the closure must run exactly when the {wait:?} call succeeds: {r:?}"
     );
     r
+}
+
+/// `try_with_aid` or `try_with_aid_shared`, checking that the closure ran exactly when the
+/// call succeeded.
+async fn try_hold(store: &Store, aid: Aid, kind: Kind) -> Result<(), Error> {
+    hold_once(store, aid, kind, Wait::Try).await
 }
 
 /// `with_aid_timeout` or `with_aid_shared_timeout`: its result, and how long it took.
@@ -317,37 +346,9 @@ async fn timed_hold(
     kind: Kind,
     limit: Duration,
 ) -> (Result<(), Error>, Duration) {
-    let ran = AtomicBool::new(false);
     let start = Instant::now();
-    let r = match kind {
-        Kind::Exclusive => {
-            no_deadlock(
-                "with_aid_timeout",
-                store.with_aid_timeout(aid, limit, async |_| {
-                    ran.store(true, SeqCst);
-                    Ok::<(), Error>(())
-                }),
-            )
-            .await
-        }
-        Kind::Shared => {
-            no_deadlock(
-                "with_aid_shared_timeout",
-                store.with_aid_shared_timeout(aid, limit, async |_| {
-                    ran.store(true, SeqCst);
-                    Ok::<(), Error>(())
-                }),
-            )
-            .await
-        }
-    };
-    let elapsed = start.elapsed();
-    assert_eq!(
-        ran.load(SeqCst),
-        r.is_ok(),
-        "the closure must run exactly when the timed wait succeeds: {r:?}"
-    );
-    (r, elapsed)
+    let r = hold_once(store, aid, kind, Wait::Limit(limit)).await;
+    (r, start.elapsed())
 }
 
 /// A timed wait that must time out, after at least its limit, without running its closure.
@@ -711,13 +712,7 @@ async fn failed_try_runs_nothing_and_leaves_nothing() {
         assert_would_block(try_hold(&store, aid, Kind::Exclusive).await, aid);
     }
     h.leave().await;
-    store
-        .with_aid_shared(aid, async |_| {
-            assert_would_block(try_hold(&store2, aid, Kind::Exclusive).await, aid);
-            Ok::<_, Error>(())
-        })
-        .await
-        .unwrap();
+    reader_keeps_writers_out(&store, &store2, aid).await;
     assert_free(aid, &[&store, &store2]).await;
 }
 
@@ -920,13 +915,7 @@ async fn dropped_shared_holds_leak_nothing() {
     try_hold(&store2, aid, Kind::Exclusive).await.unwrap();
     // The reader count did not leak either: a new reader takes LOCK_SH again, and its
     // leaving drops it.
-    store
-        .with_aid_shared(aid, async |_| {
-            assert_would_block(try_hold(&store2, aid, Kind::Exclusive).await, aid);
-            Ok::<_, Error>(())
-        })
-        .await
-        .unwrap();
+    reader_keeps_writers_out(&store, &store2, aid).await;
     assert_free(aid, &[&store2, &store]).await;
 }
 
