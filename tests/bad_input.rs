@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use common::{
     AppConfig, aid, aid_dir, config, entry_path, mkfifo, names_in, no_deadlock, pid, run_dir,
-    state_dir,
+    save_all, state_dir,
 };
 use futures::{StreamExt, TryStreamExt};
 use runstate::{Aid, AsyncStore, CorruptKind, Error, InstanceId, Options, State};
@@ -29,19 +29,6 @@ both_runtimes!(
     symlinks_in_place_of_store_files_are_refused,
     loose_permissions_and_foreign_owners_are_refused,
 );
-
-/// Saves `states` in `aid`.
-async fn save_all(store: &Store, aid: Aid, states: &[State<AppConfig>]) {
-    store
-        .with_aid(aid, async |c| {
-            for s in states {
-                c.save(s).await?;
-            }
-            Ok::<_, Error>(())
-        })
-        .await
-        .unwrap();
-}
 
 fn states(n: u64) -> Vec<State<AppConfig>> {
     (0..n)

@@ -8,7 +8,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{AppConfig, aid, aid_dir, config, entry_path, names_in, pid, run_dir, state_dir};
+use common::{
+    AppConfig, aid, aid_dir, config, entry_path, names_in, pid, run_dir, save_all, state_dir,
+};
 use futures::{StreamExt, TryStreamExt};
 use runstate::{Aid, AsyncStore, Error, InstanceId, State};
 
@@ -253,15 +255,7 @@ async fn store_entries_cover_every_aid_in_aid_order() {
                 )
             })
             .collect();
-        store
-            .with_aid(a, async |c| {
-                for s in &states {
-                    c.save(s).await?;
-                }
-                Ok::<_, Error>(())
-            })
-            .await
-            .unwrap();
+        save_all(&store, a, &states).await;
         for s in states {
             expected.insert((a, s.id), s);
         }
@@ -297,15 +291,7 @@ async fn files_are_private_and_where_the_layout_says() {
     let states: Vec<_> = (0..3)
         .map(|i| State::new(InstanceId::random(), pid(i), config(u64::from(i))))
         .collect();
-    store
-        .with_aid(a, async |c| {
-            for s in &states {
-                c.save(s).await?;
-            }
-            Ok::<_, Error>(())
-        })
-        .await
-        .unwrap();
+    save_all(&store, a, &states).await;
 
     let state = state_dir(&run);
     let adir = aid_dir(&run, a);

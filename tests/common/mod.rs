@@ -84,6 +84,23 @@ impl Drop for Inside<'_> {
     }
 }
 
+/// Saves `states` in `aid`, under one hold.
+pub async fn save_all(
+    store: &runstate::AsyncStore<AppConfig>,
+    aid: Aid,
+    states: &[State<AppConfig>],
+) {
+    store
+        .with_aid(aid, async |c| {
+            for s in states {
+                c.save(s).await?;
+            }
+            Ok::<_, runstate::Error>(())
+        })
+        .await
+        .unwrap();
+}
+
 /// A temporary run directory on tmpfs.
 pub fn run_dir() -> tempfile::TempDir {
     tempfile::tempdir_in("/dev/shm")
