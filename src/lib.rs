@@ -5,35 +5,61 @@
 //! start time and the application's configuration. Many tasks and many processes share one
 //! store, and any of them may crash at any moment without corrupting it or leaving it locked.
 //!
+//! A complete, if tiny, supervisor: it starts a child, records it, lists what runs, and
+//! forgets the child when it exits.
+//!
 //! ```
-//! use futures::TryStreamExt;
-//! use runstate::{Aid, AsyncStore, Error, InstanceId, State};
+//! use futures::StreamExt;
+//! use runstate::{Aid, AsyncStore, Error, InstanceId, Liveness, State};
+//! use serde::{Deserialize, Serialize};
+//!
+//! /// What the launcher keeps about each instance; any serde type will do.
+//! #[derive(Serialize, Deserialize, Debug)]
+//! struct Launch {
+//!     command: Vec<String>,
+//! }
 //!
 //! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> Result<(), Error> {
-//! # let dir = tempfile::tempdir().unwrap();
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let dir = tempfile::tempdir()?;
 //! # let run_dir = dir.path();
-//! // One store per run directory (normally on tmpfs, such as /run/launcher).
-//! let store = AsyncStore::<Vec<String>>::new(run_dir);
+//! // One store per run directory, normally on tmpfs (such as /run/launcher); clones share it.
+//! let store = AsyncStore::<Launch>::new(run_dir);
 //! let aid = Aid::new(12)?;
 //!
-//! // A launcher started a child: record it.
+//! // Start a child and record it under the aid's lock. `save` also records who the child
+//! // process is, so a later reuse of its pid is not taken for it.
+//! let command = vec!["sleep".to_string(), "0.2".to_string()];
+//! let mut child = tokio::process::Command::new(&command[0]).args(&command[1..]).spawn()?;
 //! let id = InstanceId::random();
-//! let argv = vec!["sleep".to_string(), "30".to_string()];
-//! store.with_aid(aid, async |c| c.save(&State::new(id, 31337, argv)).await).await?;
+//! let pid = child.id().ok_or("the child has no pid")?;
+//! store.with_aid(aid, async |c| c.save(&State::new(id, pid, Launch { command })).await).await?;
 //!
-//! // A ps-like tool lists everything, lazily.
-//! let all: Vec<(Aid, State<Vec<String>>)> = store.entries().try_collect().await?;
-//! assert_eq!(all.len(), 1);
+//! // A ps-like listing: every entry of every aid, streamed lazily, each aid read under its
+//! // shared lock. A corrupt file is one error item; the listing goes on.
+//! let mut entries = store.entries();
+//! while let Some(entry) = entries.next().await {
+//!     let (aid, state) = entry?;
+//!     let status = store.liveness(&state).await;
+//!     assert_eq!(status, Liveness::Alive);
+//!     println!("{} {aid} {status} {} {:?}", state.pid, state.id, state.config.command);
+//! }
 //!
-//! // The child exited: forget it, and learn whether it was the aid's last instance.
+//! // The child exits: forget it, and learn in the same locked step whether it was the
+//! // aid's last instance, for instance to release resources the aid's instances share.
+//! child.wait().await?;
 //! let last = store
 //!     .with_aid(aid, async |c| {
 //!         c.destroy(id).await?;
-//!         Ok::<_, Error>(c.len().await? == 0)
+//!         Ok::<_, Error>(c.is_empty().await?)
 //!     })
 //!     .await?;
 //! assert!(last);
+//!
+//! // A supervisor that was killed never destroyed its entries; `prune_dead` removes the
+//! // entries whose process is gone.
+//! assert!(store.prune_dead().await?.is_empty());
+//! store.close().await?;
 //! # Ok(()) }
 //! ```
 //!
