@@ -9,7 +9,7 @@ use crate::Error;
 ///
 /// Every aid has its own directory, lock and entries in the store. Its text form is plain
 /// decimal with no sign and no leading zeros, which is also its directory name, so one aid
-/// never has two spellings on disk.
+/// never has two spellings on disk. With serde it is a number, checked when deserialized.
 ///
 /// ```
 /// use runstate::Aid;
@@ -77,6 +77,20 @@ impl FromStr for Aid {
         }
         let value = bytes.iter().fold(0u16, |n, d| n * 10 + u16::from(d - b'0'));
         Ok(Aid(value))
+    }
+}
+
+/// An aid serializes as its number and deserializes only from a number in range.
+impl serde::Serialize for Aid {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_u16(self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Aid {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Aid, D::Error> {
+        let value = u16::deserialize(deserializer)?;
+        Aid::new(value).map_err(serde::de::Error::custom)
     }
 }
 

@@ -126,7 +126,7 @@ pub enum Error {
 }
 
 /// Why a file in an aid directory is not a valid entry.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum CorruptKind {
     /// Not a regular file (a directory, symlink, fifo, ...); it was not followed or opened for data.

@@ -16,7 +16,7 @@ use crate::{InstanceId, ProcessIdentity};
 /// assert_eq!(state.pid, std::process::id());
 /// assert!(state.time <= std::time::SystemTime::now());
 /// ```
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub struct State<C> {
     /// The instance's id; its entry file is named after it.
