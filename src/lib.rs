@@ -66,8 +66,11 @@
 //! See the README for the on-disk layout and format and for the guarantees and what they
 //! rest on.
 
-#![cfg(target_os = "linux")]
 #![deny(missing_docs)]
+
+// flock semantics, O_TMPFILE, linkat and /proc are Linux's; say so rather than fail on them.
+#[cfg(not(target_os = "linux"))]
+compile_error!("runstate supports Linux only: it relies on flock(2), O_TMPFILE, linkat(2) and /proc");
 
 mod aid;
 mod aid_dir;
