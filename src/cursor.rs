@@ -52,7 +52,8 @@ pub struct ReadCursor<C> {
 ///
 /// A cursor exists only inside the closure given to
 /// [`AsyncStore::with_aid`](crate::AsyncStore::with_aid). It has every method of
-/// [`ReadCursor`] (through `Deref`) and the writing ones below.
+/// [`ReadCursor`] and the writing ones, and derefs to a `ReadCursor` for code written against
+/// one.
 #[derive(Debug)]
 pub struct Cursor<C> {
     read: ReadCursor<C>,
@@ -116,6 +117,44 @@ where
             dir.save(id, &bytes)
         })
         .await
+    }
+
+    // The reading methods again, as inherent methods: `Deref` would serve method calls, but
+    // a path such as `Cursor::load` and the documentation of `Cursor` need them here.
+
+    /// The aid this cursor holds.
+    pub fn aid(&self) -> Aid {
+        self.read.aid()
+    }
+
+    /// Reads the entry of `id`, or `None` if there is none; see [`ReadCursor::load`].
+    pub async fn load(&mut self, id: InstanceId) -> Result<Option<State<C>>, Error> {
+        self.read.load(id).await
+    }
+
+    /// Counts the entries by their file names; see [`ReadCursor::len`].
+    pub async fn len(&mut self) -> Result<usize, Error> {
+        self.read.len().await
+    }
+
+    /// Whether the aid has no entries; see [`ReadCursor::is_empty`].
+    pub async fn is_empty(&mut self) -> Result<bool, Error> {
+        self.read.is_empty().await
+    }
+
+    /// Streams the ids of the entries; see [`ReadCursor::ids`].
+    pub fn ids(&mut self) -> impl Stream<Item = Result<InstanceId, Error>> + Send + Unpin + '_ {
+        self.read.ids()
+    }
+
+    /// Streams the entries, decoded; see [`ReadCursor::entries`].
+    pub fn entries(&mut self) -> impl Stream<Item = Result<State<C>, Error>> + Send + Unpin + '_ {
+        self.read.entries()
+    }
+
+    /// Reads every entry, or fails with the first error; see [`ReadCursor::load_all`].
+    pub async fn load_all(&mut self) -> Result<BTreeMap<InstanceId, State<C>>, Error> {
+        self.read.load_all().await
     }
 
     /// Removes the entries whose process is [`Liveness::Dead`](crate::Liveness::Dead) and

@@ -70,7 +70,9 @@
 
 // flock semantics, O_TMPFILE, linkat and /proc are Linux's; say so rather than fail on them.
 #[cfg(not(target_os = "linux"))]
-compile_error!("runstate supports Linux only: it relies on flock(2), O_TMPFILE, linkat(2) and /proc");
+compile_error!(
+    "runstate supports Linux only: it relies on flock(2), O_TMPFILE, linkat(2) and /proc"
+);
 
 mod aid;
 mod aid_dir;

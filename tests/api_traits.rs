@@ -67,3 +67,32 @@ async fn futures_and_streams_are_send() {
     assert_eq!(listed.await.unwrap().unwrap().len(), 1);
     send::<Error>();
 }
+
+/// The cursor methods the API pins, named by path (not only callable through `Deref`).
+#[test]
+fn cursor_methods_are_inherent() {
+    type C = Vec<String>;
+    let _ = (
+        Cursor::<C>::aid,
+        Cursor::<C>::save,
+        Cursor::<C>::destroy,
+        Cursor::<C>::load,
+    );
+    let _ = (
+        Cursor::<C>::len,
+        Cursor::<C>::ids,
+        Cursor::<C>::entries,
+        Cursor::<C>::load_all,
+    );
+    let _ = (Cursor::<C>::prune_dead, Cursor::<C>::is_empty);
+    let _ = (
+        ReadCursor::<C>::aid,
+        ReadCursor::<C>::load,
+        ReadCursor::<C>::len,
+    );
+    let _ = (
+        ReadCursor::<C>::ids,
+        ReadCursor::<C>::entries,
+        ReadCursor::<C>::load_all,
+    );
+}
