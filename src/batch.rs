@@ -6,7 +6,7 @@ use std::sync::Arc;
 use futures::stream::{self, Stream, StreamExt};
 use serde::de::DeserializeOwned;
 
-use crate::aid_dir::Scan;
+use crate::aid_dir::{AidDir, Scan};
 use crate::hold::Hold;
 use crate::{Error, InstanceId, State, blocking};
 
@@ -46,7 +46,7 @@ pub(crate) fn stream<B: Batcher>(
 
 /// Where a listing of one held aid stands.
 pub(crate) struct Listing {
-    pub(crate) hold: Arc<Hold>,
+    hold: Arc<Hold>,
     scan: Option<Scan>,
 }
 
@@ -55,13 +55,22 @@ impl Listing {
         Listing { hold, scan: None }
     }
 
-    /// The open scan, opened on first use.
-    fn scan(&mut self) -> Result<&mut Scan, Error> {
-        if self.scan.is_none() {
-            self.scan = Some(self.hold.dir().scan()?);
-        }
-        // Set just above when it was missing.
-        self.scan.as_mut().ok_or(Error::Closed)
+    /// Runs `fill` on the scan, opened on first use, and says whether more is to come. An
+    /// error opening the scan is the listing's last item.
+    fn fill_with<T>(
+        &mut self,
+        out: &mut Vec<Result<T, Error>>,
+        fill: impl FnOnce(&AidDir, &mut Scan, &mut Vec<Result<T, Error>>),
+    ) -> bool {
+        let scan = match self.scan.take().map_or_else(|| self.hold.dir().scan(), Ok) {
+            Ok(scan) => self.scan.insert(scan),
+            Err(e) => {
+                out.push(Err(e));
+                return false;
+            }
+        };
+        fill(self.hold.dir(), scan, out);
+        !scan.is_done()
     }
 }
 
@@ -72,27 +81,21 @@ impl Batcher for Ids {
     type Item = InstanceId;
 
     fn fill(&mut self, out: &mut Vec<Result<InstanceId, Error>>) -> bool {
-        let hold = self.0.hold.clone();
-        let scan = match self.0.scan() {
-            Ok(scan) => scan,
-            Err(e) => {
-                out.push(Err(e));
-                return false;
+        // Names cost little to list, so a batch holds more of them than of entries.
+        self.0.fill_with(out, |dir, scan, out| {
+            while out.len() < BATCH_FILES * 8 {
+                let Some(id) = scan.next_id(dir.path()) else {
+                    break;
+                };
+                out.push(id);
             }
-        };
-        while out.len() < BATCH_FILES * 8 {
-            match scan.next_id(hold.dir().path()) {
-                Some(item) => out.push(item),
-                None => return false,
-            }
-        }
-        true
+        })
     }
 }
 
 /// Decoded entries of one aid.
 pub(crate) struct Entries<C> {
-    pub(crate) listing: Listing,
+    listing: Listing,
     buf: Vec<u8>,
     _config: std::marker::PhantomData<fn() -> C>,
 }
@@ -111,16 +114,9 @@ impl<C: DeserializeOwned + Send + 'static> Batcher for Entries<C> {
     type Item = State<C>;
 
     fn fill(&mut self, out: &mut Vec<Result<State<C>, Error>>) -> bool {
-        let hold = self.listing.hold.clone();
-        let scan = match self.listing.scan() {
-            Ok(scan) => scan,
-            Err(e) => {
-                out.push(Err(e));
-                return false;
-            }
-        };
-        hold.dir()
-            .read_batch(scan, BATCH_FILES, BATCH_BYTES, &mut self.buf, out);
-        !scan.is_done()
+        let buf = &mut self.buf;
+        self.listing.fill_with(out, |dir, scan, out| {
+            dir.read_batch(scan, BATCH_FILES, BATCH_BYTES, buf, out)
+        })
     }
 }
