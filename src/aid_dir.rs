@@ -7,6 +7,7 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -98,7 +99,7 @@ pub(crate) fn open_state_dir(run_dir: &Path) -> Result<OwnedFd, Error> {
     if !run_dir.as_os_str().is_empty() {
         std::fs::DirBuilder::new()
             .recursive(true)
-            .mode_0700()
+            .mode(DIR_MODE)
             .create(run_dir)
             .map_err(|e| Error::io("create directory", run_dir, e))?;
     }
@@ -117,25 +118,13 @@ pub(crate) fn open_state_dir(run_dir: &Path) -> Result<OwnedFd, Error> {
     open_private_dir(run.as_fd(), STATE_DIR, &run_dir.join(STATE_DIR))
 }
 
-trait DirBuilderExt {
-    fn mode_0700(&mut self) -> &mut Self;
-}
-
-impl DirBuilderExt for std::fs::DirBuilder {
-    fn mode_0700(&mut self) -> &mut Self {
-        std::os::unix::fs::DirBuilderExt::mode(self, DIR_MODE)
-    }
-}
-
 impl AidDir {
     /// Opens (making as needed) the aid's directory and lock file.
     pub(crate) fn open(run_dir: &Path, aid: Aid, options: &Options) -> Result<AidDir, Error> {
         let state = open_state_dir(run_dir)?;
         let state_path = run_dir.join(STATE_DIR);
-        let name = aid.to_string();
-        let path = state_path.join(&name);
-        let dir = open_private_dir(state.as_fd(), &name, &path)?;
 
+        // The lock file first: if it is refused, no aid directory is left behind to be listed.
         let lock_name = layout::lock_name(aid);
         let lock_path = state_path.join(&lock_name);
         let lock_fd = openat(
@@ -152,6 +141,10 @@ impl AidDir {
             e => Error::io("open lock file", &lock_path, e),
         })?;
         check_private(&lock_fd, &lock_path, FileType::RegularFile)?;
+
+        let name = aid.to_string();
+        let path = state_path.join(&name);
+        let dir = open_private_dir(state.as_fd(), &name, &path)?;
 
         Ok(AidDir {
             path,
