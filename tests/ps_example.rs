@@ -1,7 +1,8 @@
-//! Runs the `ps` example (built by `cargo test` with the other examples) against a real store.
+//! Runs the `ps` example against a real store.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 
 use runstate::{Aid, AsyncStore, InstanceId, State};
 use serde::Serialize;
@@ -13,22 +14,45 @@ struct Config {
     other: u32,
 }
 
-fn ps_binary() -> PathBuf {
-    // target/<profile>/deps/<this test> -> target/<profile>/examples/ps
-    let exe = std::env::current_exe().unwrap();
-    exe.parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples")
-        .join("ps")
+/// The `ps` example, built now. `cargo test` builds examples too, but a run of this file
+/// alone (`cargo test --test ps_example`) does not, and would test a stale binary.
+fn ps_binary() -> &'static Path {
+    static PS: OnceLock<PathBuf> = OnceLock::new();
+    PS.get_or_init(|| {
+        let mut cargo = Command::new(env!("CARGO"));
+        cargo
+            .args([
+                "build",
+                "--quiet",
+                "--example",
+                "ps",
+                "--message-format=json",
+            ])
+            .current_dir(env!("CARGO_MANIFEST_DIR"));
+        if !cfg!(debug_assertions) {
+            cargo.arg("--release");
+        }
+        let out = cargo.output().expect("cargo runs");
+        assert!(
+            out.status.success(),
+            "cargo build --example ps failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter(|msg| msg["target"]["name"] == "ps")
+            .find_map(|msg| msg["executable"].as_str().map(PathBuf::from))
+            .expect("cargo reports the ps executable")
+    })
 }
 
 fn ps(args: &[&str]) -> (String, String) {
     let out = Command::new(ps_binary())
         .args(args)
         .output()
-        .expect("the ps example is built by cargo test");
+        .expect("the ps example runs");
     assert!(
         out.status.success(),
         "ps {args:?} failed: {}",
