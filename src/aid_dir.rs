@@ -564,10 +564,20 @@ impl Scan {
 
     /// The next entry's id, skipping foreign names.
     pub(crate) fn next_id(&mut self, path: &Path) -> Option<Result<InstanceId, Error>> {
-        while self.next == self.ids.len() {
-            if !self.more {
-                return None;
-            }
+        if let Err(e) = self.fetch(path) {
+            return Some(Err(e));
+        }
+        let id = *self.ids.get(self.next)?;
+        self.next += 1;
+        Some(Ok(id))
+    }
+
+    /// Reads the next names from the directory once those fetched are used up, so that
+    /// [`Scan::is_done`] is exact: a stream whose batch ended at the directory's last entry
+    /// then knows it, and lets go of the aid at once. The next batch would have made the
+    /// same call, so it costs nothing extra.
+    pub(crate) fn fetch(&mut self, path: &Path) -> Result<(), Error> {
+        while self.next == self.ids.len() && self.more {
             self.ids.clear();
             self.next = 0;
             let ids = &mut self.ids;
@@ -577,12 +587,11 @@ impl Scan {
                 Ok(more) => self.more = more,
                 Err(e) => {
                     self.more = false;
-                    return Some(Err(Error::io("list", path, e)));
+                    return Err(Error::io("list", path, e));
                 }
             }
         }
-        self.next += 1;
-        Some(Ok(self.ids[self.next - 1]))
+        Ok(())
     }
 }
 

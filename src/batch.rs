@@ -8,16 +8,19 @@ use serde::de::DeserializeOwned;
 
 use crate::aid_dir::{AidDir, Scan};
 use crate::hold::Hold;
-use crate::{Error, InstanceId, State, blocking};
+use crate::{Error, InstanceId, State};
 
 /// Entries decoded per hop at most.
 const BATCH_FILES: usize = 128;
 /// Bytes read per hop at most, so large entries make smaller batches.
 const BATCH_BYTES: usize = 512 << 10;
 
-/// The work behind one stream, run a batch at a time as blocking work (`blocking::run`).
+/// The work behind one stream of a held aid, run a batch at a time as one of the hold's
+/// operations ([`Hold::run`]).
 pub(crate) trait Batcher: Send + 'static {
     type Item: Send + 'static;
+    /// The hold the stream reads under.
+    fn hold(&self) -> &Arc<Hold>;
     /// Appends the next items; returns `false` once there are no more after these.
     fn fill(&mut self, out: &mut Vec<Result<Self::Item, Error>>) -> bool;
 }
@@ -29,10 +32,11 @@ pub(crate) fn stream<B: Batcher>(
 ) -> impl Stream<Item = Result<B::Item, Error>> + Send + Unpin {
     stream::unfold(Some(batcher), move |batcher| async move {
         let mut batcher = batcher?;
-        let hop = blocking::run_infallible(op, move || {
+        let hold = batcher.hold().clone();
+        let hop = hold.run(op, move |_| {
             let mut out = Vec::new();
             let more = batcher.fill(&mut out);
-            (batcher, out, more)
+            Ok((batcher, out, more))
         });
         match hop.await {
             Ok((batcher, out, more)) => Some((out, more.then_some(batcher))),
@@ -70,6 +74,10 @@ impl Listing {
             }
         };
         fill(self.hold.dir(), scan, out);
+        if let Err(e) = scan.fetch(self.hold.dir().path()) {
+            out.push(Err(e));
+            return false;
+        }
         !scan.is_done()
     }
 }
@@ -79,6 +87,10 @@ pub(crate) struct Ids(pub(crate) Listing);
 
 impl Batcher for Ids {
     type Item = InstanceId;
+
+    fn hold(&self) -> &Arc<Hold> {
+        &self.0.hold
+    }
 
     fn fill(&mut self, out: &mut Vec<Result<InstanceId, Error>>) -> bool {
         // Names cost little to list, so a batch holds more of them than of entries.
@@ -112,6 +124,10 @@ impl<C> Entries<C> {
 
 impl<C: DeserializeOwned + Send + 'static> Batcher for Entries<C> {
     type Item = State<C>;
+
+    fn hold(&self) -> &Arc<Hold> {
+        &self.listing.hold
+    }
 
     fn fill(&mut self, out: &mut Vec<Result<State<C>, Error>>) -> bool {
         let buf = &mut self.buf;

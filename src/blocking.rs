@@ -22,11 +22,17 @@ use tokio::runtime::{Handle, RuntimeFlavor};
 use crate::Error;
 
 /// Runs `f` on the blocking pool. A panic or cancellation there becomes [`Error::Blocking`].
+/// Outside any runtime there is no pool (and no runtime thread to keep free): `f` runs in
+/// place.
 pub(crate) async fn on_pool<T, F>(op: &'static str, f: F) -> Result<T, Error>
 where
     T: Send + 'static,
     F: FnOnce() -> T + Send + 'static,
 {
+    if Handle::try_current().is_err() {
+        return catch_unwind(AssertUnwindSafe(f))
+            .map_err(|_| Error::Blocking { op, panicked: true });
+    }
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| Error::Blocking {

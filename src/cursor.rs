@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 
 use crate::batch::{self, Listing};
 use crate::hold::Hold;
-use crate::{Aid, Error, InstanceId, Liveness, State, blocking, format, liveness};
+use crate::{Aid, Error, InstanceId, Liveness, State, format, liveness};
 
 /// Read access to one aid's entries while its lock is held, shared or exclusive.
 ///
@@ -100,23 +100,24 @@ where
             return Err(Error::Encode { path, reason });
         }
         self.last_len = config.len();
-        let (hold, id, pid, time) = (self.read.hold.clone(), state.id, state.pid, state.time);
+        let (id, pid, time) = (state.id, state.pid, state.time);
         let process = state.process.clone();
-        blocking::run("save", move || {
-            let dir = hold.dir();
-            // Identified here, in the blocking work, right before publishing.
-            let process =
-                process.or_else(|| liveness::identify(dir.options().proc_dir(), pid, &dir.boot_id));
-            let mut bytes = Vec::with_capacity(config.len() + 128);
-            format::encode_record(id, pid, time, process.as_ref(), &config, &mut bytes).map_err(
-                |reason| Error::Encode {
-                    path: dir.path().join(id.to_string()),
-                    reason,
-                },
-            )?;
-            dir.save(id, &bytes)
-        })
-        .await
+        self.read
+            .hold
+            .run("save", move |hold| {
+                let dir = hold.dir();
+                // Identified here, in the blocking work, right before publishing.
+                let process = process
+                    .or_else(|| liveness::identify(dir.options().proc_dir(), pid, &dir.boot_id));
+                let mut bytes = Vec::with_capacity(config.len() + 128);
+                format::encode_record(id, pid, time, process.as_ref(), &config, &mut bytes)
+                    .map_err(|reason| Error::Encode {
+                        path: dir.path().join(id.to_string()),
+                        reason,
+                    })?;
+                dir.save(id, &bytes)
+            })
+            .await
     }
 
     // The reading methods again, as inherent methods: `Deref` would serve method calls, but
@@ -160,30 +161,85 @@ where
     /// Removes the entries whose process is [`Liveness::Dead`](crate::Liveness::Dead) and
     /// returns them; see [`AsyncStore::prune_dead`](crate::AsyncStore::prune_dead). One pass
     /// over the directory as one blocking operation. Corrupt files are left alone.
+    ///
+    /// If it fails part way, the entries removed before the failure are not returned: use
+    /// [`prune_dead_with`](Cursor::prune_dead_with) where they must not be missed.
     pub async fn prune_dead(&mut self) -> Result<Vec<State<C>>, Error> {
-        let hold = self.read.hold.clone();
-        blocking::run("prune", move || {
-            let dir = hold.dir();
-            let proc_root = dir.options().proc_dir();
-            let mut dead = Vec::new();
-            dir.read_all::<C>(|state| {
-                // Not an entry, so not an entry of a dead process: left alone.
-                let Ok(state) = state else { return Ok(()) };
-                let liveness = liveness::check(proc_root, state.pid, state.process.as_ref());
-                if liveness == Liveness::Dead && dir.destroy(state.id)? {
-                    dead.push(state);
-                }
-                Ok(())
-            })?;
-            Ok(dead)
-        })
-        .await
+        let (removed, failed) = self.prune().await?;
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(removed),
+        }
+    }
+
+    /// Like [`prune_dead`](Cursor::prune_dead), but hands each removed entry to `f` and
+    /// returns how many there were. Nothing removed goes unseen: if the pass fails part
+    /// way, `f` still gets every entry removed before the failure, and then the error is
+    /// returned.
+    ///
+    /// ```
+    /// # use runstate::{Aid, AsyncStore, Error, InstanceId, State};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Error> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let store = AsyncStore::<String>::new(dir.path());
+    /// let mut child = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+    /// let state = State::new(InstanceId::random(), child.id(), "netns-7".to_string());
+    ///
+    /// let mut released = Vec::new();
+    /// store
+    ///     .with_aid(Aid::new(1)?, async |cursor| {
+    ///         cursor.save(&state).await?;
+    ///         // The child exits; its resources are released once its entry is removed.
+    ///         child.kill().unwrap();
+    ///         child.wait().unwrap();
+    ///         cursor.prune_dead_with(|dead| released.push(dead.config)).await
+    ///     })
+    ///     .await?;
+    /// assert_eq!(released, ["netns-7"]);
+    /// # Ok(()) }
+    /// ```
+    pub async fn prune_dead_with(
+        &mut self,
+        mut f: impl FnMut(State<C>) + Send,
+    ) -> Result<usize, Error> {
+        let (removed, failed) = self.prune().await?;
+        let count = removed.len();
+        removed.into_iter().for_each(&mut f);
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(count),
+        }
+    }
+
+    /// Removes the dead entries: what it removed, and the error that stopped it, if any.
+    async fn prune(&mut self) -> Result<(Vec<State<C>>, Option<Error>), Error> {
+        self.read
+            .hold
+            .run("prune", move |hold| {
+                let dir = hold.dir();
+                let proc_root = dir.options().proc_dir();
+                let mut dead = Vec::new();
+                let pass = dir.read_all::<C>(|state| {
+                    // Not an entry, so not an entry of a dead process: left alone.
+                    let Ok(state) = state else { return Ok(()) };
+                    let liveness = liveness::check(proc_root, state.pid, state.process.as_ref());
+                    if liveness == Liveness::Dead && dir.destroy(state.id)? {
+                        dead.push(state);
+                    }
+                    Ok(())
+                });
+                Ok((dead, pass.err()))
+            })
+            .await
     }
 
     /// Removes the entry of `id`. Returns whether it existed.
     pub async fn destroy(&mut self, id: InstanceId) -> Result<bool, Error> {
-        let hold = self.read.hold.clone();
-        blocking::run("destroy", move || hold.dir().destroy(id)).await
+        self.read
+            .hold
+            .run("destroy", move |hold| hold.dir().destroy(id))
+            .await
     }
 }
 
@@ -205,23 +261,24 @@ where
 
     /// Reads the entry of `id`, or `None` if there is none.
     pub async fn load(&mut self, id: InstanceId) -> Result<Option<State<C>>, Error> {
-        let hold = self.hold.clone();
-        blocking::run("load", move || hold.dir().load(id, &mut Vec::new())).await
+        self.hold
+            .run("load", move |hold| hold.dir().load(id, &mut Vec::new()))
+            .await
     }
 
     /// Counts the entries by their file names, without reading them.
     pub async fn len(&mut self) -> Result<usize, Error> {
-        let hold = self.hold.clone();
-        blocking::run("len", move || {
-            let mut scan = hold.dir().scan()?;
-            let mut n = 0;
-            while let Some(id) = scan.next_id(hold.dir().path()) {
-                id?;
-                n += 1;
-            }
-            Ok(n)
-        })
-        .await
+        self.hold
+            .run("len", |hold| {
+                let mut scan = hold.dir().scan()?;
+                let mut n = 0;
+                while let Some(id) = scan.next_id(hold.dir().path()) {
+                    id?;
+                    n += 1;
+                }
+                Ok(n)
+            })
+            .await
     }
 
     /// Whether the aid has no entries.
@@ -267,16 +324,16 @@ where
 
     /// Reads every entry, or fails with the first error.
     pub async fn load_all(&mut self) -> Result<BTreeMap<InstanceId, State<C>>, Error> {
-        let hold = self.hold.clone();
-        blocking::run("load_all", move || {
-            let mut all = BTreeMap::new();
-            hold.dir().read_all::<C>(|state| {
-                let state = state?;
-                all.insert(state.id, state);
-                Ok(())
-            })?;
-            Ok(all)
-        })
-        .await
+        self.hold
+            .run("load_all", |hold| {
+                let mut all = BTreeMap::new();
+                hold.dir().read_all::<C>(|state| {
+                    let state = state?;
+                    all.insert(state.id, state);
+                    Ok(())
+                })?;
+                Ok(all)
+            })
+            .await
     }
 }

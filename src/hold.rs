@@ -3,7 +3,8 @@
 //! Exclusion has two layers. Inside the process, each aid has a fair (FIFO) async
 //! read-write lock: an exclusive holder alone, or shared holders together, may touch the
 //! aid's lock file. Across processes, the holder then takes `flock`: first without blocking
-//! on the calling thread, and only if another process has it, by waiting on the blocking pool.
+//! on the calling thread, and only if another process has it, by waiting on the blocking pool
+//! (polling, see `lock.rs`, so that a waiter that is dropped lets go of the thread).
 //!
 //! A [`Hold`] owns both layers and releases them when dropped. Everything that may still use
 //! the aid keeps an `Arc<Hold>`: the cursor, and every blocking operation in flight. So the
@@ -69,29 +70,55 @@ struct Claim {
 impl Claim {
     /// The claim now owns the flock too.
     fn granted(self) -> Hold {
-        Hold(self)
+        Hold {
+            claim: self,
+            ops: Arc::new(tokio::sync::Mutex::new(())),
+        }
     }
 }
 
 /// An aid held: turn and flock. Dropping it releases the flock, then the turn.
 #[derive(Debug)]
-pub(crate) struct Hold(Claim);
+pub(crate) struct Hold {
+    claim: Claim,
+    /// Orders the holder's operations. An operation whose future was dropped may still be
+    /// running on the blocking pool; the next one must wait for it, or a dropped save could
+    /// land after a later `len` of the same holder.
+    ops: Arc<tokio::sync::Mutex<()>>,
+}
 
 impl Hold {
     pub(crate) fn aid(&self) -> Aid {
-        self.0.aid
+        self.claim.aid
     }
 
     pub(crate) fn dir(&self) -> &AidDir {
-        &self.0.dir
+        &self.claim.dir
+    }
+
+    /// Runs `f`, one logical operation on the held aid, as blocking work
+    /// ([`blocking::run`]), after every earlier operation of this hold has finished. The
+    /// work keeps the hold alive, so the lock outlives a dropped future until it is done.
+    pub(crate) async fn run<T, F>(self: &Arc<Self>, op: &'static str, f: F) -> Result<T, Error>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Hold) -> Result<T, Error> + Send + 'static,
+    {
+        let turn = self.ops.clone().lock_owned().await;
+        let hold = self.clone();
+        blocking::run(op, move || {
+            let _turn = turn;
+            f(&hold)
+        })
+        .await
     }
 }
 
 impl Drop for Hold {
     fn drop(&mut self) {
-        match self.0.turn {
-            Turn::Exclusive(_) => self.0.dir.lock.unlock(),
-            Turn::Shared(_) => self.0.dir.lock.leave_shared(),
+        match self.claim.turn {
+            Turn::Exclusive(_) => self.claim.dir.lock.unlock(),
+            Turn::Shared(_) => self.claim.dir.lock.leave_shared(),
         }
     }
 }
@@ -105,6 +132,16 @@ pub(crate) struct Locks {
     /// Every hold keeps a read guard; `close` takes the write side to wait for them all.
     gate: Arc<RwLock<()>>,
     closed: AtomicBool,
+}
+
+/// Raises its flag when dropped: tells blocking work that its waiter has gone.
+#[derive(Debug, Default)]
+struct GoneOnDrop(Arc<AtomicBool>);
+
+impl Drop for GoneOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
 }
 
 /// Waits for `fut` as `wait` allows.
@@ -203,8 +240,7 @@ impl Locks {
         let hold = Arc::new(hold);
         if mode == Mode::Exclusive && !slot.swept.load(Ordering::Acquire) {
             // The first exclusive holder in this store clears what a killed process left.
-            let sweeper = hold.clone();
-            blocking::run("sweep", move || sweeper.dir().sweep_temps()).await?;
+            hold.run("sweep", |hold| hold.dir().sweep_temps()).await?;
             slot.swept.store(true, Ordering::Release);
         }
         Ok(hold)
@@ -243,20 +279,26 @@ impl Locks {
     /// Waits on the blocking pool for a flock that another process holds, as `wait` allows,
     /// keeping `guard` until then. The hold is built on that thread, so if our caller is
     /// gone by the time the lock comes, it is dropped there and the lock released at once.
+    ///
+    /// A dropped waiter also ends the wait itself within one polling pause: otherwise its
+    /// thread would stay in `flock`, with this process's turn for the aid, until the other
+    /// process let go, and `close` and the runtime's shutdown would wait for it.
     async fn wait_for_flock<G: Send + 'static>(
         claim: Claim,
         wait: Wait,
         guard: G,
-        take: fn(&LockFile, Option<Instant>) -> Result<bool, Error>,
+        take: fn(&LockFile, Option<Instant>, &AtomicBool) -> Result<bool, Error>,
     ) -> Result<Hold, Error> {
         let (aid, until) = match wait {
             Wait::Never => return Err(Error::WouldBlock { aid: claim.aid }),
             Wait::Forever => (claim.aid, None),
             Wait::Until(deadline, _) => (claim.aid, Some(deadline)),
         };
+        let waiter = GoneOnDrop::default();
+        let gone = waiter.0.clone();
         blocking::on_pool("lock", move || {
             let _guard = guard;
-            match take(&claim.dir.lock, until)? {
+            match take(&claim.dir.lock, until, &gone)? {
                 true => Ok(claim.granted()),
                 false => Err(match wait {
                     Wait::Until(_, waited) => Error::Timeout { aid, waited },

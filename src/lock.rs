@@ -9,6 +9,7 @@
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use rustix::fs::{FlockOperation, flock, ftruncate};
@@ -25,8 +26,9 @@ pub(crate) struct LockFile {
     readers: Mutex<usize>,
 }
 
-/// The longest pause between two attempts of a timed wait.
-const MAX_BACKOFF: Duration = Duration::from_millis(5);
+/// The longest pause between two attempts of a wait: how late, at worst, a waiter notices
+/// that the lock was released, or that it has been given up.
+const MAX_BACKOFF: Duration = Duration::from_millis(2);
 
 impl LockFile {
     pub(crate) fn new(fd: OwnedFd, path: PathBuf) -> LockFile {
@@ -55,20 +57,32 @@ impl LockFile {
         }
     }
 
-    /// Repeats a non-blocking attempt with growing pauses until `deadline`. A timed wait
-    /// polls because a blocked `flock` cannot be called off: this way no thread is left
-    /// parked in the kernel after the caller has given up.
-    fn flock_until(&self, op: FlockOperation, deadline: Instant) -> Result<bool, Error> {
+    /// Repeats a non-blocking attempt with growing pauses until it succeeds, `deadline`
+    /// passes or `gone` is raised; `Ok(false)` in the last two cases. Waits poll because a
+    /// blocked `flock` cannot be called off: a thread parked in the kernel would stay there
+    /// after its caller has given up, until the other process let go.
+    fn flock_polling(
+        &self,
+        op: FlockOperation,
+        deadline: Option<Instant>,
+        gone: &AtomicBool,
+    ) -> Result<bool, Error> {
         let mut pause = Duration::from_micros(50);
         loop {
             if self.flock(op)? {
                 return Ok(true);
             }
-            let now = Instant::now();
-            if now >= deadline {
+            if gone.load(Ordering::Acquire) {
                 return Ok(false);
             }
-            std::thread::sleep(pause.min(deadline - now));
+            let sleep = match deadline {
+                None => pause,
+                Some(deadline) => match deadline.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => pause.min(left),
+                    _ => return Ok(false),
+                },
+            };
+            std::thread::sleep(sleep);
             pause = (pause * 2).min(MAX_BACKOFF);
         }
     }
@@ -79,12 +93,14 @@ impl LockFile {
     }
 
     /// Waits for the exclusive lock, without limit (`None`) or until a deadline; `Ok(false)`
-    /// if the deadline came first. Blocks: call it on the blocking pool.
-    pub(crate) fn exclusive(&self, until: Option<Instant>) -> Result<bool, Error> {
-        match until {
-            None => self.flock(FlockOperation::LockExclusive),
-            Some(deadline) => self.flock_until(FlockOperation::NonBlockingLockExclusive, deadline),
-        }
+    /// if the deadline came first or the waiter is `gone`. Blocks: call it on the blocking
+    /// pool.
+    pub(crate) fn exclusive(
+        &self,
+        until: Option<Instant>,
+        gone: &AtomicBool,
+    ) -> Result<bool, Error> {
+        self.flock_polling(FlockOperation::NonBlockingLockExclusive, until, gone)
     }
 
     /// Drops the exclusive lock. Never blocks. The only failures of `LOCK_UN` are a bad
@@ -133,10 +149,13 @@ impl LockFile {
 
     /// Waits for the shared lock for this process, as [`LockFile::exclusive`] waits. The
     /// caller must be the only one trying to take it first.
-    pub(crate) fn first_shared(&self, until: Option<Instant>) -> Result<bool, Error> {
-        self.first_shared_with(|| match until {
-            None => self.flock(FlockOperation::LockShared),
-            Some(deadline) => self.flock_until(FlockOperation::NonBlockingLockShared, deadline),
+    pub(crate) fn first_shared(
+        &self,
+        until: Option<Instant>,
+        gone: &AtomicBool,
+    ) -> Result<bool, Error> {
+        self.first_shared_with(|| {
+            self.flock_polling(FlockOperation::NonBlockingLockShared, until, gone)
         })
     }
 

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::future;
 use futures::stream::{self, Stream, StreamExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -312,6 +313,11 @@ where
                 Ok(aid) => self.aid_entries(aid).left_stream(),
                 Err(e) => stream::iter([Err(e)]).right_stream(),
             })
+            // A store closed under the stream ends it: one `Closed` says so, not one per aid.
+            .scan(false, |closed, item| {
+                let end = std::mem::replace(closed, matches!(item, Err(Error::Closed)));
+                future::ready((!end).then_some(item))
+            })
             // Boxed so callers can poll it without pinning it first.
             .boxed()
     }
@@ -349,7 +355,9 @@ where
 
     /// Removes, in every aid, the entries whose process is [`Liveness::Dead`], and returns
     /// them. Each aid is held exclusively while it is pruned; entries that are alive, of
-    /// unknown liveness or corrupt are left alone. Stops at the first error.
+    /// unknown liveness or corrupt are left alone. Stops at the first error; the entries
+    /// removed before it are then not returned: use
+    /// [`prune_dead_with`](AsyncStore::prune_dead_with) where they must not be missed.
     ///
     /// ```
     /// # use runstate::{Aid, AsyncStore, Error, InstanceId, State};
@@ -376,6 +384,52 @@ where
             pruned.extend(dead.into_iter().map(|state| (aid, state)));
         }
         Ok(pruned)
+    }
+
+    /// Like [`prune_dead`](AsyncStore::prune_dead), but hands each removed entry to `f` and
+    /// returns how many there were. It goes on past an aid that fails (a bad directory, an
+    /// I/O error), so one aid cannot keep the others from being pruned; after trying them
+    /// all, it returns the first error. Either way `f` has seen every entry removed.
+    ///
+    /// ```
+    /// # use runstate::{Aid, AsyncStore, Error, InstanceId, State};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Error> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let store = AsyncStore::<()>::new(dir.path());
+    /// let mut child = std::process::Command::new("true").spawn().unwrap();
+    /// let id = InstanceId::random();
+    /// store.with_aid(Aid::new(4)?, async |c| c.save(&State::new(id, child.id(), ())).await).await?;
+    /// child.wait().unwrap();
+    ///
+    /// let mut gone = Vec::new();
+    /// let result = store.prune_dead_with(|aid, state| gone.push((aid, state.id))).await;
+    /// // Even if some aid had failed, `gone` would list every entry that was removed.
+    /// assert_eq!(result?, 1);
+    /// assert_eq!(gone, [(Aid::new(4)?, id)]);
+    /// # Ok(()) }
+    /// ```
+    pub async fn prune_dead_with(
+        &self,
+        mut f: impl FnMut(Aid, State<C>) + Send,
+    ) -> Result<usize, Error> {
+        let mut count = 0;
+        let mut first_error = None;
+        for aid in self.aids().await? {
+            let pruned = self
+                .with_aid(aid, async |cursor| {
+                    cursor.prune_dead_with(|state| f(aid, state)).await
+                })
+                .await;
+            match pruned {
+                Ok(n) => count += n,
+                Err(e @ Error::Closed) => return Err(e),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        first_error.map_or(Ok(count), Err)
     }
 
     /// Waits for the `with_aid` calls in flight, then closes every file the store holds.

@@ -1,0 +1,133 @@
+//! Pruning dead entries: nothing removed goes unreported, and one bad aid does not keep the
+//! others from being pruned. Every test runs on both tokio runtimes.
+
+#[macro_use]
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use runstate::{Aid, AsyncStore, Error, InstanceId, State};
+
+type Store = AsyncStore<String>;
+
+both_runtimes!(
+    prune_dead_with_reports_every_removed_entry_past_a_failing_aid,
+    prune_dead_with_on_a_cursor_hands_over_what_it_removed,
+);
+
+/// A child that runs until [`kill`]ed: entries saved while it runs record its identity,
+/// so they read as dead once it is gone.
+fn child() -> std::process::Child {
+    std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .unwrap()
+}
+
+fn kill(mut child: std::process::Child) {
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+fn aid(n: u16) -> Aid {
+    Aid::new(n).unwrap()
+}
+
+async fn save(store: &Store, aid: Aid, state: &State<String>) {
+    store
+        .with_aid(aid, async |c| c.save(state).await)
+        .await
+        .unwrap();
+}
+
+fn entry_names(run: &Path, aid: Aid) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(run.join("state").join(aid.to_string()))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
+}
+
+async fn prune_dead_with_reports_every_removed_entry_past_a_failing_aid() {
+    let dir = tempfile::tempdir_in("/dev/shm").unwrap();
+    let store = Store::new(dir.path());
+    let doomed = child();
+    let dead = doomed.id();
+    let me = std::process::id();
+    let (one, bad, three) = (aid(1), aid(2), aid(3));
+    let gone_one = State::new(InstanceId::random(), dead, "one".to_string());
+    let alive_one = State::new(InstanceId::random(), me, "alive".to_string());
+    let gone_bad = State::new(InstanceId::random(), dead, "bad".to_string());
+    let gone_three = State::new(InstanceId::random(), dead, "three".to_string());
+    save(&store, one, &gone_one).await;
+    save(&store, one, &alive_one).await;
+    save(&store, bad, &gone_bad).await;
+    save(&store, three, &gone_three).await;
+    kill(doomed);
+
+    // Aid 2's directory becomes writable by its group: the store refuses to use it.
+    let bad_dir = dir.path().join("state").join(bad.to_string());
+    std::fs::set_permissions(&bad_dir, std::fs::Permissions::from_mode(0o775)).unwrap();
+    // A fresh handle, so nothing about aid 2 is cached from the saves.
+    let store = Store::new(dir.path());
+
+    let mut seen = Vec::new();
+    let result = store
+        .prune_dead_with(|aid, state| seen.push((aid, state.id, state.config)))
+        .await;
+    assert!(
+        matches!(result, Err(Error::Insecure { ref path, .. }) if path == &bad_dir),
+        "the failing aid is reported: {result:?}"
+    );
+    seen.sort();
+    let mut want = vec![
+        (one, gone_one.id, "one".to_string()),
+        (three, gone_three.id, "three".to_string()),
+    ];
+    want.sort();
+    assert_eq!(seen, want, "every removed entry was handed over");
+
+    // What was reported is gone from disk, and nothing else is.
+    assert_eq!(entry_names(dir.path(), one), [alive_one.id.to_string()]);
+    assert!(entry_names(dir.path(), three).is_empty());
+    std::fs::set_permissions(&bad_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    assert_eq!(entry_names(dir.path(), bad), [gone_bad.id.to_string()]);
+
+    // Once the directory is fixed, the entry left behind is pruned like any other.
+    let pruned = store.prune_dead().await.unwrap();
+    assert_eq!(pruned.len(), 1);
+    assert_eq!((pruned[0].0, pruned[0].1.id), (bad, gone_bad.id));
+}
+
+async fn prune_dead_with_on_a_cursor_hands_over_what_it_removed() {
+    let dir = tempfile::tempdir_in("/dev/shm").unwrap();
+    let store = Store::new(dir.path());
+    let doomed = child();
+    let dead = doomed.id();
+    let ids: Vec<InstanceId> = (0..3).map(|_| InstanceId::random()).collect();
+    let alive = InstanceId::random();
+    let (count, mut seen) = store
+        .with_aid(aid(9), async |c| {
+            for id in &ids {
+                c.save(&State::new(*id, dead, id.to_string())).await?;
+            }
+            c.save(&State::new(alive, std::process::id(), String::new()))
+                .await?;
+            kill(doomed);
+            let mut seen = Vec::new();
+            let count = c
+                .prune_dead_with(|state| seen.push((state.id, state.config)))
+                .await?;
+            assert_eq!(c.len().await?, 1, "only the live entry is left");
+            Ok::<_, Error>((count, seen))
+        })
+        .await
+        .unwrap();
+    assert_eq!(count, 3);
+    seen.sort();
+    let mut want: Vec<(InstanceId, String)> = ids.iter().map(|id| (*id, id.to_string())).collect();
+    want.sort();
+    assert_eq!(seen, want);
+}

@@ -1,0 +1,218 @@
+//! What the store lets go of, and when: a waiter dropped while another process holds the
+//! aid, an operation dropped mid-flight, a stream that has read its last entry, and a
+//! contended lock with no runtime around.
+
+use std::future::Future;
+use std::pin::pin;
+use std::sync::mpsc;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use runstate::{Aid, AsyncStore, Error, InstanceId, Options, State};
+
+type Store = AsyncStore<String>;
+
+fn run_dir() -> tempfile::TempDir {
+    tempfile::tempdir_in("/dev/shm").unwrap()
+}
+
+/// Holds `aid` through its own store (its own lock-file descriptor, so just like another
+/// process) on a thread of its own, for `for_how_long`. Returns once it is held.
+fn hold_elsewhere(
+    dir: &std::path::Path,
+    aid: Aid,
+    for_how_long: Duration,
+) -> std::thread::JoinHandle<()> {
+    let dir = dir.to_owned();
+    let (held_tx, held_rx) = mpsc::channel();
+    let t = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let theirs = Store::new(&dir);
+            theirs
+                .with_aid(aid, async |_| {
+                    held_tx.send(()).unwrap();
+                    tokio::time::sleep(for_how_long).await;
+                    Ok::<_, Error>(())
+                })
+                .await
+                .unwrap();
+        });
+    });
+    held_rx.recv().unwrap();
+    t
+}
+
+/// A `with_aid` dropped while another handle holds the aid lets go of everything: `close()`
+/// on our store does not wait for the *other* holder, since no call of ours is in flight.
+/// (A thread left parked in an untimed `flock` would keep the store's gate open.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_does_not_wait_for_a_dropped_waiter() {
+    let dir = run_dir();
+    let aid = Aid::new(11).unwrap();
+    let other = hold_elsewhere(dir.path(), aid, Duration::from_secs(3));
+
+    let ours = Store::new(dir.path());
+    let waited = tokio::time::timeout(
+        Duration::from_millis(50),
+        ours.with_aid(aid, async |_| Ok::<_, Error>(())),
+    )
+    .await;
+    assert!(waited.is_err(), "the other handle holds the aid");
+
+    // Nothing of ours is in flight any more.
+    let started = Instant::now();
+    let closed = tokio::time::timeout(Duration::from_secs(1), ours.close()).await;
+    let took = started.elapsed();
+    other.join().unwrap();
+    assert!(
+        closed.is_ok(),
+        "close() waited {took:?} for a with_aid future that had been dropped"
+    );
+}
+
+/// Nor does a dropped waiter hold up the runtime's shutdown (as returning from
+/// `#[tokio::main]` does), which waits for every blocking-pool thread.
+#[test]
+fn runtime_shutdown_is_not_held_up_by_a_dropped_waiter() {
+    let dir = run_dir();
+    let aid = Aid::new(12).unwrap();
+    let other = hold_elsewhere(dir.path(), aid, Duration::from_secs(3));
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let ours = Store::new(dir.path());
+        let waited = tokio::time::timeout(
+            Duration::from_millis(50),
+            ours.with_aid(aid, async |_| Ok::<_, Error>(())),
+        )
+        .await;
+        assert!(waited.is_err(), "the other handle holds the aid");
+    });
+    let started = Instant::now();
+    drop(rt);
+    let took = started.elapsed();
+    other.join().unwrap();
+    assert!(
+        took < Duration::from_secs(1),
+        "dropping the runtime took {took:?}: a blocking-pool thread was still parked in flock"
+    );
+}
+
+/// On a current-thread runtime a dropped cursor operation keeps running on the blocking pool;
+/// later operations of the same holder wait for it, so inside one exclusive hold, with the
+/// holder writing nothing, the aid does not change under it. (On a multi-thread runtime
+/// `block_in_place` finishes the operation inside the poll, so this cannot happen there.)
+#[tokio::test(flavor = "current_thread")]
+async fn a_dropped_save_does_not_land_behind_later_operations_of_the_same_hold() {
+    let dir = run_dir();
+    let store = Store::with_options(dir.path(), Options::new().max_entry_size(1 << 28));
+    let aid = Aid::new(13).unwrap();
+    let big = "x".repeat(96 << 20);
+    let state = State::new(InstanceId::random(), 1, big);
+
+    let (before, after) = store
+        .with_aid(aid, async |c| {
+            {
+                let mut save = pin!(c.save(&state));
+                // One poll: the save is handed to the blocking pool; then it is dropped.
+                let first = std::future::poll_fn(|cx| Poll::Ready(save.as_mut().poll(cx))).await;
+                assert!(first.is_pending());
+            }
+            let before = c.len().await?;
+            // The holder does nothing but wait, still holding the aid exclusively.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let after = c.len().await?;
+            Ok::<_, Error>((before, after))
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        before, after,
+        "the aid changed inside one exclusive hold with no write by its holder"
+    );
+}
+
+/// Polls `fut` to completion on this thread, with no tokio runtime around.
+fn block_on_without_tokio<F: Future>(fut: F) -> F::Output {
+    let mut fut = pin!(fut);
+    let mut cx = Context::from_waker(Waker::noop());
+    loop {
+        if let Poll::Ready(out) = fut.as_mut().poll(&mut cx) {
+            return out;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// With no runtime around, file work runs in place; so does waiting for a contended lock,
+/// rather than panicking in `spawn_blocking` for want of a runtime.
+#[test]
+fn a_contended_lock_outside_a_runtime_is_an_error_not_a_panic() {
+    let dir = run_dir();
+    let aid = Aid::new(14).unwrap();
+    let ours = Store::new(dir.path());
+    // Uncontended: works without a runtime.
+    let n = block_on_without_tokio(ours.with_aid(aid, async |c| c.len().await)).unwrap();
+    assert_eq!(n, 0);
+
+    let other = hold_elsewhere(dir.path(), aid, Duration::from_millis(300));
+    let got = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        block_on_without_tokio(ours.with_aid(aid, async |c| c.len().await))
+    }));
+    other.join().unwrap();
+    match got {
+        Ok(r) => {
+            r.unwrap();
+        }
+        Err(p) => {
+            let msg = p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            panic!("with_aid panicked inside the library: {msg}");
+        }
+    }
+}
+
+/// A stream left unfinished holds an aid "only while entries of that aid are still to be
+/// read": with exactly 128 entries (one full batch, ending on the count right at the end of
+/// the directory), the aid is free once they have all been yielded, before the stream is
+/// polled again.
+#[tokio::test(flavor = "current_thread")]
+async fn a_stream_that_yielded_every_entry_of_an_aid_holds_nothing() {
+    use futures::StreamExt;
+    let dir = run_dir();
+    let store = Store::new(dir.path());
+    let aid = Aid::new(15).unwrap();
+    store
+        .with_aid(aid, async |c| {
+            for _ in 0..128 {
+                c.save(&State::new(InstanceId::random(), 1, String::new()))
+                    .await?;
+            }
+            Ok::<_, Error>(())
+        })
+        .await
+        .unwrap();
+
+    let mut entries = store.entries();
+    for _ in 0..128 {
+        entries.next().await.unwrap().unwrap();
+    }
+    // Every entry of the only aid has been read; the stream is kept, not polled.
+    let r = store.try_with_aid(aid, async |_| Ok::<_, Error>(())).await;
+    drop(entries);
+    assert!(
+        r.is_ok(),
+        "aid still held by a stream with nothing left to read: {r:?}"
+    );
+}
