@@ -67,16 +67,16 @@ async fn main() -> Result<(), Box<dyn Error>> {
     let store = Store::new(&args.run_dir);
 
     if args.prune {
-        let pruned = store.prune_dead().await?;
+        // Counted as they go, so the count is right even when some aid cannot be pruned.
+        let mut pruned = 0;
+        let result = store.prune_dead_with(|_, _| pruned += 1).await;
         eprintln!(
-            "pruned {} dead {}",
-            pruned.len(),
-            if pruned.len() == 1 {
-                "entry"
-            } else {
-                "entries"
-            }
+            "pruned {pruned} dead {}",
+            if pruned == 1 { "entry" } else { "entries" }
         );
+        if let Err(e) = result {
+            eprintln!("ps: could not prune everything: {e}");
+        }
     }
 
     let mut rows = Vec::new();
