@@ -20,24 +20,31 @@ pub struct ProcessIdentity {
 
 /// Whether an entry's process is still running.
 ///
+/// Its text form, in `Display` and with serde, is the lowercase name.
+///
 /// ```
 /// use runstate::Liveness;
 /// assert_eq!(Liveness::Dead.to_string(), "dead");
+/// assert_eq!(format!("[{:<7}]", Liveness::Alive), "[alive  ]");
 /// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Liveness {
     /// The pid exists, with the recorded start time, in the same boot.
     Alive,
-    /// The pid is gone, or now belongs to another process, or the machine has rebooted.
+    /// The pid is gone (`/proc` does not show it and `kill(pid, 0)` finds no process), or now
+    /// belongs to another process, or the machine has rebooted.
     Dead,
     /// The entry records no identity (its process was not visible in `/proc` when it was
-    /// saved), or `/proc` cannot be read: nothing can be said.
+    /// saved), or `/proc` cannot be read, or hides a process that has the pid (as with
+    /// `hidepid=2`): nothing can be said.
     Unknown,
 }
 
 impl std::fmt::Display for Liveness {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
+        // pad, not write_str, so that width and alignment work in tables.
+        f.pad(match self {
             Liveness::Alive => "alive",
             Liveness::Dead => "dead",
             Liveness::Unknown => "unknown",
@@ -130,8 +137,29 @@ pub(crate) fn check(proc_root: &Path, pid: u32, identity: Option<&ProcessIdentit
     }
     match start_time(proc_root, pid) {
         Probe::Started(t) if t == identity.start_time => Liveness::Alive,
-        Probe::Started(_) | Probe::Gone => Liveness::Dead,
+        Probe::Started(_) => Liveness::Dead,
+        Probe::Gone => confirm_gone(pid),
         Probe::Unreadable => Liveness::Unknown,
+    }
+}
+
+/// A `/proc` mounted with `hidepid=2` hides other users' processes as if they were gone
+/// (ENOENT), and a dead verdict lets `prune_dead` delete the entry, so a missing pid is
+/// confirmed with `kill(pid, 0)` first: only ESRCH means that no such process exists.
+/// The signal test sees this process's pid namespace, so through another namespace's
+/// `/proc` it can only turn a verdict into `Unknown`, never make one `Dead`.
+fn confirm_gone(pid: u32) -> Liveness {
+    // 0 and pids beyond i32 are no process's; kill(0) would even test the process group.
+    let Some(pid) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    else {
+        return Liveness::Dead;
+    };
+    match rustix::process::test_kill_process(pid) {
+        Err(rustix::io::Errno::SRCH) => Liveness::Dead,
+        // Success or EPERM: a process has the pid, and /proc does not show it.
+        _ => Liveness::Unknown,
     }
 }
 

@@ -18,6 +18,15 @@ fn fake_process(root: &Path, pid: u32, comm: &str, start: u64) {
     fs::write(dir.join("stat"), line).unwrap();
 }
 
+/// The pid of a child that has exited and been reaped: no process has it (pids are reused
+/// only after the counter wraps), so `kill(pid, 0)` fails with ESRCH.
+fn gone_pid() -> u32 {
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let pid = child.id();
+    child.wait().unwrap();
+    pid
+}
+
 fn fake_proc() -> tempfile::TempDir {
     let root = tempfile::tempdir_in("/dev/shm").unwrap();
     fs::create_dir_all(root.path().join("sys/kernel/random")).unwrap();
@@ -122,7 +131,10 @@ async fn a_fake_proc_tells_reuse_reboot_and_unreadable_apart() {
     let aid = Aid::new(9).unwrap();
 
     // Each pid is saved while its fake process is "running", with a hostile command name.
-    let pids = [100u32, 101, 102, 103, 104];
+    // The one that goes away is a pid no real process has either: a gone pid is confirmed
+    // with kill(pid, 0), for a /proc that merely hides it.
+    let gone = gone_pid();
+    let pids = [100u32, 101, gone, 103, 104];
     let mut saved = Vec::new();
     for &pid in &pids {
         fake_process(root, pid, "a) b (c", 5_000 + u64::from(pid));
@@ -148,8 +160,8 @@ async fn a_fake_proc_tells_reuse_reboot_and_unreadable_apart() {
 
     // 100 keeps running. 101's pid is reused by a process with another start time.
     fake_process(root, 101, "other", 1);
-    // 102 is gone.
-    fs::remove_dir_all(root.join("102")).unwrap();
+    // The third is gone.
+    fs::remove_dir_all(root.join(gone.to_string())).unwrap();
     // 103's stat cannot be read.
     fs::remove_file(root.join("103/stat")).unwrap();
     fs::create_dir(root.join("103/stat")).unwrap();
@@ -170,7 +182,9 @@ async fn a_fake_proc_tells_reuse_reboot_and_unreadable_apart() {
     let pruned = store.prune_dead().await.unwrap();
     let mut pruned_pids: Vec<u32> = pruned.iter().map(|(_, s)| s.pid).collect();
     pruned_pids.sort();
-    assert_eq!(pruned_pids, [101, 102]);
+    let mut want = [101, gone];
+    want.sort();
+    assert_eq!(pruned_pids, want);
     let left = store
         .with_aid(aid, async |c| c.load_all().await)
         .await
@@ -202,8 +216,9 @@ async fn prune_leaves_corrupt_files_alone() {
     let store =
         AsyncStore::<u8>::with_options(dir.path(), Options::new().proc_root(proc_root.path()));
     let aid = Aid::new(1).unwrap();
-    fake_process(proc_root.path(), 7, "x", 70);
-    let state = State::new(InstanceId::random(), 7, 0);
+    let pid = gone_pid();
+    fake_process(proc_root.path(), pid, "x", 70);
+    let state = State::new(InstanceId::random(), pid, 0);
     store
         .with_aid(aid, async |c| c.save(&state).await)
         .await
@@ -213,7 +228,7 @@ async fn prune_leaves_corrupt_files_alone() {
         .join("state/1")
         .join(InstanceId::random().to_string());
     fs::write(&junk, b"not msgpack").unwrap();
-    fs::remove_dir_all(proc_root.path().join("7")).unwrap();
+    fs::remove_dir_all(proc_root.path().join(pid.to_string())).unwrap();
 
     let pruned = store
         .with_aid(aid, async |c| c.prune_dead().await)
@@ -231,4 +246,47 @@ async fn prune_leaves_corrupt_files_alone() {
     .await
     .expect("the aid is free after pruning")
     .unwrap();
+}
+
+/// With `hidepid=2`, /proc hides other users' processes exactly as if they were gone. A
+/// fake /proc without the pid stands in for it: a process that really has the pid (this
+/// test's own) is `Unknown`, not `Dead`, and pruning leaves its entry; a pid that no process
+/// has is `Dead`.
+#[tokio::test]
+async fn a_pid_that_proc_hides_is_unknown_and_a_reaped_one_is_dead() {
+    let dir = tempfile::tempdir_in("/dev/shm").unwrap();
+    let proc_root = fake_proc();
+    let root = proc_root.path();
+    let store = AsyncStore::<u8>::with_options(dir.path(), Options::new().proc_root(root));
+    let aid = Aid::new(4).unwrap();
+    let (me, gone) = (std::process::id(), gone_pid());
+    let mut saved = Vec::new();
+    for pid in [me, gone] {
+        fake_process(root, pid, "app", 4_000);
+        let state = State::new(InstanceId::random(), pid, 0);
+        let loaded = store
+            .with_aid(aid, async |c| {
+                c.save(&state).await?;
+                c.load(state.id).await
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(store.liveness(&loaded).await, Liveness::Alive);
+        fs::remove_dir_all(root.join(pid.to_string())).unwrap();
+        saved.push(loaded);
+    }
+    assert_eq!(store.liveness(&saved[0]).await, Liveness::Unknown, "hidden");
+    assert_eq!(store.liveness(&saved[1]).await, Liveness::Dead, "reaped");
+    let pruned = store.prune_dead().await.unwrap();
+    assert_eq!(
+        pruned.iter().map(|(_, s)| s.pid).collect::<Vec<_>>(),
+        [gone],
+        "only the entry whose process is really gone is pruned"
+    );
+    let left = store
+        .with_aid(aid, async |c| c.load_all().await)
+        .await
+        .unwrap();
+    assert_eq!(left.values().map(|s| s.pid).collect::<Vec<_>>(), [me]);
 }
