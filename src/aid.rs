@@ -94,11 +94,67 @@ impl<'de> serde::Deserialize<'de> for Aid {
     }
 }
 
+/// The same as [`Aid::new`].
+///
+/// ```
+/// use runstate::Aid;
+///
+/// assert_eq!(Aid::try_from(7u16)?.get(), 7);
+/// assert!(Aid::try_from(10_000u16).is_err());
+/// # Ok::<(), runstate::Error>(())
+/// ```
 impl TryFrom<u16> for Aid {
     type Error = Error;
 
     fn try_from(value: u16) -> Result<Aid, Error> {
         Aid::new(value)
+    }
+}
+
+/// Conversions from wider and signed integers, as a command line or a config file may hold
+/// an aid: each refuses what is outside `0..=9999`.
+macro_rules! aid_try_from {
+    ($($int:ty),*) => {
+        $(
+            /// Checks that the value is in `0..=9999`; see the examples on `TryFrom<&str>`.
+            impl TryFrom<$int> for Aid {
+                type Error = Error;
+
+                fn try_from(value: $int) -> Result<Aid, Error> {
+                    u16::try_from(value)
+                        .ok()
+                        .filter(|&n| n <= Aid::MAX.0)
+                        .map(Aid)
+                        .ok_or_else(|| Error::InvalidAid {
+                            input: value.to_string(),
+                        })
+                }
+            }
+        )*
+    };
+}
+
+aid_try_from!(u32, u64, usize, i32, i64);
+
+/// The same as [`str::parse`]: the canonical decimal form only.
+///
+/// ```
+/// use runstate::Aid;
+///
+/// assert_eq!(Aid::try_from("42")?, Aid::try_from(42u32)?);
+/// assert_eq!(Aid::try_from(9999usize)?, Aid::MAX);
+/// assert!(Aid::try_from(-1i32).is_err());
+/// assert!(Aid::try_from(70_000u32).is_err());
+/// assert!(Aid::try_from("042").is_err());
+/// let n: u16 = Aid::new(12)?.into();
+/// assert_eq!(n, 12);
+/// # Ok::<(), runstate::Error>(())
+/// ```
+impl TryFrom<&str> for Aid {
+    type Error = Error;
+
+    fn try_from(s: &str) -> Result<Aid, Error> {
+        s.parse()
     }
 }
 

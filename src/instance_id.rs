@@ -33,26 +33,21 @@ pub struct InstanceId([u8; 16]);
 pub(crate) const TEXT_LEN: usize = 32;
 
 impl InstanceId {
-    /// A fresh id from the operating system's secure random source (`getrandom(2)`).
+    /// A fresh id from the operating system's secure random source: `getrandom(2)`, or
+    /// `/dev/urandom` where `getrandom` fails (a seccomp filter that denies it, say).
     ///
     /// # Panics
     ///
-    /// Only if the kernel has no `getrandom` at all (Linux before 3.17), where no id could
-    /// be made safely.
+    /// If neither `getrandom(2)` nor `/dev/urandom` yields random bytes (an old kernel in a
+    /// chroot without `/dev`, say). No id could be made safely then: a guessable or repeated
+    /// id would let one instance's entry be taken for another's.
     pub fn random() -> InstanceId {
-        let mut bytes = [0u8; 16];
-        let mut filled = 0;
-        while filled < bytes.len() {
-            match rustix::rand::getrandom(
-                &mut bytes[filled..],
-                rustix::rand::GetRandomFlags::empty(),
-            ) {
-                Ok(n) => filled += n,
-                Err(rustix::io::Errno::INTR) => {}
-                Err(e) => panic!("getrandom(2) failed: {e}"),
-            }
+        match random_bytes(|buf| {
+            rustix::rand::getrandom(buf, rustix::rand::GetRandomFlags::empty())
+        }) {
+            Ok(bytes) => InstanceId(bytes),
+            Err(why) => panic!("cannot make a random instance id: {why}"),
         }
-        InstanceId(bytes)
     }
 
     /// The id with these bytes.
@@ -89,6 +84,30 @@ impl InstanceId {
     }
 }
 
+/// 16 random bytes from `getrandom`, or from `/dev/urandom` if it fails; the error says
+/// what both failures were.
+fn random_bytes(
+    mut getrandom: impl FnMut(&mut [u8]) -> rustix::io::Result<usize>,
+) -> Result<[u8; 16], String> {
+    let mut bytes = [0u8; 16];
+    let mut filled = 0;
+    let denied = loop {
+        if filled == bytes.len() {
+            return Ok(bytes);
+        }
+        match getrandom(&mut bytes[filled..]) {
+            Ok(n) => filled += n,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => break e,
+        }
+    };
+    // read_exact retries interrupted reads; urandom never blocks once the kernel is seeded.
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+        .map(|()| bytes)
+        .map_err(|e| format!("getrandom(2) failed ({denied}), and so did /dev/urandom ({e})"))
+}
+
 fn nibble(c: u8) -> Result<u8, &'static str> {
     match c {
         b'0'..=b'9' => Ok(c - b'0'),
@@ -100,8 +119,8 @@ fn nibble(c: u8) -> Result<u8, &'static str> {
 impl fmt::Display for InstanceId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let hex = self.to_hex();
-        // to_hex writes ASCII digits only.
-        f.write_str(std::str::from_utf8(&hex).map_err(|_| fmt::Error)?)
+        // to_hex writes ASCII digits only; pad honours width and alignment.
+        f.pad(std::str::from_utf8(&hex).map_err(|_| fmt::Error)?)
     }
 }
 
@@ -119,6 +138,40 @@ impl FromStr for InstanceId {
             input: s.chars().take(64).collect(),
             reason,
         })
+    }
+}
+
+/// The same as [`str::parse`]: exactly 32 lowercase hexadecimal digits.
+///
+/// ```
+/// use runstate::InstanceId;
+///
+/// let id = InstanceId::try_from("000102030405060708090a0b0c0d0eff")?;
+/// assert_eq!(id.as_bytes()[15], 0xff);
+/// assert!(InstanceId::try_from("0x0102").is_err());
+/// # Ok::<(), runstate::Error>(())
+/// ```
+impl TryFrom<&str> for InstanceId {
+    type Error = Error;
+
+    fn try_from(s: &str) -> Result<InstanceId, Error> {
+        s.parse()
+    }
+}
+
+/// The id's 16 bytes, as [`InstanceId::as_bytes`] gives them.
+///
+/// ```
+/// use runstate::InstanceId;
+///
+/// let id = InstanceId::from([7; 16]);
+/// let bytes: &[u8] = id.as_ref();
+/// assert_eq!(bytes, [7; 16]);
+/// assert_eq!(<[u8; 16]>::from(id), [7; 16]);
+/// ```
+impl AsRef<[u8]> for InstanceId {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
     }
 }
 
@@ -222,6 +275,34 @@ mod tests {
                 "{bad:?} parsed"
             );
         }
+    }
+
+    #[test]
+    fn random_falls_back_to_urandom_when_getrandom_is_denied() {
+        let mut calls = 0;
+        let bytes = random_bytes(|_| {
+            calls += 1;
+            Err(rustix::io::Errno::PERM)
+        })
+        .unwrap();
+        assert_eq!(calls, 1);
+        assert_ne!(bytes, [0; 16], "the bytes came from /dev/urandom");
+        let again = random_bytes(|_| Err(rustix::io::Errno::NOSYS)).unwrap();
+        assert_ne!(bytes, again);
+        // Interrupted and short reads are retried, not taken for failures.
+        let mut calls = 0;
+        let short = random_bytes(|buf| {
+            calls += 1;
+            match calls {
+                1 => Err(rustix::io::Errno::INTR),
+                _ => {
+                    buf[0] = 0xaa;
+                    Ok(1)
+                }
+            }
+        })
+        .unwrap();
+        assert_eq!((short, calls), ([0xaa; 16], 17));
     }
 
     #[test]

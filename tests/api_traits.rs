@@ -96,3 +96,65 @@ fn cursor_methods_are_inherent() {
         ReadCursor::<C>::load_all,
     );
 }
+
+#[test]
+fn display_honours_width_and_alignment() {
+    assert_eq!(format!("{:<7}|", Liveness::Alive), "alive  |");
+    assert_eq!(format!("{:>8}", Liveness::Dead), "    dead");
+    assert_eq!(format!("{:^9}", Liveness::Unknown), " unknown ");
+    let id = InstanceId::from_bytes([0xab; 16]);
+    assert_eq!(format!("{id:>34}"), format!("  {id}"));
+    assert_eq!(format!("{id:-<33}"), format!("{id}-"));
+    assert_eq!(format!("{:>5}", Aid::new(7).unwrap()), "    7");
+}
+
+#[test]
+fn conversions_where_users_look_for_them() {
+    let aid = Aid::new(42).unwrap();
+    assert_eq!(Aid::try_from(42u16).unwrap(), aid);
+    assert_eq!(Aid::try_from(42u32).unwrap(), aid);
+    assert_eq!(Aid::try_from(42u64).unwrap(), aid);
+    assert_eq!(Aid::try_from(42usize).unwrap(), aid);
+    assert_eq!(Aid::try_from(42i32).unwrap(), aid);
+    assert_eq!(Aid::try_from(42i64).unwrap(), aid);
+    assert_eq!(Aid::try_from("42").unwrap(), aid);
+    assert_eq!(u16::from(aid), 42);
+    assert_eq!(Aid::try_from(9999u32).unwrap(), Aid::MAX);
+    for bad in [
+        Aid::try_from(10_000u32),
+        Aid::try_from(65_536u32 + 42),
+        Aid::try_from(-1i32),
+        Aid::try_from(i64::MIN),
+        Aid::try_from(usize::MAX),
+        Aid::try_from("042"),
+        Aid::try_from(" 42"),
+    ] {
+        assert!(matches!(bad, Err(Error::InvalidAid { .. })), "{bad:?}");
+    }
+    assert!(
+        Aid::try_from(65_536u32 + 42)
+            .unwrap_err()
+            .to_string()
+            .contains("65578")
+    );
+
+    let id = InstanceId::from([0x5a; 16]);
+    assert_eq!(InstanceId::try_from(id.to_string().as_str()).unwrap(), id);
+    assert!(matches!(
+        InstanceId::try_from("5A5A"),
+        Err(Error::InvalidInstanceId { .. })
+    ));
+    assert_eq!(<[u8; 16]>::from(id), [0x5a; 16]);
+    let bytes: &[u8] = id.as_ref();
+    assert_eq!(bytes, &[0x5a; 16]);
+}
+
+#[test]
+fn liveness_travels_through_serde_as_its_text_form() {
+    for l in [Liveness::Alive, Liveness::Dead, Liveness::Unknown] {
+        let json = serde_json::to_string(&l).unwrap();
+        assert_eq!(json, format!("\"{l}\""));
+        assert_eq!(serde_json::from_str::<Liveness>(&json).unwrap(), l);
+    }
+    assert!(serde_json::from_str::<Liveness>("\"Alive\"").is_err());
+}
