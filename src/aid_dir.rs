@@ -8,6 +8,7 @@ use std::io::{Read, Write};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -20,7 +21,7 @@ use rustix::io::Errno;
 use serde::de::DeserializeOwned;
 
 use crate::error::CorruptKind;
-use crate::layout::{self, DIR_MODE, FILE_MODE, STATE_DIR, TEMP_PREFIX};
+use crate::layout::{self, DIR_MODE, FILE_MODE, STATE_DIR};
 use crate::lock::LockFile;
 use crate::{Aid, Error, InstanceId, Options, State, format};
 
@@ -44,9 +45,16 @@ fn open_flags() -> OFlags {
 }
 
 /// Makes `name` under `parent` if missing, opens it without following links and checks that
-/// it is a directory of ours that nobody else may write.
-fn open_private_dir(parent: BorrowedFd<'_>, name: &str, path: &Path) -> Result<OwnedFd, Error> {
+/// it is a directory of ours that nobody else may write. With `durable`, a directory made
+/// here has its parent fsynced too.
+fn open_private_dir(
+    parent: BorrowedFd<'_>,
+    name: &str,
+    path: &Path,
+    durable: bool,
+) -> Result<OwnedFd, Error> {
     match mkdirat(parent, name, Mode::from_raw_mode(DIR_MODE)) {
+        Ok(()) if durable => sync_parent(parent, path)?,
         Ok(()) | Err(Errno::EXIST) => {}
         Err(e) => return Err(Error::io("create directory", path, e)),
     }
@@ -65,6 +73,16 @@ fn open_private_dir(parent: BorrowedFd<'_>, name: &str, path: &Path) -> Result<O
     })?;
     check_private(&fd, path, FileType::Directory)?;
     Ok(fd)
+}
+
+/// Makes a new name in `parent` durable: without this fsync, a crash can lose the entry of
+/// `path` in its directory even though `path` itself was synced, and with it what it holds.
+fn sync_parent(parent: BorrowedFd<'_>, path: &Path) -> Result<(), Error> {
+    let parent_path = path.parent().unwrap_or(path);
+    fsync(parent).map_err(|e| Error::io("sync directory", parent_path, e))?;
+    #[cfg(test)]
+    tests::SYNCED.with(|synced| synced.borrow_mut().push(parent_path.to_owned()));
+    Ok(())
 }
 
 /// Refuses a store object that another user owns or that others may write, as ssh refuses
@@ -95,7 +113,7 @@ fn check_private(fd: &OwnedFd, path: &Path, want: FileType) -> Result<(), Error>
 }
 
 /// Opens `<run_dir>/state`, making it and the run directory if needed.
-pub(crate) fn open_state_dir(run_dir: &Path) -> Result<OwnedFd, Error> {
+fn open_state_dir(run_dir: &Path, durable: bool) -> Result<OwnedFd, Error> {
     if !run_dir.as_os_str().is_empty() {
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -115,36 +133,63 @@ pub(crate) fn open_state_dir(run_dir: &Path) -> Result<OwnedFd, Error> {
         Mode::empty(),
     )
     .map_err(|e| Error::io("open directory", run_dir, e))?;
-    open_private_dir(run.as_fd(), STATE_DIR, &run_dir.join(STATE_DIR))
+    open_private_dir(run.as_fd(), STATE_DIR, &run_dir.join(STATE_DIR), durable)
 }
 
 impl AidDir {
     /// Opens (making as needed) the aid's directory and lock file.
     pub(crate) fn open(run_dir: &Path, aid: Aid, options: &Options) -> Result<AidDir, Error> {
-        let state = open_state_dir(run_dir)?;
+        let durable = options.durable;
+        let state = open_state_dir(run_dir, durable)?;
         let state_path = run_dir.join(STATE_DIR);
 
         // The lock file first: if it is refused, no aid directory is left behind to be listed.
         let lock_name = layout::lock_name(aid);
         let lock_path = state_path.join(&lock_name);
-        let lock_fd = openat(
-            &state,
-            lock_name.as_str(),
-            OFlags::RDWR | OFlags::CREATE | open_flags(),
-            Mode::from_raw_mode(FILE_MODE),
-        )
-        .map_err(|e| match e {
+        let refused = |e| match e {
             Errno::LOOP => Error::Insecure {
                 path: lock_path.clone(),
                 reason: "a symlink stands there".into(),
             },
+            // O_RDWR on a directory, or any open of a socket.
+            Errno::ISDIR | Errno::NXIO => Error::Insecure {
+                path: lock_path.clone(),
+                reason: "not a regular file (a directory or a socket stands there)".into(),
+            },
             e => Error::io("open lock file", &lock_path, e),
-        })?;
+        };
+        let flags = OFlags::RDWR | open_flags();
+        let mode = Mode::from_raw_mode(FILE_MODE);
+        // Opened first without O_CREAT, so that the one open that does create the file is
+        // known, and only it pays for the fsync that durable mode needs.
+        let lock_fd = loop {
+            match openat(&state, lock_name.as_str(), flags, mode) {
+                Ok(fd) => break fd,
+                Err(Errno::NOENT) => {}
+                Err(e) => return Err(refused(e)),
+            }
+            match openat(
+                &state,
+                lock_name.as_str(),
+                flags | OFlags::CREATE | OFlags::EXCL,
+                mode,
+            ) {
+                Ok(fd) => {
+                    if durable {
+                        sync_parent(state.as_fd(), &lock_path)?;
+                    }
+                    break fd;
+                }
+                // Made by another opener meanwhile: open theirs.
+                Err(Errno::EXIST) => {}
+                Err(e) => return Err(refused(e)),
+            }
+        };
         check_private(&lock_fd, &lock_path, FileType::RegularFile)?;
 
         let name = aid.to_string();
         let path = state_path.join(&name);
-        let dir = open_private_dir(state.as_fd(), &name, &path)?;
+        let dir = open_private_dir(state.as_fd(), &name, &path, durable)?;
 
         Ok(AidDir {
             path,
@@ -322,8 +367,24 @@ impl AidDir {
         if !self.read_file(layout::as_cstr(&name), id, buf)? {
             return Ok(None);
         }
-        let state: State<C> = format::decode(buf)
-            .map_err(|why| Error::corrupt(self.entry_path(id), CorruptKind::Undecodable(why)))?;
+        // Caught per file, so a config whose Deserialize panics on one file costs that file
+        // alone, as any other corrupt entry does, rather than a stream's whole batch.
+        let state: State<C> = match catch_unwind(AssertUnwindSafe(|| format::decode(buf))) {
+            Ok(Ok(state)) => state,
+            Ok(Err(why)) => {
+                return Err(Error::corrupt(
+                    self.entry_path(id),
+                    CorruptKind::Undecodable(why),
+                ));
+            }
+            Err(payload) => {
+                let message = panic_message(payload.as_ref());
+                return Err(Error::corrupt(
+                    self.entry_path(id),
+                    CorruptKind::DecodePanicked(message),
+                ));
+            }
+        };
         if state.id != id {
             return Err(Error::corrupt(
                 self.entry_path(id),
@@ -360,22 +421,37 @@ impl AidDir {
                 CorruptKind::TooLarge { size, limit },
             ));
         }
-        // Published entries never change, so the size from fstat is the size to read, in
-        // one read(2); a foreign file that grows meanwhile is cut at the cap, and one that
-        // shrinks yields what it has.
         buf.clear();
-        buf.resize(size as usize, 0);
         let mut file = File::from(fd);
-        let mut filled = 0;
-        while filled < buf.len() {
-            match file.read(&mut buf[filled..]) {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(Error::io("read", self.entry_path(id), e)),
+        let read_failed = |e| Error::io("read", self.entry_path(id), e);
+        if size <= PREALLOC_MAX {
+            // Published entries never change, so the size from fstat is the size to read, in
+            // one read(2); a foreign file that grows meanwhile is cut at that size, and one
+            // that shrinks yields what it has.
+            buf.resize(size as usize, 0);
+            let filled = read_into(&mut file, buf).map_err(read_failed)?;
+            buf.truncate(filled);
+        } else {
+            // Only under a raised cap. The size may be a sparse file's claim, so memory
+            // follows the bytes that really arrive, and the file is read only while it can
+            // still be an entry and is within the cap.
+            buf.resize(PREALLOC_MAX as usize, 0);
+            let filled = read_into(&mut file, buf).map_err(read_failed)?;
+            buf.truncate(filled);
+            if format::may_be_entry(buf) {
+                let more = limit.saturating_add(1).saturating_sub(filled as u64);
+                (&file).take(more).read_to_end(buf).map_err(read_failed)?;
+                if buf.len() as u64 > limit {
+                    return Err(Error::corrupt(
+                        self.entry_path(id),
+                        CorruptKind::TooLarge {
+                            size: size.max(buf.len() as u64),
+                            limit,
+                        },
+                    ));
+                }
             }
         }
-        buf.truncate(filled);
         Ok(true)
     }
 
@@ -462,11 +538,14 @@ impl AidDir {
         let mut failed = None;
         for_each_dirent(&fd, &self.path, |name, kind| {
             if failed.is_none()
-                && name.to_bytes().starts_with(TEMP_PREFIX)
+                && layout::is_temp_name(name.to_bytes())
                 && kind != FileType::Directory
             {
                 match unlinkat(&self.dir, name, AtFlags::empty()) {
                     Ok(()) | Err(Errno::NOENT) => {}
+                    // A directory (where d_type is not filled in) or an immutable file: not
+                    // something a save left, and failing would fail every exclusive hold.
+                    Err(Errno::ISDIR | Errno::PERM) => {}
                     Err(e) => {
                         let path = self.path.join(name.to_string_lossy().as_ref());
                         failed = Some(Error::io("remove temporary file", path, e));
@@ -478,6 +557,35 @@ impl AidDir {
             return Err(e);
         }
         self.lock.mark_temps(false)
+    }
+}
+
+/// The most of a file's claimed size that is allocated before its bytes arrive. Entries are
+/// far smaller under the default cap; only a raised cap lets a larger file be read.
+const PREALLOC_MAX: u64 = 4 << 20;
+
+/// Fills `buf` from `file` up to its length or the end of the file; returns the bytes read.
+fn read_into(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+/// The text of a panic's payload, for the error that replaces it.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic without a message".to_owned()
     }
 }
 
@@ -688,7 +796,7 @@ mod tests {
             .store(Publish::NamedTemp as u8, Ordering::Relaxed);
         // What a fallback save killed between creating and unlinking its file leaves.
         dir.lock.mark_temps(true).unwrap();
-        std::fs::write(dir.path().join(".tmp-killed"), b"half").unwrap();
+        std::fs::write(dir.path().join(layout::temp_name()), b"half").unwrap();
 
         let id = InstanceId::random();
         dir.save(id, b"entry").unwrap();
@@ -704,10 +812,46 @@ mod tests {
         let run = tempfile::tempdir_in("/dev/shm").unwrap();
         let dir = AidDir::open(run.path(), Aid::new(2).unwrap(), &Options::new()).unwrap();
         let keep = InstanceId::random().to_string();
-        for name in [".tmp-0123", keep.as_str(), "foreign"] {
+        let hex = InstanceId::random().to_string();
+        let upper = format!(".tmp-{}", hex.to_uppercase());
+        let short = format!(".tmp-{}", &hex[1..]);
+        let long = format!(".tmp-{hex}0");
+        let temp = layout::temp_name();
+        for name in [".tmp-0123", &keep, "foreign", &upper, &short, &long, &temp] {
             std::fs::write(dir.path().join(name), b"x").unwrap();
         }
         dir.sweep_temps().unwrap();
-        assert_eq!(names(dir.path()), [keep.as_str(), "foreign"]);
+        let mut want = vec![".tmp-0123", &keep, "foreign", &upper, &short, &long];
+        want.sort();
+        assert_eq!(names(dir.path()), want, "only {temp} is ours");
+    }
+
+    thread_local! {
+        /// The directories [`sync_parent`] fsynced on this thread, in order.
+        pub(super) static SYNCED: std::cell::RefCell<Vec<PathBuf>> = const {
+            std::cell::RefCell::new(Vec::new())
+        };
+    }
+
+    fn synced() -> Vec<PathBuf> {
+        SYNCED.with(|synced| std::mem::take(&mut *synced.borrow_mut()))
+    }
+
+    #[test]
+    fn durable_mode_syncs_the_parent_of_every_name_it_makes() {
+        let tmp = tempfile::tempdir_in("/dev/shm").unwrap();
+        let run = tmp.path().join("run");
+        let state = run.join(STATE_DIR);
+        let durable = Options::new().durable(true);
+        synced();
+        AidDir::open(&run, Aid::new(1).unwrap(), &durable).unwrap();
+        // state/ in the run directory; the lock file and the aid's directory in state/.
+        assert_eq!(synced(), [run.clone(), state.clone(), state.clone()]);
+        AidDir::open(&run, Aid::new(1).unwrap(), &durable).unwrap();
+        assert_eq!(synced(), Vec::<PathBuf>::new(), "nothing new was made");
+        AidDir::open(&run, Aid::new(2).unwrap(), &durable).unwrap();
+        assert_eq!(synced(), [state.clone(), state.clone()]);
+        AidDir::open(&run, Aid::new(3).unwrap(), &Options::new()).unwrap();
+        assert_eq!(synced(), Vec::<PathBuf>::new(), "not durable");
     }
 }

@@ -114,8 +114,9 @@ pub enum Error {
         source: io::Error,
     },
 
-    /// The store's own blocking work panicked (a config's `Deserialize` impl, say), or was
-    /// cancelled on the blocking pool by a runtime shutdown.
+    /// The store's own blocking work panicked, or was cancelled on the blocking pool by a
+    /// runtime shutdown. A panic while decoding one entry (in a config's `Deserialize` impl,
+    /// say) is not this error but that entry's [`CorruptKind::DecodePanicked`].
     #[error("{op}: blocking task {}", if *.panicked { "panicked" } else { "was cancelled" })]
     Blocking {
         /// The operation that was running.
@@ -140,6 +141,10 @@ pub enum CorruptKind {
     },
     /// The bytes are not an entry in any format version this crate reads.
     Undecodable(String),
+    /// The config's `Deserialize` impl (or another part of decoding) panicked on this file;
+    /// the panic's message. The panic was caught for this file alone, so the other entries
+    /// are still read; the panic hook has already reported it as usual.
+    DecodePanicked(String),
     /// The entry decoded, but the id inside differs from the file name.
     IdMismatch {
         /// The id found inside the file.
@@ -155,6 +160,7 @@ impl std::fmt::Display for CorruptKind {
                 write!(f, "{size} bytes is over the {limit}-byte entry size cap")
             }
             CorruptKind::Undecodable(why) => write!(f, "cannot decode: {why}"),
+            CorruptKind::DecodePanicked(message) => write!(f, "decoding panicked: {message}"),
             CorruptKind::IdMismatch { found } => write!(f, "holds the entry of {found}"),
         }
     }

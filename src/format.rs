@@ -36,72 +36,87 @@ const MAX_DEPTH: usize = 256;
 pub(crate) const MAX_CONFIG_DEPTH: usize = 200;
 
 /// Checks, without recursion, that one encoded MessagePack value nests at most `max` deep.
-pub(crate) fn check_depth(mut bytes: &[u8], max: usize) -> Result<(), String> {
-    // open[i]: values still to come in the i-th open array or map.
-    let mut open = [0u64; MAX_DEPTH];
+pub(crate) fn check_depth(bytes: &[u8], max: usize) -> Result<(), String> {
+    value_len(bytes, max).map(|_| ())
+}
+
+/// The length in bytes of the one MessagePack value at the start of `bytes`, found without
+/// recursion, or why there is none: malformed, truncated, or arrays and maps nested more
+/// than `max` deep (at most [`MAX_DEPTH`]). Serde's depth limit misses nesting through enum
+/// variants, so this walk is what keeps a hostile file from exhausting the stack.
+pub(crate) fn value_len(bytes: &[u8], max: usize) -> Result<usize, String> {
+    // Hot on every read, so one pass with the current container's count in a register:
+    // outer[i] is what remains of the i-th enclosing array or map once the current one ends.
+    let mut outer = [0u64; MAX_DEPTH];
     let max = max.min(MAX_DEPTH);
     let mut depth = 0;
+    let mut remaining = 1u64;
+    let mut pos = 0usize;
     loop {
-        let (children, skip) = value_header(&mut bytes).ok_or("malformed MessagePack")?;
-        bytes = bytes.get(skip..).ok_or("truncated MessagePack")?;
-        if depth > 0 {
-            open[depth - 1] -= 1;
+        while remaining == 0 {
+            if depth == 0 {
+                return Ok(pos);
+            }
+            depth -= 1;
+            remaining = outer[depth];
         }
+        remaining -= 1;
+        let (children, next) = value_header(bytes, pos).ok_or("malformed MessagePack")?;
+        if next > bytes.len() {
+            return Err("truncated MessagePack".into());
+        }
+        pos = next;
         if children > 0 {
             if depth == max {
                 return Err(format!("nested deeper than {max} levels"));
             }
-            open[depth] = children;
+            outer[depth] = remaining;
             depth += 1;
-        }
-        while depth > 0 && open[depth - 1] == 0 {
-            depth -= 1;
-        }
-        if depth == 0 {
-            return Ok(());
+            remaining = children;
         }
     }
 }
 
-/// Reads one value's header: how many values nest directly in it (map keys count), and
-/// how many payload bytes follow the header.
-fn value_header(bytes: &mut &[u8]) -> Option<(u64, usize)> {
-    fn take<const N: usize>(bytes: &mut &[u8]) -> Option<u64> {
-        let (head, rest) = bytes.split_first_chunk::<N>()?;
-        *bytes = rest;
-        Some(head.iter().fold(0u64, |n, &b| n << 8 | u64::from(b)))
+/// Reads the header of the value at `pos`: how many values nest directly in it (map keys
+/// count), and where the next value starts. `None` for a reserved marker or a header cut
+/// short; a payload cut short is left to the caller, which checks the end against the length.
+fn value_header(bytes: &[u8], pos: usize) -> Option<(u64, usize)> {
+    let be = |at: usize, n: usize| -> Option<u64> {
+        let field = bytes.get(at..at.checked_add(n)?)?;
+        Some(field.iter().fold(0u64, |v, &b| v << 8 | u64::from(b)))
+    };
+    let marker = *bytes.get(pos)?;
+    let at = pos + 1;
+    // A payload of `len` bytes after an `n`-byte length field.
+    let sized = |n: usize, extra: usize| -> Option<(u64, usize)> {
+        let len = usize::try_from(be(at, n)?).ok()?;
+        Some((0, (at + n).checked_add(len)?.checked_add(extra)?))
+    };
+    match marker {
+        0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => Some((0, at)),
+        0xa0..=0xbf => Some((0, at + usize::from(marker & 0x1f))),
+        0x80..=0x8f => Some((2 * u64::from(marker & 0x0f), at)),
+        0x90..=0x9f => Some((u64::from(marker & 0x0f), at)),
+        0xc4 | 0xd9 => sized(1, 0),
+        0xc5 | 0xda => sized(2, 0),
+        0xc6 | 0xdb => sized(4, 0),
+        0xc7 => sized(1, 1),
+        0xc8 => sized(2, 1),
+        0xc9 => sized(4, 1),
+        0xcc | 0xd0 => Some((0, at + 1)),
+        0xcd | 0xd1 | 0xd4 => Some((0, at + 2)),
+        0xd5 => Some((0, at + 3)),
+        0xca | 0xce | 0xd2 => Some((0, at + 4)),
+        0xd6 => Some((0, at + 5)),
+        0xcb | 0xcf | 0xd3 => Some((0, at + 8)),
+        0xd7 => Some((0, at + 9)),
+        0xd8 => Some((0, at + 17)),
+        0xdc => Some((be(at, 2)?, at + 2)),
+        0xdd => Some((be(at, 4)?, at + 4)),
+        0xde => Some((2 * be(at, 2)?, at + 2)),
+        0xdf => Some((2 * be(at, 4)?, at + 4)),
+        0xc1 => None,
     }
-    let (&marker, rest) = bytes.split_first()?;
-    *bytes = rest;
-    let len = |n: u64| usize::try_from(n).ok();
-    Some(match marker {
-        0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => (0, 0),
-        0x80..=0x8f => (2 * u64::from(marker & 0x0f), 0),
-        0x90..=0x9f => (u64::from(marker & 0x0f), 0),
-        0xa0..=0xbf => (0, usize::from(marker & 0x1f)),
-        0xc4 | 0xd9 => (0, len(take::<1>(bytes)?)?),
-        0xc5 | 0xda => (0, len(take::<2>(bytes)?)?),
-        0xc6 | 0xdb => (0, len(take::<4>(bytes)?)?),
-        0xc7 => (0, len(take::<1>(bytes)?)? + 1),
-        0xc8 => (0, len(take::<2>(bytes)?)? + 1),
-        0xc9 => (0, len(take::<4>(bytes)?)? + 1),
-        0xca => (0, 4),
-        0xcb => (0, 8),
-        0xcc | 0xd0 => (0, 1),
-        0xcd | 0xd1 => (0, 2),
-        0xce | 0xd2 => (0, 4),
-        0xcf | 0xd3 => (0, 8),
-        0xd4 => (0, 2),
-        0xd5 => (0, 3),
-        0xd6 => (0, 5),
-        0xd7 => (0, 9),
-        0xd8 => (0, 17),
-        0xdc => (take::<2>(bytes)?, 0),
-        0xdd => (take::<4>(bytes)?, 0),
-        0xde => (2 * take::<2>(bytes)?, 0),
-        0xdf => (2 * take::<4>(bytes)?, 0),
-        0xc1 => return None,
-    })
 }
 
 #[derive(Serialize, Deserialize)]
@@ -222,8 +237,25 @@ pub(crate) fn encode<C: Serialize>(state: &State<C>, out: &mut Vec<u8>) -> Resul
     )
 }
 
+/// Whether `bytes`, the start of a file, can begin an entry: an entry is one map. Lets a
+/// reader stop early on a file that claims to be huge but is not an entry, such as a
+/// sparse file, whose holes read as zeros.
+pub(crate) fn may_be_entry(bytes: &[u8]) -> bool {
+    matches!(bytes.first(), Some(0x80..=0x8f | 0xde | 0xdf))
+}
+
 /// Decodes one entry file's bytes.
 pub(crate) fn decode<C: DeserializeOwned>(bytes: &[u8]) -> Result<State<C>, String> {
+    if !may_be_entry(bytes) {
+        return Err("not a MessagePack map".into());
+    }
+    let len = value_len(bytes, MAX_DEPTH)?;
+    if len != bytes.len() {
+        return Err(format!(
+            "{} stray bytes after the entry's map",
+            bytes.len() - len
+        ));
+    }
     let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
     de.set_max_depth(MAX_DEPTH);
     let record = Record::<C>::deserialize(&mut de).map_err(|e| e.to_string())?;

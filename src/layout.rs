@@ -60,6 +60,13 @@ pub(crate) fn as_cstr(name: &[u8; TEXT_LEN + 1]) -> &CStr {
     CStr::from_bytes_with_nul(name).unwrap_or(c"")
 }
 
+/// Whether `name` is one that [`temp_name`] makes: the prefix, then exactly 32 lowercase
+/// hexadecimal digits. Only these are swept; any other name is foreign and left alone.
+pub(crate) fn is_temp_name(name: &[u8]) -> bool {
+    name.strip_prefix(TEMP_PREFIX)
+        .is_some_and(|hex| InstanceId::parse_hex(hex).is_ok())
+}
+
 /// A name for a fallback temporary file.
 pub(crate) fn temp_name() -> String {
     format!(
@@ -86,6 +93,18 @@ mod tests {
         ] {
             assert_eq!(parse_entry_name(foreign), None);
         }
+        assert!(is_temp_name(temp_name().as_bytes()));
+        for foreign in [
+            ".tmp-",
+            ".tmp-5a5a",
+            ".tmp-5A5A5A5A5A5A5A5A5A5A5A5A5A5A5A5A",
+            ".tmp-5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a0",
+            "x.tmp-5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a",
+            "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a",
+        ] {
+            assert!(!is_temp_name(foreign.as_bytes()), "{foreign}");
+        }
+        assert!(is_temp_name(b".tmp-5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a"));
         assert_eq!(parse_aid_name(b"17"), Some(Aid::new(17).unwrap()));
         for junk in [&b"017"[..], b"17.lock", b"10000", b"-1", b"x", b""] {
             assert_eq!(parse_aid_name(junk), None);

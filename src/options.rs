@@ -33,7 +33,8 @@ impl Options {
     }
 
     /// With `true`, `save` fsyncs the entry file and its directory, and `destroy` the directory,
-    /// before returning. Off by default: the store normally lives on tmpfs under `/run`, where
+    /// before returning; the `state` directory, an aid's directory and its lock file, when the
+    /// store makes them, have their parent directory fsynced too. Off by default: the store normally lives on tmpfs under `/run`, where
     /// fsync does nothing and entries do not outlive a reboot anyway.
     pub fn durable(mut self, on: bool) -> Options {
         self.durable = on;

@@ -17,6 +17,7 @@ use common::{
 };
 use futures::{StreamExt, TryStreamExt};
 use runstate::{Aid, AsyncStore, CorruptKind, Error, InstanceId, Options, State};
+use serde::{Deserialize, Deserializer, Serialize};
 
 type Store = AsyncStore<AppConfig>;
 
@@ -28,6 +29,8 @@ both_runtimes!(
     temp_files_of_a_killed_process_are_swept_and_never_listed,
     symlinks_in_place_of_store_files_are_refused,
     loose_permissions_and_foreign_owners_are_refused,
+    a_config_that_panics_on_one_file_costs_that_file_alone,
+    the_sweep_removes_only_our_temp_names_and_skips_what_it_cannot,
 );
 
 fn states(n: u64) -> Vec<State<AppConfig>> {
@@ -574,4 +577,135 @@ async fn loose_permissions_and_foreign_owners_are_refused() {
         .await
         .unwrap();
     assert_eq!(n, 1);
+}
+
+/// A config whose `Deserialize` checks an invariant with `assert!`, as `deserialize_with`
+/// helpers often do.
+#[derive(Debug, PartialEq, Serialize)]
+struct Picky(u32);
+
+impl<'de> Deserialize<'de> for Picky {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Picky, D::Error> {
+        let n = u32::deserialize(d)?;
+        assert!(n != 13, "unlucky config");
+        Ok(Picky(n))
+    }
+}
+
+/// The panic is caught for the one file, which becomes a `Corrupt` item naming it; the
+/// stream goes on and every other entry is read, every way.
+async fn a_config_that_panics_on_one_file_costs_that_file_alone() {
+    let dir = run_dir();
+    let store = AsyncStore::<Picky>::new(dir.path());
+    let a = aid(1);
+    let mut unlucky = None;
+    store
+        .with_aid(a, async |c| {
+            for n in [1, 2, 13, 4, 5, 6] {
+                let state = State::new(InstanceId::random(), pid(n), Picky(n));
+                c.save(&state).await?;
+                if n == 13 {
+                    unlucky = Some(state.id);
+                }
+            }
+            Ok::<_, Error>(())
+        })
+        .await
+        .unwrap();
+    let unlucky = unlucky.unwrap();
+    let unlucky_path = entry_path(dir.path(), a, unlucky);
+    let check = |what: &str, items: Vec<Result<State<Picky>, Error>>| {
+        let (ok, bad): (Vec<_>, Vec<_>) = items.into_iter().partition(Result::is_ok);
+        assert_eq!((ok.len(), bad.len()), (5, 1), "{what}: {bad:?}");
+        match &bad[0] {
+            Err(Error::Corrupt {
+                path,
+                kind: CorruptKind::DecodePanicked(message),
+            }) => {
+                assert_eq!(path, &unlucky_path, "{what}");
+                assert_eq!(message, "unlucky config", "{what}");
+            }
+            other => panic!("{what}: {other:?}"),
+        }
+    };
+    let (streamed, loaded) = store
+        .with_aid_shared(a, async |c| {
+            Ok::<_, Error>((c.entries().collect::<Vec<_>>().await, c.load(unlucky).await))
+        })
+        .await
+        .unwrap();
+    check("a cursor's stream", streamed);
+    assert!(
+        matches!(&loaded, Err(Error::Corrupt { kind: CorruptKind::DecodePanicked(_), path }) if *path == unlucky_path),
+        "load: {loaded:?}"
+    );
+    let all: Vec<_> = store
+        .entries()
+        .map(|item| item.map(|(_, s)| s))
+        .collect()
+        .await;
+    check("the store's stream", all);
+    let whole = store.with_aid(a, async |c| c.load_all().await).await;
+    assert!(
+        matches!(&whole, Err(Error::Corrupt { kind: CorruptKind::DecodePanicked(_), path }) if *path == unlucky_path),
+        "load_all fails with the first error: {whole:?}"
+    );
+    // The pruning pass skips it as any corrupt file, and the aid is free afterwards.
+    store.prune_dead().await.unwrap();
+    assert!(unlucky_path.exists());
+}
+
+/// Only names the fallback save makes (`.tmp-` and 32 lowercase hex digits) are swept;
+/// what cannot be removed (here an immutable file) is left, and never fails a hold.
+async fn the_sweep_removes_only_our_temp_names_and_skips_what_it_cannot() {
+    let dir = run_dir();
+    let run = dir.path();
+    let store = Store::new(run);
+    let a = aid(34);
+    let good = states(1);
+    save_all(&store, a, &good).await;
+    let adir = aid_dir(run, a);
+    let hex = InstanceId::random().to_string();
+    let ours = format!(".tmp-{}", InstanceId::random());
+    let foreign = [
+        ".tmp-notes".to_string(),
+        format!(".tmp-{}", hex.to_uppercase()),
+        format!(".tmp-{hex}.bak"),
+    ];
+    for name in foreign.iter().chain([&ours]) {
+        fs::write(adir.join(name), b"x").unwrap();
+    }
+    let stuck = format!(".tmp-{}", InstanceId::random());
+    fs::write(adir.join(&stuck), b"x").unwrap();
+    let immutable = std::process::Command::new("chattr")
+        .arg("+i")
+        .arg(adir.join(&stuck))
+        .status()
+        .is_ok_and(|s| s.success());
+    if !immutable {
+        fs::remove_file(adir.join(&stuck)).unwrap();
+    }
+    // What a fallback save killed before it removed its file leaves: the mark.
+    fs::write(state_dir(run).join(format!("{}.lock", a.get())), [1u8]).unwrap();
+
+    let restarted = Store::new(run);
+    let held = restarted.with_aid(a, async |c| c.len().await).await;
+    if immutable {
+        let _ = std::process::Command::new("chattr")
+            .arg("-i")
+            .arg(adir.join(&stuck))
+            .status();
+    }
+    assert_eq!(
+        held.unwrap(),
+        1,
+        "a file the sweep cannot remove fails no hold"
+    );
+    let mut want: Vec<String> = foreign.to_vec();
+    want.push(good[0].id.to_string());
+    if immutable {
+        want.push(stuck);
+    }
+    want.sort();
+    assert_eq!(names_in(&adir), want, "only {ours} was swept");
 }

@@ -36,6 +36,8 @@ both_runtimes!(
     links_and_special_files_are_never_followed,
     foreign_owners_and_loose_modes_are_refused,
     bad_run_dirs_fail_cleanly,
+    bytes_after_the_entry_are_corrupt,
+    a_directory_or_socket_as_lock_file_is_insecure,
 );
 
 /// A struct config, as a launcher would store it.
@@ -1118,6 +1120,187 @@ async fn save_deep_then_load() {
         }
         eprintln!("depth {depth}: fine");
     }
+}
+
+/// A recursive enum config, as a launcher might have for a condition or mount tree. Serde's
+/// depth limit does not count enum levels, so only the reader's own walk bounds it.
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+enum Expr {
+    Not(Box<Expr>),
+    Leaf(u32),
+}
+
+fn deep_expr(depth: usize) -> Expr {
+    (0..depth).fold(Expr::Leaf(7), |e, _| Expr::Not(Box::new(e)))
+}
+
+#[test]
+fn deep_enum_nesting_is_refused_not_a_stack_overflow() {
+    isolated("deep_enum_nesting_is_refused_not_a_stack_overflow", || {
+        common::run_current_thread(deep_enum_nesting());
+        common::run_multi_thread(deep_enum_nesting());
+    });
+}
+
+async fn deep_enum_nesting() {
+    let dir = run_dir();
+    let store = AsyncStore::<Expr>::new(dir.path());
+    let a = aid(1);
+    // As deep as save allows (each level is a one-key map, the leaf too): read back whole,
+    // so the reader's limit costs no config that save accepted.
+    let deepest = State::new(InstanceId::random(), pid(1), deep_expr(199));
+    store
+        .with_aid(a, async |c| c.save(&deepest).await)
+        .await
+        .unwrap();
+    let loaded = store
+        .with_aid(a, async |c| c.load(deepest.id).await)
+        .await
+        .unwrap();
+    assert!(loaded.as_ref() == Some(&deepest), "200 levels round-trip");
+    let too_deep = State::new(InstanceId::random(), pid(1), deep_expr(200));
+    let saved = store.with_aid(a, async |c| c.save(&too_deep).await).await;
+    assert!(matches!(saved, Err(Error::Encode { .. })), "{saved:?}");
+
+    // A hostile file of 150,000 `{"Not": ...}` levels: 750 KB, under the 1 MiB cap.
+    let mut config = Vec::new();
+    for _ in 0..150_000 {
+        config.extend_from_slice(&[0x81, 0xa3, b'N', b'o', b't']);
+    }
+    config.extend_from_slice(&[0x81, 0xa4, b'L', b'e', b'a', b'f', 0x00]);
+    let (a, id) = (aid(2), InstanceId::random());
+    touch(&store, a).await;
+    let path = entry_path(dir.path(), a, id);
+    fs::write(&path, entry(&fields(id, config))).unwrap();
+    let v = read_every_way(&store, a, id, &path).await;
+    assert!(
+        matches!(v, Verdict::Corrupt(CorruptKind::Undecodable(_))),
+        "{v:?}"
+    );
+}
+
+/// Bytes after the entry's map, as a broken tool that appends might leave: the file is not
+/// one entry, whatever the map before them holds.
+async fn bytes_after_the_entry_are_corrupt() {
+    let dir = run_dir();
+    let run = dir.path();
+    let store = LaunchStore::new(run);
+    let a = aid(1);
+    for (n, tail) in [
+        &b"\xc1 trailing garbage from a broken tool"[..],
+        b"\x00",
+        b"\x80",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let state = State::new(InstanceId::random(), pid(1), launch(n as u64));
+        store
+            .with_aid(a, async |c| c.save(&state).await)
+            .await
+            .unwrap();
+        let path = entry_path(run, a, state.id);
+        assert_eq!(
+            read_every_way(&store, a, state.id, &path).await,
+            Verdict::Ok(state.id)
+        );
+        let mut bytes = fs::read(&path).unwrap();
+        bytes.extend_from_slice(tail);
+        fs::remove_file(&path).unwrap();
+        fs::write(&path, bytes).unwrap();
+        match read_every_way(&store, a, state.id, &path).await {
+            Verdict::Corrupt(CorruptKind::Undecodable(why)) => {
+                assert!(why.contains("after the entry"), "{why}")
+            }
+            v => panic!("{tail:?} after the entry: {v:?}"),
+        }
+        fs::remove_file(&path).unwrap();
+    }
+}
+
+/// The lock file's place taken by a directory (which `O_RDWR` refuses with EISDIR) or a
+/// socket (ENXIO): `Insecure`, as for a symlink, and quickly.
+async fn a_directory_or_socket_as_lock_file_is_insecure() {
+    let dir = run_dir();
+    let run = dir.path();
+    let store = ValueStore::new(run);
+    touch(&store, aid(1)).await;
+    let lock = |n: u16| state_dir(run).join(format!("{n}.lock"));
+    fs::DirBuilder::new().mode(0o700).create(lock(2)).unwrap();
+    let _socket = std::os::unix::net::UnixListener::bind(lock(3)).unwrap();
+    fs::set_permissions(lock(3), fs::Permissions::from_mode(0o600)).unwrap();
+    for n in [2, 3] {
+        let got = no_deadlock("a lock file that is not a file", async {
+            store.with_aid(aid(n), async |c| c.len().await).await
+        })
+        .await;
+        insecure(&format!("{}", lock(n).display()), got, &lock(n));
+        let shared = store.with_aid_shared(aid(n), async |c| c.len().await).await;
+        insecure("shared", shared, &lock(n));
+    }
+    assert_eq!(
+        store.aids().await.unwrap(),
+        [aid(1)],
+        "no aid directory left behind"
+    );
+}
+
+#[test]
+fn a_huge_sparse_file_under_a_raised_cap_is_not_allocated() {
+    isolated(
+        "a_huge_sparse_file_under_a_raised_cap_is_not_allocated",
+        || {
+            // Allocating the file's claimed size would now fail and abort this child.
+            let limit = rustix::process::Rlimit {
+                current: Some(4 << 30),
+                maximum: Some(4 << 30),
+            };
+            rustix::process::setrlimit(rustix::process::Resource::As, limit).unwrap();
+            common::run_current_thread(sparse_under_raised_cap());
+            common::run_multi_thread(sparse_under_raised_cap());
+        },
+    );
+}
+
+/// With no size cap at all, a sparse file that claims a terabyte is refused for what it
+/// holds, without the terabyte being allocated, and an entry larger than what a reader
+/// allocates up front (4 MiB) still reads back whole.
+async fn sparse_under_raised_cap() {
+    let dir = run_dir();
+    let run = dir.path();
+    let store = ValueStore::with_options(run, Options::new().max_entry_size(u64::MAX));
+    let a = aid(1);
+    let big = State::new(
+        InstanceId::random(),
+        pid(1),
+        Value::from("x".repeat(9 << 20)),
+    );
+    store
+        .with_aid(a, async |c| c.save(&big).await)
+        .await
+        .unwrap();
+    let loaded = store
+        .with_aid(a, async |c| c.load(big.id).await)
+        .await
+        .unwrap();
+    assert!(
+        loaded.as_ref() == Some(&big),
+        "a 9 MiB entry reads back whole"
+    );
+    fs::remove_file(entry_path(run, a, big.id)).unwrap();
+
+    let id = InstanceId::random();
+    let path = entry_path(run, a, id);
+    File::create(&path).unwrap().set_len(1 << 40).unwrap();
+    let v = no_deadlock(
+        "reading a sparse 1 TiB file",
+        read_every_way(&store, a, id, &path),
+    )
+    .await;
+    assert!(
+        matches!(v, Verdict::Corrupt(CorruptKind::Undecodable(_))),
+        "{v:?}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------
