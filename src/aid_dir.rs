@@ -6,6 +6,7 @@ use std::ffi::CStr;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::mem::MaybeUninit;
+use std::ops::Range;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -364,34 +365,46 @@ impl AidDir {
         buf: &mut Vec<u8>,
     ) -> Result<Option<State<C>>, Error> {
         let name = layout::entry_name(id);
+        buf.clear();
         if !self.read_file(layout::as_cstr(&name), id, buf)? {
             return Ok(None);
         }
-        // Caught per file, so a config whose Deserialize panics on one file costs that file
-        // alone, as any other corrupt entry does, rather than a stream's whole batch.
-        let state: State<C> = match catch_unwind(AssertUnwindSafe(|| format::decode(buf))) {
-            Ok(Ok(state)) => state,
-            Ok(Err(why)) => {
-                return Err(Error::corrupt(
-                    self.entry_path(id),
-                    CorruptKind::Undecodable(why),
-                ));
+        decode_entry(&self.path, id, buf).map(Some)
+    }
+
+    /// Reads the next entry files of `scan`, undecoded, one after another into `bytes`: at
+    /// most `max` files, and no more once `max_bytes` have been read. Each file is one item
+    /// of `out`: its id and where its bytes are, or the error in its place.
+    ///
+    /// Streams decode the entries later, one at a time as they are taken: decoded in a
+    /// batch, a hundred configs would be alive at once, and the allocator's churn on them
+    /// cost more than the hop the batch saves.
+    pub(crate) fn read_raw_batch(
+        &self,
+        scan: &mut Scan,
+        max: usize,
+        max_bytes: usize,
+        bytes: &mut Vec<u8>,
+        out: &mut Vec<Result<(InstanceId, Range<usize>), Error>>,
+    ) {
+        while out.len() < max && bytes.len() < max_bytes {
+            let id = match scan.next_id(&self.path) {
+                None => break,
+                Some(Err(e)) => {
+                    out.push(Err(e));
+                    continue;
+                }
+                Some(Ok(id)) => id,
+            };
+            let start = bytes.len();
+            let name = layout::entry_name(id);
+            match self.read_file(layout::as_cstr(&name), id, bytes) {
+                Ok(true) => out.push(Ok((id, start..bytes.len()))),
+                // Destroyed since it was listed (by a foreign process): no longer an entry.
+                Ok(false) => {}
+                Err(e) => out.push(Err(e)),
             }
-            Err(payload) => {
-                let message = panic_message(payload.as_ref());
-                return Err(Error::corrupt(
-                    self.entry_path(id),
-                    CorruptKind::DecodePanicked(message),
-                ));
-            }
-        };
-        if state.id != id {
-            return Err(Error::corrupt(
-                self.entry_path(id),
-                CorruptKind::IdMismatch { found: state.id },
-            ));
         }
-        Ok(Some(state))
     }
 
     /// Reads a whole entry file into `buf`; `Ok(false)` if it does not exist. The size cap is
@@ -421,38 +434,49 @@ impl AidDir {
                 CorruptKind::TooLarge { size, limit },
             ));
         }
-        buf.clear();
+        let start = buf.len();
         let mut file = File::from(fd);
         let read_failed = |e| Error::io("read", self.entry_path(id), e);
-        if size <= PREALLOC_MAX {
+        let result = if size <= PREALLOC_MAX {
             // Published entries never change, so the size from fstat is the size to read, in
             // one read(2); a foreign file that grows meanwhile is cut at that size, and one
             // that shrinks yields what it has.
-            buf.resize(size as usize, 0);
-            let filled = read_into(&mut file, buf).map_err(read_failed)?;
-            buf.truncate(filled);
+            buf.resize(start + size as usize, 0);
+            read_into(&mut file, &mut buf[start..])
+                .map(|filled| buf.truncate(start + filled))
+                .map_err(read_failed)
         } else {
             // Only under a raised cap. The size may be a sparse file's claim, so memory
             // follows the bytes that really arrive, and the file is read only while it can
             // still be an entry and is within the cap.
-            buf.resize(PREALLOC_MAX as usize, 0);
-            let filled = read_into(&mut file, buf).map_err(read_failed)?;
-            buf.truncate(filled);
-            if format::may_be_entry(buf) {
-                let more = limit.saturating_add(1).saturating_sub(filled as u64);
-                (&file).take(more).read_to_end(buf).map_err(read_failed)?;
-                if buf.len() as u64 > limit {
-                    return Err(Error::corrupt(
-                        self.entry_path(id),
-                        CorruptKind::TooLarge {
-                            size: size.max(buf.len() as u64),
-                            limit,
-                        },
-                    ));
-                }
-            }
+            buf.resize(start + PREALLOC_MAX as usize, 0);
+            read_into(&mut file, &mut buf[start..])
+                .map_err(read_failed)
+                .and_then(|filled| {
+                    buf.truncate(start + filled);
+                    if !format::may_be_entry(&buf[start..]) {
+                        return Ok(());
+                    }
+                    let more = limit.saturating_add(1).saturating_sub(filled as u64);
+                    (&file).take(more).read_to_end(buf).map_err(read_failed)?;
+                    let read = (buf.len() - start) as u64;
+                    match read > limit {
+                        true => Err(Error::corrupt(
+                            self.entry_path(id),
+                            CorruptKind::TooLarge {
+                                size: size.max(read),
+                                limit,
+                            },
+                        )),
+                        false => Ok(()),
+                    }
+                })
+        };
+        // A failed read leaves `buf` as it found it.
+        if result.is_err() {
+            buf.truncate(start);
         }
-        Ok(true)
+        result.map(|()| true)
     }
 
     /// A new descriptor of the directory: a listing needs a position of its own.
@@ -495,25 +519,6 @@ impl AidDir {
                 },
                 Err(e) => Some(Err(e)),
             };
-        }
-    }
-
-    /// Decodes the next entries of `scan` into `out`: at most `max` files or `max_bytes` read.
-    pub(crate) fn read_batch<C: DeserializeOwned>(
-        &self,
-        scan: &mut Scan,
-        max: usize,
-        max_bytes: usize,
-        buf: &mut Vec<u8>,
-        out: &mut Vec<Result<State<C>, Error>>,
-    ) {
-        let mut bytes = 0;
-        while out.len() < max && bytes < max_bytes {
-            let Some(entry) = self.next_entry(scan, buf) else {
-                break;
-            };
-            out.push(entry);
-            bytes += buf.len();
         }
     }
 
@@ -576,6 +581,32 @@ fn read_into(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
         }
     }
     Ok(filled)
+}
+
+/// Decodes the bytes of the entry file of `id` in the aid directory `dir`.
+pub(crate) fn decode_entry<C: DeserializeOwned>(
+    dir: &Path,
+    id: InstanceId,
+    bytes: &[u8],
+) -> Result<State<C>, Error> {
+    let path = || dir.join(id.to_string());
+    // Caught per file, so a config whose Deserialize panics on one file costs that file
+    // alone, as any other corrupt entry does.
+    let state: State<C> = match catch_unwind(AssertUnwindSafe(|| format::decode(bytes))) {
+        Ok(Ok(state)) => state,
+        Ok(Err(why)) => return Err(Error::corrupt(path(), CorruptKind::Undecodable(why))),
+        Err(payload) => {
+            let message = panic_message(payload.as_ref());
+            return Err(Error::corrupt(path(), CorruptKind::DecodePanicked(message)));
+        }
+    };
+    if state.id != id {
+        return Err(Error::corrupt(
+            path(),
+            CorruptKind::IdMismatch { found: state.id },
+        ));
+    }
+    Ok(state)
 }
 
 /// The text of a panic's payload, for the error that replaces it.

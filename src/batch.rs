@@ -1,16 +1,17 @@
 //! Lazy streams that fill batches as blocking work: one call per batch, never per file,
 //! and at most one batch in memory.
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use futures::stream::{self, Stream, StreamExt};
 use serde::de::DeserializeOwned;
 
-use crate::aid_dir::{AidDir, Scan};
+use crate::aid_dir::{self, AidDir, Scan};
 use crate::hold::Hold;
 use crate::{Error, InstanceId, State};
 
-/// Entries decoded per hop at most.
+/// Entry files read per hop at most.
 const BATCH_FILES: usize = 128;
 /// Bytes read per hop at most, so large entries make smaller batches.
 const BATCH_BYTES: usize = 512 << 10;
@@ -105,34 +106,63 @@ impl Batcher for Ids {
     }
 }
 
-/// Decoded entries of one aid.
-pub(crate) struct Entries<C> {
+/// Streams the entries of one held aid, decoded. Files are read in batches, as one of the
+/// hold's operations each, but decoded one at a time as they are taken (see
+/// [`AidDir::read_raw_batch`] for why). The hold is let go with the last batch.
+pub(crate) fn entries<C>(
     listing: Listing,
-    buf: Vec<u8>,
-    _config: std::marker::PhantomData<fn() -> C>,
-}
-
-impl<C> Entries<C> {
-    pub(crate) fn new(listing: Listing) -> Entries<C> {
-        Entries {
-            listing,
-            buf: Vec::new(),
-            _config: std::marker::PhantomData,
+) -> impl Stream<Item = Result<State<C>, Error>> + Send + Unpin
+where
+    C: DeserializeOwned + Send + 'static,
+{
+    let dir = listing.hold.dir().path().to_owned();
+    let start = RawEntries {
+        listing: Some(listing),
+        bytes: Vec::new(),
+        items: Vec::new().into_iter(),
+    };
+    stream::unfold(start, move |mut raw| {
+        let dir = dir.clone();
+        async move {
+            loop {
+                if let Some(item) = raw.items.next() {
+                    let decoded = item
+                        .and_then(|(id, at)| aid_dir::decode_entry::<C>(&dir, id, &raw.bytes[at]));
+                    return Some((decoded, raw));
+                }
+                let mut listing = raw.listing.take()?;
+                let hold = listing.hold.clone();
+                // The byte buffer goes to the blocking work and comes back, to be reused.
+                let mut bytes = std::mem::take(&mut raw.bytes);
+                let hop = hold.run("entries", move |_| {
+                    bytes.clear();
+                    let mut items = Vec::new();
+                    let more = listing.fill_with(&mut items, |dir, scan, out| {
+                        dir.read_raw_batch(scan, BATCH_FILES, BATCH_BYTES, &mut bytes, out)
+                    });
+                    Ok((more.then_some(listing), bytes, items))
+                });
+                match hop.await {
+                    Ok((listing, bytes, items)) => {
+                        raw = RawEntries {
+                            listing,
+                            bytes,
+                            items: items.into_iter(),
+                        };
+                    }
+                    Err(e) => return Some((Err(e), raw)),
+                }
+            }
         }
-    }
+    })
+    // Boxed so callers can poll it without pinning it first.
+    .boxed()
 }
 
-impl<C: DeserializeOwned + Send + 'static> Batcher for Entries<C> {
-    type Item = State<C>;
-
-    fn hold(&self) -> &Arc<Hold> {
-        &self.listing.hold
-    }
-
-    fn fill(&mut self, out: &mut Vec<Result<State<C>, Error>>) -> bool {
-        let buf = &mut self.buf;
-        self.listing.fill_with(out, |dir, scan, out| {
-            dir.read_batch(scan, BATCH_FILES, BATCH_BYTES, buf, out)
-        })
-    }
+/// Where a stream of entries stands: the listing if there is more, and what is left of the
+/// batch read last.
+struct RawEntries {
+    listing: Option<Listing>,
+    bytes: Vec<u8>,
+    items: std::vec::IntoIter<Result<(InstanceId, Range<usize>), Error>>,
 }

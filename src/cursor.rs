@@ -316,10 +316,7 @@ where
     /// # Ok(()) }
     /// ```
     pub fn entries(&mut self) -> impl Stream<Item = Result<State<C>, Error>> + Send + Unpin + '_ {
-        batch::stream(
-            "entries",
-            batch::Entries::new(Listing::new(self.hold.clone())),
-        )
+        batch::entries(Listing::new(self.hold.clone()))
     }
 
     /// Reads every entry, or fails with the first error.

@@ -329,7 +329,7 @@ where
     ) -> impl Stream<Item = Result<(Aid, State<C>), Error>> + Send + '_ {
         stream::once(self.locks.hold(aid, Mode::Shared, Wait::Forever)).flat_map(move |hold| {
             match hold {
-                Ok(hold) => batch::stream("entries", batch::Entries::<C>::new(Listing::new(hold)))
+                Ok(hold) => batch::entries::<C>(Listing::new(hold))
                     .map(move |item| item.map(|state| (aid, state)))
                     .left_stream(),
                 Err(e) => stream::iter([Err(e)]).right_stream(),
