@@ -3,8 +3,8 @@
 //! Exclusion has two layers. Inside the process, each aid has a fair (FIFO) async
 //! read-write lock: an exclusive holder alone, or shared holders together, may touch the
 //! aid's lock file. Across processes, the holder then takes `flock`: first without blocking
-//! on the calling thread, and only if another process has it, by waiting on the blocking pool
-//! (polling, see `lock.rs`, so that a waiter that is dropped lets go of the thread).
+//! on the calling thread, and only if another process has it, by waiting in the kernel on a
+//! thread of its own (`flock_wait.rs`), which a waiter that is dropped simply walks away from.
 //!
 //! A [`Hold`] owns both layers and releases them when dropped. Everything that may still use
 //! the aid keeps an `Arc<Hold>`: the cursor, and every blocking operation in flight. So the
@@ -18,9 +18,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{OnceCell, OwnedMutexGuard, OwnedRwLockReadGuard, OwnedRwLockWriteGuard, RwLock};
+use tokio::sync::{
+    OnceCell, OwnedMutexGuard, OwnedRwLockReadGuard, OwnedRwLockWriteGuard, RwLock, oneshot,
+};
 
 use crate::aid_dir::AidDir;
+use crate::flock_wait::Granted;
 use crate::lock::LockFile;
 use crate::{Aid, Error, Options, blocking};
 
@@ -136,7 +139,7 @@ pub(crate) struct Locks {
 
 /// Raises its flag when dropped: tells blocking work that its waiter has gone.
 #[derive(Debug, Default)]
-struct GoneOnDrop(Arc<AtomicBool>);
+pub(crate) struct GoneOnDrop(pub(crate) Arc<AtomicBool>);
 
 impl Drop for GoneOnDrop {
     fn drop(&mut self) {
@@ -253,7 +256,13 @@ impl Locks {
         if claim.dir.lock.try_exclusive()? {
             return Ok(claim.granted());
         }
-        Self::wait_for_flock(claim, wait, (), LockFile::exclusive).await
+        if let Wait::Never = wait {
+            return Err(Error::WouldBlock { aid: claim.aid });
+        }
+        match claim.dir.lock.wait_exclusive() {
+            Ok(handed) => Self::handed_over(claim, wait, handed, false, ()).await,
+            Err(_) => Self::poll_for_flock(claim, wait, (), LockFile::exclusive).await,
+        }
     }
 
     /// Takes (or joins) this process's shared flock for a claim with a shared turn.
@@ -273,17 +282,43 @@ impl Locks {
         if claim.dir.lock.join_shared() || claim.dir.lock.try_first_shared()? {
             return Ok(claim.granted());
         }
-        Self::wait_for_flock(claim, wait, first, LockFile::first_shared).await
+        if let Wait::Never = wait {
+            return Err(Error::WouldBlock { aid: claim.aid });
+        }
+        match claim.dir.lock.wait_first_shared() {
+            Ok(handed) => Self::handed_over(claim, wait, handed, true, first).await,
+            Err(_) => Self::poll_for_flock(claim, wait, first, LockFile::first_shared).await,
+        }
     }
 
-    /// Waits on the blocking pool for a flock that another process holds, as `wait` allows,
-    /// keeping `guard` until then. The hold is built on that thread, so if our caller is
-    /// gone by the time the lock comes, it is dropped there and the lock released at once.
-    ///
-    /// A dropped waiter also ends the wait itself within one polling pause: otherwise its
-    /// thread would stay in `flock`, with this process's turn for the aid, until the other
-    /// process let go, and `close` and the runtime's shutdown would wait for it.
-    async fn wait_for_flock<G: Send + 'static>(
+    /// Waits, as `wait` allows and keeping `guard` until then, for the flock that a waiting
+    /// thread ([`crate::flock_wait`]) hands over once another process lets go. Dropped on the
+    /// way, it lets go of everything at once, and the thread releases the lock when it comes.
+    async fn handed_over<G>(
+        claim: Claim,
+        wait: Wait,
+        handed: oneshot::Receiver<Granted>,
+        shared: bool,
+        guard: G,
+    ) -> Result<Hold, Error> {
+        let granted = within(claim.aid, wait, || None, handed)
+            .await?
+            // The thread answers unless it panicked.
+            .map_err(|_| Error::Blocking {
+                op: "lock",
+                panicked: true,
+            })?;
+        claim.dir.lock.adopt(granted, shared)?;
+        drop(guard);
+        Ok(claim.granted())
+    }
+
+    /// Waits on the blocking pool for a flock that another process holds by polling it, as
+    /// `wait` allows, keeping `guard` until then: the way to wait where no thread of its own
+    /// can be started or the lock file cannot be opened again. The hold is built on that
+    /// thread, so if our caller is gone by the time the lock comes, it is dropped there and
+    /// the lock released at once; a dropped waiter also ends the polling within one pause.
+    async fn poll_for_flock<G: Send + 'static>(
         claim: Claim,
         wait: Wait,
         guard: G,

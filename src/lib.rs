@@ -89,6 +89,7 @@ mod batch;
 mod blocking;
 mod cursor;
 mod error;
+mod flock_wait;
 mod format;
 mod hold;
 mod instance_id;

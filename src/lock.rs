@@ -14,8 +14,10 @@ use std::time::{Duration, Instant};
 
 use rustix::fs::{FlockOperation, flock, ftruncate};
 use rustix::io::{Errno, pread, pwrite};
+use tokio::sync::oneshot;
 
 use crate::Error;
+use crate::flock_wait::{Granted, Waits};
 
 /// An open lock file. The descriptor is close-on-exec, so children never inherit the lock.
 #[derive(Debug)]
@@ -24,6 +26,11 @@ pub(crate) struct LockFile {
     path: PathBuf,
     /// How many shared holders of this process own the `LOCK_SH`.
     readers: Mutex<usize>,
+    /// The descriptor that holds this process's lock when it came through a wait
+    /// ([`crate::flock_wait`]) rather than through `fd`.
+    granted: Mutex<Option<OwnedFd>>,
+    exclusive_waits: Waits,
+    shared_waits: Waits,
 }
 
 /// The longest pause between two attempts of a wait: how late, at worst, a waiter notices
@@ -36,6 +43,9 @@ impl LockFile {
             fd,
             path,
             readers: Mutex::new(0),
+            granted: Mutex::new(None),
+            exclusive_waits: Waits::default(),
+            shared_waits: Waits::default(),
         }
     }
 
@@ -58,9 +68,9 @@ impl LockFile {
     }
 
     /// Repeats a non-blocking attempt with growing pauses until it succeeds, `deadline`
-    /// passes or `gone` is raised; `Ok(false)` in the last two cases. Waits poll because a
-    /// blocked `flock` cannot be called off: a thread parked in the kernel would stay there
-    /// after its caller has given up, until the other process let go.
+    /// passes or `gone` is raised; `Ok(false)` in the last two cases. The fallback for when
+    /// a wait in the kernel cannot be set up ([`crate::flock_wait`]): a blocked `flock`
+    /// cannot be called off, but a polling one stops when its caller has given up.
     fn flock_polling(
         &self,
         op: FlockOperation,
@@ -106,7 +116,43 @@ impl LockFile {
     /// Drops the exclusive lock. Never blocks. The only failures of `LOCK_UN` are a bad
     /// descriptor or an interruption before any change, so it cannot leave the lock held.
     pub(crate) fn unlock(&self) {
-        while let Err(Errno::INTR) = flock(&self.fd, FlockOperation::Unlock) {}
+        let granted = self
+            .granted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let fd = granted.as_ref().unwrap_or(&self.fd);
+        while let Err(Errno::INTR) = flock(fd, FlockOperation::Unlock) {}
+    }
+
+    /// Starts waiting, on a thread of its own, for the exclusive lock that another process
+    /// holds; see [`crate::flock_wait`]. Adopt what it grants with [`LockFile::adopt`].
+    pub(crate) fn wait_exclusive(&self) -> Result<oneshot::Receiver<Granted>, Error> {
+        self.exclusive_waits
+            .start(&self.fd, FlockOperation::LockExclusive)
+            .map_err(|e| Error::io("lock", &self.path, e))
+    }
+
+    /// Starts waiting for the shared lock for this process, as
+    /// [`LockFile::wait_exclusive`] does. The caller must be the only one trying to take it
+    /// first.
+    pub(crate) fn wait_first_shared(&self) -> Result<oneshot::Receiver<Granted>, Error> {
+        self.shared_waits
+            .start(&self.fd, FlockOperation::LockShared)
+            .map_err(|e| Error::io("lock", &self.path, e))
+    }
+
+    /// Makes a descriptor granted by a wait this process's holder of the lock: of the
+    /// exclusive lock, or with `shared`, of the shared lock as its first reader. Until
+    /// released, it stands for the store's descriptor in [`LockFile::unlock`].
+    pub(crate) fn adopt(&self, granted: Granted, shared: bool) -> Result<(), Error> {
+        let fd = granted.map_err(|e| Error::io("lock", &self.path, e))?;
+        let mut readers = self.readers();
+        *self.granted.lock().unwrap_or_else(|e| e.into_inner()) = Some(fd);
+        if shared {
+            *readers += 1;
+        }
+        Ok(())
     }
 
     /// Whether a fallback save may have left a temporary file: the lock file's first byte

@@ -166,8 +166,10 @@ where
     }
 
     /// Like [`with_aid`](AsyncStore::with_aid), but waits at most `limit` for the aid, then
-    /// fails with [`Error::Timeout`] without running `f`. Nothing is left behind: no thread
-    /// stays parked in `flock` past the limit, and a lock that comes too late is released.
+    /// fails with [`Error::Timeout`] without running `f`. Nothing of the store is held past
+    /// the limit. If another process holds the aid, the store's thread that waits for it in
+    /// the kernel stays, to serve the next waiter; when the lock comes, it hands it to that
+    /// waiter or releases it at once.
     ///
     /// Needs a runtime with tokio's timer enabled (as `#[tokio::main]` and `#[tokio::test]`
     /// set up), like `tokio::time::timeout`.

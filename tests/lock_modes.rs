@@ -720,8 +720,9 @@ async fn failed_try_runs_nothing_and_leaves_nothing() {
 // 6. Wait limits.
 
 /// Timed waits behind a holder of this process (the in-process path), then of another
-/// handle (the flock path, which polls): they fail with Timeout after at least the limit,
-/// run nothing, and once the holder leaves the aid is free at once for a third party.
+/// handle (the flock path, waited on by a thread of the store): they fail with Timeout after
+/// at least the limit, run nothing, and once the holder leaves the aid is free at once for a
+/// third party.
 async fn timeouts_leave_nothing_behind() {
     let fx = Fixture::new(48);
     let (store, store2, store3) = (fx.handle(), fx.handle(), fx.handle());

@@ -216,8 +216,25 @@ async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
-/// How long a test lets a waiter settle into polling for a lock another process holds.
-const WAITER_SETTLES: Duration = Duration::from_millis(50);
+/// How many flock waiters the kernel shows on `path` in /proc/locks: proof that some
+/// process is blocked on the lock, with no guessing about timing.
+fn flock_waiters(path: &Path) -> usize {
+    let md = std::fs::metadata(path).unwrap();
+    let dev = md.dev();
+    let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff);
+    let minor = (dev & 0xff) | ((dev >> 12) & !0xff);
+    let key = format!("{major:02x}:{minor:02x}:{}", md.ino());
+    std::fs::read_to_string("/proc/locks")
+        .unwrap()
+        .lines()
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            fields.get(1) == Some(&"->")
+                && fields.get(2) == Some(&"FLOCK")
+                && fields.contains(&key.as_str())
+        })
+        .count()
+}
 
 /// Whether process `pid` has `path` open (compared by device and inode).
 fn has_open(pid: u32, path: &Path) -> bool {
@@ -839,6 +856,7 @@ async fn lock_excludes_processes(flavor: Flavor) {
     let (_tmp, run) = run_dir();
     let (one, two) = (aid(1), aid(2));
     let store = open_store(&run);
+    let lock = lock_path(&run, one);
 
     // The parent holds aid 1 while a child asks for it.
     let order = run.join("order-a.log");
@@ -867,10 +885,12 @@ async fn lock_excludes_processes(flavor: Flavor) {
         &[("RUNSTATE_CHILD_FILE", order.display().to_string())],
     );
     kid.expect("TRYING").await;
-    // Waiters poll the flock rather than block in the kernel (so a dropped one can go), so
-    // /proc/locks shows no waiter: give the child time to start waiting. Had it got in
-    // anyway, the order check below would catch it.
-    tokio::time::sleep(WAITER_SETTLES).await;
+    // Release only once the kernel shows the child blocked on the lock, or once the child
+    // got in anyway, which the order check below catches.
+    wait_until("the child waits for the lock", || {
+        flock_waiters(&lock) > 0 || !read_lines(&order).is_empty()
+    })
+    .await;
     release_tx.send(()).unwrap();
     timeout(DEADLOCK, holder).await.unwrap().unwrap().unwrap();
     kid.expect("GOT").await;
@@ -908,7 +928,7 @@ async fn lock_excludes_processes(flavor: Flavor) {
                 .await
         }
     });
-    tokio::time::sleep(WAITER_SETTLES).await;
+    wait_until("the parent waits for the lock", || flock_waiters(&lock) > 0).await;
     assert!(read_lines(&order).is_empty());
     kid.stdin.as_mut().unwrap().write_all(b"release\n").unwrap();
     timeout(DEADLOCK, waiter)

@@ -216,3 +216,114 @@ async fn a_stream_that_yielded_every_entry_of_an_aid_holds_nothing() {
         "aid still held by a stream with nothing left to read: {r:?}"
     );
 }
+
+/// A waiter for an aid that another process keeps busy is queued in the kernel and woken
+/// when the lock is let go, so it gets in after a few of the other process's holds. (A
+/// waiter that polled `flock` got in only when a poll hit one of the microsecond gaps between
+/// two holds: in one run, after 1,449 of them.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_is_not_starved_by_a_busy_other_process() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    const THEIR_HOLDS: usize = 400;
+    let dir = run_dir();
+    let aid = Aid::new(16).unwrap();
+    let rounds = Arc::new(AtomicUsize::new(0));
+    let other = {
+        let (dir, rounds) = (dir.path().to_owned(), rounds.clone());
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                // Its own store: its own lock-file descriptor, as another process has.
+                let theirs = Store::new(&dir);
+                let tasks: Vec<_> = (0..4)
+                    .map(|_| {
+                        let (theirs, rounds) = (theirs.clone(), rounds.clone());
+                        tokio::spawn(async move {
+                            while rounds.load(Ordering::Relaxed) < THEIR_HOLDS {
+                                theirs
+                                    .with_aid(aid, async |_| {
+                                        std::thread::sleep(Duration::from_millis(2));
+                                        Ok::<_, Error>(())
+                                    })
+                                    .await
+                                    .unwrap();
+                                rounds.fetch_add(1, Ordering::Relaxed);
+                            }
+                        })
+                    })
+                    .collect();
+                for task in tasks {
+                    task.await.unwrap();
+                }
+            });
+        })
+    };
+    while rounds.load(Ordering::Relaxed) < 10 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let before = rounds.load(Ordering::Relaxed);
+    let ours = Store::new(dir.path());
+    let meanwhile = ours
+        .with_aid(aid, async |_| {
+            Ok::<_, Error>(rounds.load(Ordering::Relaxed) - before)
+        })
+        .await
+        .unwrap();
+    other.join().unwrap();
+    assert!(
+        meanwhile < THEIR_HOLDS / 2,
+        "got in only after {meanwhile} holds of the other process"
+    );
+}
+
+/// How many flock waiters the kernel shows on `path` in /proc/locks.
+fn flock_waiters(path: &std::path::Path) -> usize {
+    use std::os::unix::fs::MetadataExt;
+    let md = std::fs::metadata(path).unwrap();
+    let dev = md.dev();
+    let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff);
+    let minor = (dev & 0xff) | ((dev >> 12) & !0xff);
+    let key = format!("{major:02x}:{minor:02x}:{}", md.ino());
+    std::fs::read_to_string("/proc/locks")
+        .unwrap()
+        .lines()
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            fields.get(1) == Some(&"->") && fields.contains(&key.as_str())
+        })
+        .count()
+}
+
+/// Waits that give up, again and again, behind a long holder in another process leave one
+/// waiting thread behind, which the next waiter takes over, not one thread each; and once the
+/// holder lets go, that thread hands the lock to the waiter of the moment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_that_give_up_do_not_pile_up_threads() {
+    let dir = run_dir();
+    let aid = Aid::new(17).unwrap();
+    let other = hold_elsewhere(dir.path(), aid, Duration::from_millis(1500));
+    let ours = Store::new(dir.path());
+    for _ in 0..40 {
+        let r = ours
+            .with_aid_timeout(aid, Duration::from_millis(5), async |_| Ok::<_, Error>(()))
+            .await;
+        assert!(matches!(r, Err(Error::Timeout { .. })), "{r:?}");
+        let shared = ours
+            .with_aid_shared_timeout(aid, Duration::from_millis(5), async |_| Ok::<_, Error>(()))
+            .await;
+        assert!(matches!(shared, Err(Error::Timeout { .. })), "{shared:?}");
+    }
+    // One waiting thread for exclusive waits and one for shared ones, at most.
+    let waiters = flock_waiters(&dir.path().join("state").join("17.lock"));
+    assert!(
+        (1..=2).contains(&waiters),
+        "{waiters} waiters in the kernel"
+    );
+    // The last waiter stays: it gets the lock from the thread that is already waiting.
+    ours.with_aid(aid, async |c| c.len().await).await.unwrap();
+    other.join().unwrap();
+}
