@@ -4,13 +4,14 @@ use std::collections::BTreeMap;
 use std::marker::PhantomData;
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use futures::Stream;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::batch::{self, Listing};
-use crate::hold::Hold;
+use crate::hold::{GoneOnDrop, Hold};
 use crate::{Aid, Error, InstanceId, Liveness, State, format, liveness};
 
 /// Read access to one aid's entries while its lock is held, shared or exclusive.
@@ -173,9 +174,14 @@ where
     }
 
     /// Like [`prune_dead`](Cursor::prune_dead), but hands each removed entry to `f` and
-    /// returns how many there were. Nothing removed goes unseen: if the pass fails part
-    /// way, `f` still gets every entry removed before the failure, and then the error is
-    /// returned.
+    /// returns how many there were. An error does not hide what was removed: if the pass
+    /// fails part way, `f` still gets every entry removed before the failure, and then the
+    /// error is returned.
+    ///
+    /// The pass is one blocking operation, and `f` runs after it. If this future is dropped
+    /// while the pass runs (possible on a current-thread runtime, where it runs on the
+    /// blocking pool), the pass stops removing entries, but those it had removed are not
+    /// handed to `f`.
     ///
     /// ```
     /// # use runstate::{Aid, AsyncStore, Error, InstanceId, State};
@@ -214,6 +220,8 @@ where
 
     /// Removes the dead entries: what it removed, and the error that stopped it, if any.
     async fn prune(&mut self) -> Result<(Vec<State<C>>, Option<Error>), Error> {
+        let waiter = GoneOnDrop::default();
+        let gone = waiter.0.clone();
         self.read
             .hold
             .run("prune", move |hold| {
@@ -223,6 +231,10 @@ where
                 let pass = dir.read_all::<C>(|state| {
                     // Not an entry, so not an entry of a dead process: left alone.
                     let Ok(state) = state else { return Ok(()) };
+                    // Whoever would be told of what is removed has gone: remove no more.
+                    if gone.load(Ordering::Acquire) {
+                        return Ok(());
+                    }
                     let liveness = liveness::check(proc_root, state.pid, state.process.as_ref());
                     if liveness == Liveness::Dead && dir.destroy(state.id)? {
                         dead.push(state);

@@ -4,8 +4,11 @@
 #[macro_use]
 mod common;
 
+use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::pin::pin;
+use std::task::Poll;
 
 use runstate::{Aid, AsyncStore, Error, InstanceId, State};
 
@@ -130,4 +133,48 @@ async fn prune_dead_with_on_a_cursor_hands_over_what_it_removed() {
     let mut want: Vec<(InstanceId, String)> = ids.iter().map(|id| (*id, id.to_string())).collect();
     want.sort();
     assert_eq!(seen, want);
+}
+
+/// On a current-thread runtime the pass runs on the blocking pool, so its future can be
+/// dropped mid-pass; the pass then stops removing entries, since nobody would be told of them.
+#[tokio::test(flavor = "current_thread")]
+async fn a_dropped_prune_stops_removing_entries() {
+    const N: usize = 300;
+    let dir = tempfile::tempdir_in("/dev/shm").unwrap();
+    let store = Store::new(dir.path());
+    let doomed = child();
+    let dead = doomed.id();
+    let aid = aid(21);
+    store
+        .with_aid(aid, async |c| {
+            for _ in 0..N {
+                c.save(&State::new(InstanceId::random(), dead, "x".repeat(1000)))
+                    .await?;
+            }
+            Ok::<_, Error>(())
+        })
+        .await
+        .unwrap();
+    kill(doomed);
+
+    let mut seen = 0;
+    let left = store
+        .with_aid(aid, async |c| {
+            {
+                let mut prune = pin!(c.prune_dead_with(|_| seen += 1));
+                // One poll hands the pass to the blocking pool; then the future is dropped.
+                let first = std::future::poll_fn(|cx| Poll::Ready(prune.as_mut().poll(cx))).await;
+                assert!(first.is_pending());
+            }
+            // The holder's next operation waits for the pass to end.
+            c.len().await
+        })
+        .await
+        .unwrap();
+    assert_eq!(seen, 0);
+    assert!(
+        left > 0,
+        "the dropped pass went on removing all {N} entries"
+    );
+    assert_eq!(entry_names(dir.path(), aid).len(), left);
 }
