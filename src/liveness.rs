@@ -32,8 +32,9 @@ pub struct ProcessIdentity {
 pub enum Liveness {
     /// The pid exists, with the recorded start time, in the same boot.
     Alive,
-    /// The pid is gone (`/proc` does not show it and `kill(pid, 0)` finds no process), or now
-    /// belongs to another process, or the machine has rebooted.
+    /// The pid is gone (`/proc` does not show it, and where that is this process's own
+    /// `/proc`, `kill(pid, 0)` finds no process either), or now belongs to another process,
+    /// or the machine has rebooted.
     Dead,
     /// The entry records no identity (its process was not visible in `/proc` when it was
     /// saved), or `/proc` cannot be read, or hides a process that has the pid (as with
@@ -138,16 +139,24 @@ pub(crate) fn check(proc_root: &Path, pid: u32, identity: Option<&ProcessIdentit
     match start_time(proc_root, pid) {
         Probe::Started(t) if t == identity.start_time => Liveness::Alive,
         Probe::Started(_) => Liveness::Dead,
-        Probe::Gone => confirm_gone(pid),
+        // Only our own namespace's pids can be asked about with a signal: a watched one's
+        // numbers are other processes here.
+        Probe::Gone if proc_is_ours(proc_root) => confirm_gone(pid),
+        Probe::Gone => Liveness::Dead,
         Probe::Unreadable => Liveness::Unknown,
     }
 }
 
+/// Whether `proc_root` shows this process's own pid namespace: its `self` is our pid.
+fn proc_is_ours(proc_root: &Path) -> bool {
+    std::fs::read_link(proc_root.join("self"))
+        .is_ok_and(|target| target.as_os_str() == std::process::id().to_string().as_str())
+}
+
 /// A `/proc` mounted with `hidepid=2` hides other users' processes as if they were gone
-/// (ENOENT), and a dead verdict lets `prune_dead` delete the entry, so a missing pid is
-/// confirmed with `kill(pid, 0)` first: only ESRCH means that no such process exists.
-/// The signal test sees this process's pid namespace, so through another namespace's
-/// `/proc` it can only turn a verdict into `Unknown`, never make one `Dead`.
+/// (ENOENT), and a dead verdict lets `prune_dead` delete the entry, so a pid missing from
+/// our own namespace's `/proc` is confirmed with `kill(pid, 0)` first: only ESRCH means that
+/// no such process exists.
 fn confirm_gone(pid: u32) -> Liveness {
     // 0 and pids beyond i32 are no process's; kill(0) would even test the process group.
     let Some(pid) = i32::try_from(pid)

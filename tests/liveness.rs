@@ -257,6 +257,8 @@ async fn a_pid_that_proc_hides_is_unknown_and_a_reaped_one_is_dead() {
     let dir = tempfile::tempdir_in("/dev/shm").unwrap();
     let proc_root = fake_proc();
     let root = proc_root.path();
+    // This namespace's /proc (its `self` is us), mounted with hidepid.
+    std::os::unix::fs::symlink(std::process::id().to_string(), root.join("self")).unwrap();
     let store = AsyncStore::<u8>::with_options(dir.path(), Options::new().proc_root(root));
     let aid = Aid::new(4).unwrap();
     let (me, gone) = (std::process::id(), gone_pid());
@@ -289,4 +291,30 @@ async fn a_pid_that_proc_hides_is_unknown_and_a_reaped_one_is_dead() {
         .await
         .unwrap();
     assert_eq!(left.values().map(|s| s.pid).collect::<Vec<_>>(), [me]);
+}
+
+/// Through another pid namespace's /proc (its `self` is not us), a pid missing there is
+/// `Dead`, even though a process of ours has the same number: that one is not the entry's.
+#[tokio::test]
+async fn a_pid_gone_from_a_watched_namespace_is_dead_whatever_ours_has() {
+    let dir = tempfile::tempdir_in("/dev/shm").unwrap();
+    let proc_root = fake_proc();
+    let root = proc_root.path();
+    // The watched namespace's pid 1 is its init; ours is this process's number.
+    std::os::unix::fs::symlink("1", root.join("self")).unwrap();
+    let store = AsyncStore::<u8>::with_options(dir.path(), Options::new().proc_root(root));
+    let me = std::process::id();
+    fake_process(root, me, "app", 4_000);
+    let state = State::new(InstanceId::random(), me, 0);
+    let loaded = store
+        .with_aid(Aid::new(5).unwrap(), async |c| {
+            c.save(&state).await?;
+            c.load(state.id).await
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(store.liveness(&loaded).await, Liveness::Alive);
+    fs::remove_dir_all(root.join(me.to_string())).unwrap();
+    assert_eq!(store.liveness(&loaded).await, Liveness::Dead);
 }
