@@ -27,6 +27,18 @@ fn gone_pid() -> u32 {
     pid
 }
 
+/// Saves `state` and reads it back, as `save` recorded it (with its process identity).
+async fn save_and_load(store: &AsyncStore<u8>, aid: Aid, state: &State<u8>) -> State<u8> {
+    store
+        .with_aid(aid, async |c| {
+            c.save(state).await?;
+            c.load(state.id).await
+        })
+        .await
+        .unwrap()
+        .unwrap()
+}
+
 fn fake_proc() -> tempfile::TempDir {
     let root = tempfile::tempdir_in("/dev/shm").unwrap();
     fs::create_dir_all(root.path().join("sys/kernel/random")).unwrap();
@@ -139,14 +151,7 @@ async fn a_fake_proc_tells_reuse_reboot_and_unreadable_apart() {
     for &pid in &pids {
         fake_process(root, pid, "a) b (c", 5_000 + u64::from(pid));
         let state = State::new(InstanceId::random(), pid, 0);
-        let loaded = store
-            .with_aid(aid, async |c| {
-                c.save(&state).await?;
-                c.load(state.id).await
-            })
-            .await
-            .unwrap()
-            .unwrap();
+        let loaded = save_and_load(&store, aid, &state).await;
         let identity = loaded.process.clone().unwrap();
         assert_eq!(
             identity.start_time,
@@ -266,14 +271,7 @@ async fn a_pid_that_proc_hides_is_unknown_and_a_reaped_one_is_dead() {
     for pid in [me, gone] {
         fake_process(root, pid, "app", 4_000);
         let state = State::new(InstanceId::random(), pid, 0);
-        let loaded = store
-            .with_aid(aid, async |c| {
-                c.save(&state).await?;
-                c.load(state.id).await
-            })
-            .await
-            .unwrap()
-            .unwrap();
+        let loaded = save_and_load(&store, aid, &state).await;
         assert_eq!(store.liveness(&loaded).await, Liveness::Alive);
         fs::remove_dir_all(root.join(pid.to_string())).unwrap();
         saved.push(loaded);
@@ -306,14 +304,7 @@ async fn a_pid_gone_from_a_watched_namespace_is_dead_whatever_ours_has() {
     let me = std::process::id();
     fake_process(root, me, "app", 4_000);
     let state = State::new(InstanceId::random(), me, 0);
-    let loaded = store
-        .with_aid(Aid::new(5).unwrap(), async |c| {
-            c.save(&state).await?;
-            c.load(state.id).await
-        })
-        .await
-        .unwrap()
-        .unwrap();
+    let loaded = save_and_load(&store, Aid::new(5).unwrap(), &state).await;
     assert_eq!(store.liveness(&loaded).await, Liveness::Alive);
     fs::remove_dir_all(root.join(me.to_string())).unwrap();
     assert_eq!(store.liveness(&loaded).await, Liveness::Dead);

@@ -23,7 +23,7 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use common::child::{DEADLOCK, Flavor, Kid, child_var, say, test_command};
-use common::{Checked, aid, check_states, foreign_names, pattern};
+use common::{Checked, aid, check_states, flock_waiters, foreign_names, pattern};
 use futures::TryStreamExt;
 use runstate::{Aid, AsyncStore, Cursor, Error, InstanceId, Options, State};
 use serde::{Deserialize, Serialize};
@@ -214,26 +214,6 @@ async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
         assert!(start.elapsed() < DEADLOCK, "timed out waiting until {what}");
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-}
-
-/// How many flock waiters the kernel shows on `path` in /proc/locks: proof that some
-/// process is blocked on the lock, with no guessing about timing.
-fn flock_waiters(path: &Path) -> usize {
-    let md = std::fs::metadata(path).unwrap();
-    let dev = md.dev();
-    let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff);
-    let minor = (dev & 0xff) | ((dev >> 12) & !0xff);
-    let key = format!("{major:02x}:{minor:02x}:{}", md.ino());
-    std::fs::read_to_string("/proc/locks")
-        .unwrap()
-        .lines()
-        .filter(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            fields.get(1) == Some(&"->")
-                && fields.get(2) == Some(&"FLOCK")
-                && fields.contains(&key.as_str())
-        })
-        .count()
 }
 
 /// Whether process `pid` has `path` open (compared by device and inode).

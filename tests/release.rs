@@ -2,12 +2,17 @@
 //! aid, an operation dropped mid-flight, a stream that has read its last entry, and a
 //! contended lock with no runtime around.
 
+// Only the helpers are used here, not the both_runtimes! macro.
+#[allow(unused_macros)]
+mod common;
+
 use std::future::Future;
 use std::pin::pin;
 use std::sync::mpsc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
+use common::flock_waiters;
 use runstate::{Aid, AsyncStore, Error, InstanceId, Options, State};
 
 type Store = AsyncStore<String>;
@@ -46,6 +51,16 @@ fn hold_elsewhere(
     t
 }
 
+/// Waits for `aid`, which another handle holds, and gives up: the `with_aid` is dropped.
+async fn give_up_waiting(store: &Store, aid: Aid) {
+    let waited = tokio::time::timeout(
+        Duration::from_millis(50),
+        store.with_aid(aid, async |_| Ok::<_, Error>(())),
+    )
+    .await;
+    assert!(waited.is_err(), "the other handle holds the aid");
+}
+
 /// A `with_aid` dropped while another handle holds the aid lets go of everything: `close()`
 /// on our store does not wait for the *other* holder, since no call of ours is in flight.
 /// (A thread left parked in an untimed `flock` would keep the store's gate open.)
@@ -56,12 +71,7 @@ async fn close_does_not_wait_for_a_dropped_waiter() {
     let other = hold_elsewhere(dir.path(), aid, Duration::from_secs(3));
 
     let ours = Store::new(dir.path());
-    let waited = tokio::time::timeout(
-        Duration::from_millis(50),
-        ours.with_aid(aid, async |_| Ok::<_, Error>(())),
-    )
-    .await;
-    assert!(waited.is_err(), "the other handle holds the aid");
+    give_up_waiting(&ours, aid).await;
 
     // Nothing of ours is in flight any more.
     let started = Instant::now();
@@ -88,13 +98,7 @@ fn runtime_shutdown_is_not_held_up_by_a_dropped_waiter() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let ours = Store::new(dir.path());
-        let waited = tokio::time::timeout(
-            Duration::from_millis(50),
-            ours.with_aid(aid, async |_| Ok::<_, Error>(())),
-        )
-        .await;
-        assert!(waited.is_err(), "the other handle holds the aid");
+        give_up_waiting(&Store::new(dir.path()), aid).await;
     });
     let started = Instant::now();
     drop(rt);
@@ -278,24 +282,6 @@ async fn a_waiter_is_not_starved_by_a_busy_other_process() {
         meanwhile < THEIR_HOLDS / 2,
         "got in only after {meanwhile} holds of the other process"
     );
-}
-
-/// How many flock waiters the kernel shows on `path` in /proc/locks.
-fn flock_waiters(path: &std::path::Path) -> usize {
-    use std::os::unix::fs::MetadataExt;
-    let md = std::fs::metadata(path).unwrap();
-    let dev = md.dev();
-    let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff);
-    let minor = (dev & 0xff) | ((dev >> 12) & !0xff);
-    let key = format!("{major:02x}:{minor:02x}:{}", md.ino());
-    std::fs::read_to_string("/proc/locks")
-        .unwrap()
-        .lines()
-        .filter(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            fields.get(1) == Some(&"->") && fields.contains(&key.as_str())
-        })
-        .count()
 }
 
 /// Waits that give up, again and again, behind a long holder in another process leave one

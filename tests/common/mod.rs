@@ -257,3 +257,24 @@ pub fn foreign_names(run_dir: &Path, aid: Aid) -> Vec<String> {
     out.sort();
     out
 }
+
+/// How many flock waiters the kernel shows on `path` in /proc/locks: proof that some
+/// process is blocked on the lock, with no guessing about timing.
+pub fn flock_waiters(path: &Path) -> usize {
+    use std::os::unix::fs::MetadataExt;
+    let md = std::fs::metadata(path).unwrap();
+    let dev = md.dev();
+    let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff);
+    let minor = (dev & 0xff) | ((dev >> 12) & !0xff);
+    let key = format!("{major:02x}:{minor:02x}:{}", md.ino());
+    std::fs::read_to_string("/proc/locks")
+        .unwrap()
+        .lines()
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            fields.get(1) == Some(&"->")
+                && fields.get(2) == Some(&"FLOCK")
+                && fields.contains(&key.as_str())
+        })
+        .count()
+}
