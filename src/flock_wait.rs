@@ -6,93 +6,120 @@
 //! its own, on a descriptor of its own (a second open of the lock file, so that its lock is
 //! distinct from the one the store's descriptor may hold), and hands that descriptor,
 //! holding the lock, to whoever waits when the kernel grants it. A waiter that gives up only
-//! drops its receiver; if nobody waits at the grant, the thread releases the lock at once.
+//! drops its receiver; if nobody waits at the grant, the lock is released at once.
 //!
 //! The kernel keeps the waiter in its queue meanwhile (it shows in `/proc/locks`) and wakes
 //! it the moment the lock is free, so a busy process cannot starve it, as it could a waiter
 //! that polls. A thread left waiting by a waiter that gave up serves the next waiter of the
-//! same kind, so threads do not pile up behind a long holder.
+//! same kind on the same file, from any store of this process, so threads do not pile up
+//! behind a long holder: there are at most two per lock file (one per kind) beyond the
+//! waiters of the moment. Such a thread keeps its descriptor until the lock comes, even past
+//! the store's `close`, and then holds the lock for an instant before releasing it.
 
+use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use rustix::fs::{FlockOperation, Mode, OFlags, flock, open};
+use rustix::fs::{FlockOperation, Mode, OFlags, flock, fstat, open};
 use rustix::io::Errno;
 use tokio::sync::oneshot;
 
-/// What a waiter receives: a descriptor of the lock file that holds the lock, or why the
-/// wait failed.
-pub(crate) type Granted = Result<OwnedFd, Errno>;
+/// A descriptor that holds a flock, and releases it when dropped: with an explicit
+/// `LOCK_UN`, not only by closing, since a child forked meanwhile shares the open file
+/// description, and closing one descriptor of it would leave the lock held by the child.
+#[derive(Debug)]
+pub(crate) struct Locked(OwnedFd);
 
-/// The waits of one kind (exclusive or shared) on one lock file.
-#[derive(Debug, Default)]
-pub(crate) struct Waits {
-    /// The thread started last, whether still waiting or done.
-    last: Mutex<Option<Arc<Mutex<Bell>>>>,
+impl Drop for Locked {
+    fn drop(&mut self) {
+        while let Err(Errno::INTR) = flock(&self.0, FlockOperation::Unlock) {}
+    }
 }
 
+/// What a waiter receives: a descriptor of the lock file that holds the lock, or why the
+/// wait failed.
+pub(crate) type Granted = Result<Locked, Errno>;
+
+/// The threads of this process that are still waiting, by lock file (device and inode) and
+/// kind.
+type Table = HashMap<(u64, u64, bool), Vec<Arc<Mutex<Bell>>>>;
+
+static WAITING: Mutex<Option<Table>> = Mutex::new(None);
+
 /// What a waiting thread and its waiter share.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Bell {
     /// Who gets the lock when it comes.
     waiter: Option<oneshot::Sender<Granted>>,
-    /// The thread has had its answer and is gone.
-    done: bool,
 }
 
-/// A poisoned lock here still holds consistent data: each critical section is one or two
-/// plain assignments.
+/// A poisoned lock here still holds consistent data: each critical section is a few plain
+/// assignments.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-impl Waits {
-    /// Starts waiting for `op` (a blocking `LockExclusive` or `LockShared`) on a new
-    /// descriptor of the open lock file `file`, or joins the thread a waiter that gave up
-    /// left waiting. Never blocks. Fails if the file cannot be opened again (there is no
-    /// `/proc`) or no thread can be started; the caller then waits another way.
-    pub(crate) fn start(
-        &self,
-        file: &OwnedFd,
-        op: FlockOperation,
-    ) -> std::io::Result<oneshot::Receiver<Granted>> {
-        let (tx, rx) = oneshot::channel();
-        let mut last = lock(&self.last);
-        if let Some(bell) = last.as_ref() {
-            let mut bell = lock(bell);
-            if !bell.done {
-                bell.waiter = Some(tx);
-                return Ok(rx);
-            }
+/// Starts waiting for the lock on the open lock file `file`, shared or exclusive: takes over
+/// a thread of this process that waits for it and whose waiter gave up, or starts one on a
+/// new descriptor of that file. (Each store of the process has its own waiters, so several
+/// may wait for one file at once, each with its own thread.) Never blocks. Fails if the file
+/// cannot be opened again (there is no `/proc`) or no thread can be started; the caller then
+/// waits another way.
+pub(crate) fn start(file: &OwnedFd, shared: bool) -> std::io::Result<oneshot::Receiver<Granted>> {
+    let (tx, rx) = oneshot::channel();
+    let st = fstat(file)?;
+    let key = (st.st_dev, st.st_ino, shared);
+    let mut waiting = lock(&WAITING);
+    let threads = waiting
+        .get_or_insert_with(HashMap::new)
+        .entry(key)
+        .or_default();
+    for bell in threads.iter() {
+        let mut bell = lock(bell);
+        if bell.waiter.as_ref().is_none_or(|w| w.is_closed()) {
+            bell.waiter = Some(tx);
+            return Ok(rx);
         }
-        let own = reopen(file)?;
-        let bell = Arc::new(Mutex::new(Bell {
-            waiter: Some(tx),
-            done: false,
-        }));
-        let ring = bell.clone();
-        std::thread::Builder::new()
-            .name("runstate-flock".into())
-            .stack_size(64 << 10)
-            .spawn(move || {
-                let got = loop {
-                    match flock(&own, op) {
-                        Ok(()) => break Ok(own),
-                        Err(Errno::INTR) => continue,
-                        Err(e) => break Err(e),
-                    }
-                };
-                let mut bell = lock(&ring);
-                bell.done = true;
-                if let Some(waiter) = bell.waiter.take() {
-                    // If the waiter has gone, the descriptor comes back and is dropped here,
-                    // which releases the lock.
-                    drop(waiter.send(got));
-                }
-            })?;
-        *last = Some(bell);
-        Ok(rx)
     }
+    let own = reopen(file)?;
+    let bell = Arc::new(Mutex::new(Bell { waiter: Some(tx) }));
+    let ring = bell.clone();
+    let op = match shared {
+        true => FlockOperation::LockShared,
+        false => FlockOperation::LockExclusive,
+    };
+    std::thread::Builder::new()
+        .name("runstate-flock".into())
+        .stack_size(64 << 10)
+        .spawn(move || {
+            let got = loop {
+                match flock(&own, op) {
+                    Ok(()) => break Ok(Locked(own)),
+                    Err(Errno::INTR) => continue,
+                    Err(e) => break Err(e),
+                }
+            };
+            // Out of the table first, under its lock, so that no waiter joins a thread that
+            // has had its answer.
+            let mut waiting = lock(&WAITING);
+            if let Some(table) = waiting.as_mut() {
+                if let Some(threads) = table.get_mut(&key) {
+                    threads.retain(|b| !Arc::ptr_eq(b, &ring));
+                    if threads.is_empty() {
+                        table.remove(&key);
+                    }
+                }
+            }
+            let waiter = lock(&ring).waiter.take();
+            drop(waiting);
+            if let Some(waiter) = waiter {
+                // If the waiter has gone, the lock comes back and is released here; one left
+                // unreceived in the channel is released when the receiver is dropped.
+                drop(waiter.send(got));
+            }
+        })?;
+    threads.push(bell);
+    Ok(rx)
 }
 
 /// A second open file description of the same file: through `/proc/self/fd`, so it is the

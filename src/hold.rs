@@ -344,7 +344,7 @@ impl Locks {
         .await?
     }
 
-    /// Refuses new holds, waits for the current ones, and closes every file.
+    /// Refuses new holds, waits for the current ones, and closes every file of the store.
     pub(crate) async fn close(&self) {
         self.closed.store(true, Ordering::Release);
         let _all = self.gate.write().await;

@@ -17,7 +17,7 @@ use rustix::io::{Errno, pread, pwrite};
 use tokio::sync::oneshot;
 
 use crate::Error;
-use crate::flock_wait::{Granted, Waits};
+use crate::flock_wait::{self, Granted, Locked};
 
 /// An open lock file. The descriptor is close-on-exec, so children never inherit the lock.
 #[derive(Debug)]
@@ -28,9 +28,7 @@ pub(crate) struct LockFile {
     readers: Mutex<usize>,
     /// The descriptor that holds this process's lock when it came through a wait
     /// ([`crate::flock_wait`]) rather than through `fd`.
-    granted: Mutex<Option<OwnedFd>>,
-    exclusive_waits: Waits,
-    shared_waits: Waits,
+    granted: Mutex<Option<Locked>>,
 }
 
 /// The longest pause between two attempts of a wait: how late, at worst, a waiter notices
@@ -44,8 +42,6 @@ impl LockFile {
             path,
             readers: Mutex::new(0),
             granted: Mutex::new(None),
-            exclusive_waits: Waits::default(),
-            shared_waits: Waits::default(),
         }
     }
 
@@ -121,25 +117,23 @@ impl LockFile {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take();
-        let fd = granted.as_ref().unwrap_or(&self.fd);
-        while let Err(Errno::INTR) = flock(fd, FlockOperation::Unlock) {}
+        // A granted descriptor unlocks as it is dropped.
+        if granted.is_none() {
+            while let Err(Errno::INTR) = flock(&self.fd, FlockOperation::Unlock) {}
+        }
     }
 
     /// Starts waiting, on a thread of its own, for the exclusive lock that another process
     /// holds; see [`crate::flock_wait`]. Adopt what it grants with [`LockFile::adopt`].
     pub(crate) fn wait_exclusive(&self) -> Result<oneshot::Receiver<Granted>, Error> {
-        self.exclusive_waits
-            .start(&self.fd, FlockOperation::LockExclusive)
-            .map_err(|e| Error::io("lock", &self.path, e))
+        flock_wait::start(&self.fd, false).map_err(|e| Error::io("lock", &self.path, e))
     }
 
     /// Starts waiting for the shared lock for this process, as
     /// [`LockFile::wait_exclusive`] does. The caller must be the only one trying to take it
     /// first.
     pub(crate) fn wait_first_shared(&self) -> Result<oneshot::Receiver<Granted>, Error> {
-        self.shared_waits
-            .start(&self.fd, FlockOperation::LockShared)
-            .map_err(|e| Error::io("lock", &self.path, e))
+        flock_wait::start(&self.fd, true).map_err(|e| Error::io("lock", &self.path, e))
     }
 
     /// Makes a descriptor granted by a wait this process's holder of the lock: of the

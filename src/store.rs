@@ -434,7 +434,9 @@ where
         first_error.map_or(Ok(count), Err)
     }
 
-    /// Waits for the `with_aid` calls in flight, then closes every file the store holds.
+    /// Waits for the `with_aid` calls in flight, then closes every file the store holds. (A
+    /// process-wide thread left waiting for another process's lock by a waiter that gave up
+    /// keeps a descriptor of that lock file until the lock comes, and then releases it.)
     /// From then on every call on this store and its clones fails with [`Error::Closed`].
     /// Closing twice is fine.
     pub async fn close(&self) -> Result<(), Error> {

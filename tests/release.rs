@@ -313,3 +313,92 @@ async fn waiters_that_give_up_do_not_pile_up_threads() {
     ours.with_aid(aid, async |c| c.len().await).await.unwrap();
     other.join().unwrap();
 }
+
+/// Forks a child that lingers `how_long` between fork and exec (as a sandbox supervisor does
+/// while it sets a child up): until it execs, it shares every open file description of ours,
+/// close-on-exec or not. `spawn` returns only at the exec, so it runs on a thread of its own;
+/// this returns once the fork has happened.
+fn fork_child_that_lingers(how_long: Duration) -> std::thread::JoinHandle<()> {
+    use std::os::unix::process::CommandExt;
+    let (forked_tx, forked_rx) = mpsc::channel::<()>();
+    let child = std::thread::spawn(move || {
+        let mut cmd = std::process::Command::new("true");
+        // SAFETY: the child only sleeps, which is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(move || {
+                std::thread::sleep(how_long);
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().unwrap();
+        child.wait().unwrap();
+        drop(forked_tx);
+    });
+    // The fork happens at once; the exec only after `how_long`.
+    let _ = forked_rx.recv_timeout(Duration::from_millis(100));
+    child
+}
+
+/// A lock granted to a waiting thread after its waiter gave up is released with `LOCK_UN`,
+/// not only by closing the descriptor: a child forked meanwhile shares the open file
+/// description until it execs, and would keep the lock (here 1.5 s) if it were only closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_nobody_waits_for_is_released_despite_a_forked_child() {
+    let dir = run_dir();
+    let aid = Aid::new(18).unwrap();
+    let lock = dir.path().join("state").join("18.lock");
+    let other = hold_elsewhere(dir.path(), aid, Duration::from_millis(300));
+    let ours = Store::new(dir.path());
+    let waited = ours
+        .with_aid_timeout(aid, Duration::from_millis(50), async |_| Ok::<_, Error>(()))
+        .await;
+    assert!(matches!(waited, Err(Error::Timeout { .. })), "{waited:?}");
+
+    // Forked while our waiting thread has its descriptor open.
+    let child = fork_child_that_lingers(Duration::from_millis(1500));
+    tokio::task::spawn_blocking(move || other.join().unwrap())
+        .await
+        .unwrap();
+    // The other holder has let go, so the kernel grants our thread, which nobody waits for.
+    while flock_waiters(&lock) > 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // It releases the lock at once: well before the child execs, a fresh store gets it
+    // without waiting (a few tries, for the instant the thread holds it).
+    let fresh = Store::new(dir.path());
+    let mut got = Err(Error::Closed);
+    for _ in 0..50 {
+        got = fresh.try_with_aid(aid, async |_| Ok::<_, Error>(())).await;
+        if got.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    child.join().unwrap();
+    assert!(
+        got.is_ok(),
+        "the aid stayed locked by the forked child: {got:?}"
+    );
+}
+
+/// Stores made and closed one after another (one per request, say), each giving up a wait
+/// behind a long holder, share the one waiting thread of the process: no pile-up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waits_given_up_by_many_stores_share_one_thread() {
+    let dir = run_dir();
+    let aid = Aid::new(19).unwrap();
+    let other = hold_elsewhere(dir.path(), aid, Duration::from_millis(1500));
+    for _ in 0..40 {
+        let store = Store::new(dir.path());
+        let r = store
+            .with_aid_timeout(aid, Duration::from_millis(5), async |_| Ok::<_, Error>(()))
+            .await;
+        assert!(matches!(r, Err(Error::Timeout { .. })), "{r:?}");
+        store.close().await.unwrap();
+    }
+    let waiters = flock_waiters(&dir.path().join("state").join("19.lock"));
+    tokio::task::spawn_blocking(move || other.join().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(waiters, 1, "kernel waiters left by 40 closed stores");
+}
