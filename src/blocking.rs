@@ -12,8 +12,9 @@
 //! - On a current-thread runtime, where `block_in_place` is not allowed, they go to the
 //!   blocking pool with `spawn_blocking`.
 //!
-//! Waiting for a contended lock always goes to the pool ([`on_pool`]): the wait can be long,
-//! and its waiter must stay free to give up.
+//! Waiting for a lock another process holds does not come here but to a thread of its own
+//! (`flock_wait.rs`): the wait can be long, and its waiter must stay free to give up. Only
+//! its fallback, a polling wait, runs on the pool ([`on_pool`]).
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
