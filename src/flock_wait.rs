@@ -11,10 +11,11 @@
 //! The kernel keeps the waiter in its queue meanwhile (it shows in `/proc/locks`) and wakes
 //! it the moment the lock is free, so a busy process cannot starve it, as it could a waiter
 //! that polls. A thread left waiting by a waiter that gave up serves the next waiter of the
-//! same kind on the same file, from any store of this process, so threads do not pile up
-//! behind a long holder: there are at most two per lock file (one per kind) beyond the
-//! waiters of the moment. Such a thread keeps its descriptor until the lock comes, even past
-//! the store's `close`, and then holds the lock for an instant before releasing it.
+//! same kind on the same file, from any store of this process, so waits that give up one
+//! after another behind a long holder leave one thread, not one each. Waiters that give up
+//! together leave one thread each (per lock file and kind, as many as waited at once), and
+//! each keeps its descriptor until the lock comes, even past the store's `close`; then it
+//! holds the lock for an instant before releasing it.
 
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -70,11 +71,8 @@ pub(crate) fn start(file: &OwnedFd, shared: bool) -> std::io::Result<oneshot::Re
     let st = fstat(file)?;
     let key = (st.st_dev, st.st_ino, shared);
     let mut waiting = lock(&WAITING);
-    let threads = waiting
-        .get_or_insert_with(HashMap::new)
-        .entry(key)
-        .or_default();
-    for bell in threads.iter() {
+    let table = waiting.get_or_insert_with(HashMap::new);
+    for bell in table.get(&key).into_iter().flatten() {
         let mut bell = lock(bell);
         if bell.waiter.as_ref().is_none_or(|w| w.is_closed()) {
             bell.waiter = Some(tx);
@@ -118,7 +116,8 @@ pub(crate) fn start(file: &OwnedFd, shared: bool) -> std::io::Result<oneshot::Re
                 drop(waiter.send(got));
             }
         })?;
-    threads.push(bell);
+    // Listed only once the thread runs, so a failure above leaves nothing behind.
+    table.entry(key).or_default().push(bell);
     Ok(rx)
 }
 

@@ -70,7 +70,8 @@
 //! runtime each operation runs in place through `tokio::task::block_in_place` (tokio first
 //! hands the worker's other tasks to another thread), and on a current-thread runtime it runs
 //! on the blocking pool. Waiting for a lock another process holds happens in the kernel, on a
-//! thread of the store's own that a waiter that gives up can leave behind (a thread of
+//! thread of its own (the process's, shared by its stores) that a waiter that gives up can
+//! leave behind (a thread of
 //! tokio's blocking pool could not be left: the runtime's shutdown waits for every one). The
 //! `*_timeout` methods need tokio's timer, as `tokio::time` does.
 //!

@@ -167,9 +167,9 @@ where
 
     /// Like [`with_aid`](AsyncStore::with_aid), but waits at most `limit` for the aid, then
     /// fails with [`Error::Timeout`] without running `f`. Nothing of the store is held past
-    /// the limit. If another process holds the aid, the store's thread that waits for it in
-    /// the kernel stays, to serve the next waiter; when the lock comes, it hands it to that
-    /// waiter or releases it at once.
+    /// the limit. If another process holds the aid, the thread that waits for it in the
+    /// kernel (the process's, shared by its stores) stays, to serve the next waiter; when the
+    /// lock comes, it hands it to that waiter or releases it at once.
     ///
     /// Needs a runtime with tokio's timer enabled (as `#[tokio::main]` and `#[tokio::test]`
     /// set up), like `tokio::time::timeout`.
