@@ -55,7 +55,10 @@ impl std::fmt::Display for Liveness {
 
 /// What reading a process's start time found.
 enum Probe {
+    /// Running (or stopped, sleeping...), with this start time.
     Started(u64),
+    /// Exited but not yet reaped by its parent (a zombie), with this start time.
+    Exited(u64),
     Gone,
     Unreadable,
 }
@@ -66,7 +69,12 @@ fn start_time(proc_root: &Path, pid: u32) -> Probe {
     path.push("stat");
     let mut buf = [0u8; 1024];
     match read_small(&path, &mut buf) {
-        Ok(stat) => parse_start_time(stat).map_or(Probe::Unreadable, Probe::Started),
+        Ok(stat) => match parse_stat(stat) {
+            // Z: a zombie; X: dead, being reaped.
+            Some((b'Z' | b'X', start)) => Probe::Exited(start),
+            Some((_, start)) => Probe::Started(start),
+            None => Probe::Unreadable,
+        },
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Probe::Gone,
         // ESRCH: the process exited between open and read.
         Err(e) if e.raw_os_error() == Some(3) => Probe::Gone,
@@ -84,15 +92,18 @@ fn read_small<'b>(path: &Path, buf: &'b mut [u8]) -> std::io::Result<&'b [u8]> {
     Ok(&buf[..n])
 }
 
-/// Field 22 of a stat line. The command name (field 2) is in parentheses and may itself
-/// hold spaces and parentheses, so fields are counted from the last `)`.
-fn parse_start_time(stat: &[u8]) -> Option<u64> {
+/// Fields 3 (the state, one letter) and 22 (the start time) of a stat line. The command
+/// name (field 2) is in parentheses and may itself hold spaces and parentheses, so fields are
+/// counted from the last `)`.
+fn parse_stat(stat: &[u8]) -> Option<(u8, u64)> {
     let after = &stat[stat.iter().rposition(|&b| b == b')')? + 1..];
-    let field = std::str::from_utf8(after)
-        .ok()?
-        .split_ascii_whitespace()
-        .nth(22 - 3)?;
-    field.parse().ok()
+    let mut fields = std::str::from_utf8(after).ok()?.split_ascii_whitespace();
+    let state = match fields.next()?.as_bytes() {
+        [letter] => *letter,
+        _ => return None,
+    };
+    let start = fields.nth(22 - 4)?.parse().ok()?;
+    Some((state, start))
 }
 
 fn boot_id(proc_root: &Path) -> Option<String> {
@@ -109,7 +120,10 @@ pub(crate) fn identify(
     pid: u32,
     boot: &OnceLock<String>,
 ) -> Option<ProcessIdentity> {
-    let Probe::Started(start_time) = start_time(proc_root, pid) else {
+    // A zombie is identified too: an entry saved for a child that exited at once is then
+    // known to be dead, rather than of unknown liveness.
+    let (Probe::Started(start_time) | Probe::Exited(start_time)) = start_time(proc_root, pid)
+    else {
         return None;
     };
     let boot_id = match boot.get() {
@@ -138,7 +152,8 @@ pub(crate) fn check(proc_root: &Path, pid: u32, identity: Option<&ProcessIdentit
     }
     match start_time(proc_root, pid) {
         Probe::Started(t) if t == identity.start_time => Liveness::Alive,
-        Probe::Started(_) => Liveness::Dead,
+        // An exited process is dead even before its parent reaps it.
+        Probe::Started(_) | Probe::Exited(_) => Liveness::Dead,
         // Only our own namespace's pids can be asked about with a signal: a watched one's
         // numbers are other processes here.
         Probe::Gone if proc_is_ours(proc_root) => confirm_gone(pid),
@@ -177,14 +192,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn start_time_is_counted_from_the_last_parenthesis() {
+    fn state_and_start_time_are_counted_from_the_last_parenthesis() {
         let tail = "S 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 424242 20 21";
         for comm in ["sleep", "a) b (c", "))", "x y z"] {
             let line = format!("77 ({comm}) {tail}\n");
-            assert_eq!(parse_start_time(line.as_bytes()), Some(424242), "{comm}");
+            assert_eq!(parse_stat(line.as_bytes()), Some((b'S', 424242)), "{comm}");
         }
-        assert_eq!(parse_start_time(b"77 (sleep S 1 2"), None);
-        assert_eq!(parse_start_time(b"77 (sleep) S 1 2"), None);
+        let zombie = format!("77 (sleep) Z{}", &tail[1..]);
+        assert_eq!(parse_stat(zombie.as_bytes()), Some((b'Z', 424242)));
+        assert_eq!(parse_stat(b"77 (sleep S 1 2"), None);
+        assert_eq!(parse_stat(b"77 (sleep) S 1 2"), None);
     }
 
     #[test]

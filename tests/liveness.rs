@@ -309,3 +309,38 @@ async fn a_pid_gone_from_a_watched_namespace_is_dead_whatever_ours_has() {
     fs::remove_dir_all(root.join(me.to_string())).unwrap();
     assert_eq!(store.liveness(&loaded).await, Liveness::Dead);
 }
+
+/// A child that has exited is `Dead` before its parent reaps it (a zombie's pid cannot be
+/// reused until then), so killing and then pruning, before `wait`, removes its entry.
+#[tokio::test]
+async fn an_exited_child_is_dead_before_it_is_reaped() {
+    let dir = tempfile::tempdir_in("/dev/shm").unwrap();
+    let store = AsyncStore::<u8>::new(dir.path());
+    let mut child = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
+    let state = State::new(InstanceId::random(), child.id(), 0);
+    let saved = save_and_load(&store, Aid::new(6).unwrap(), &state).await;
+    assert_eq!(store.liveness(&saved).await, Liveness::Alive);
+
+    child.kill().unwrap();
+    let stat = format!("/proc/{}/stat", child.id());
+    let zombie = || {
+        fs::read_to_string(&stat).is_ok_and(|s| {
+            s.rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
+    };
+    for _ in 0..2000 {
+        if zombie() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    assert!(zombie(), "the killed child is a zombie until it is reaped");
+    assert_eq!(store.liveness(&saved).await, Liveness::Dead);
+    let pruned = store.prune_dead().await.unwrap();
+    child.wait().unwrap();
+    assert_eq!(pruned.len(), 1, "pruned before the child was reaped");
+}
