@@ -16,6 +16,7 @@
 //! (`flock_wait.rs`): the wait can be long, and its waiter must stay free to give up. Only
 //! its fallback, a polling wait, runs on the pool ([`on_pool`]).
 
+use std::cell::Cell;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use tokio::runtime::{Handle, RuntimeFlavor};
@@ -49,14 +50,31 @@ where
     T: Send + 'static,
     F: FnOnce() -> Result<T, Error> + Send + 'static,
 {
-    if in_place_allowed() {
-        // Unwinding stops here, as it would at the blocking pool's edge: the closure only
-        // holds values it owns, and they are dropped on the way out.
-        catch_unwind(AssertUnwindSafe(|| tokio::task::block_in_place(f)))
-            .map_err(|_| Error::Blocking { op, panicked: true })?
-    } else {
-        on_pool(op, f).await?
+    if !in_place_allowed() {
+        return on_pool(op, f).await?;
     }
+    let mut work = Some(f);
+    // Unwinding stops here, as it would at the blocking pool's edge: the closure only holds
+    // values it owns, and they are dropped on the way out.
+    let ran = catch_unwind(AssertUnwindSafe(|| {
+        tokio::task::block_in_place(|| work.take().map(|f| f()))
+    }));
+    match (ran, work) {
+        (Ok(Some(done)), _) => done,
+        // block_in_place refused before running the work: this thread runs a `LocalSet`
+        // (tokio says so with a panic, printed once per thread). The pool serves it instead.
+        (Err(_), Some(f)) => {
+            REFUSED_HERE.with(|refused| refused.set(true));
+            on_pool(op, f).await?
+        }
+        (Err(_), None) | (Ok(None), _) => Err(Error::Blocking { op, panicked: true }),
+    }
+}
+
+thread_local! {
+    /// Set on a thread where `block_in_place` has refused to run, so that it is not asked
+    /// (and its panic not printed) again.
+    static REFUSED_HERE: Cell<bool> = const { Cell::new(false) };
 }
 
 /// [`run`] for work that cannot fail.
@@ -72,7 +90,8 @@ where
 /// a current-thread one). Outside any runtime there is no runtime thread to protect, but
 /// the pool is not there either, so such callers also run in place.
 fn in_place_allowed() -> bool {
-    Handle::try_current().map_or(true, |handle| {
-        handle.runtime_flavor() == RuntimeFlavor::MultiThread
-    })
+    !REFUSED_HERE.with(Cell::get)
+        && Handle::try_current().map_or(true, |handle| {
+            handle.runtime_flavor() == RuntimeFlavor::MultiThread
+        })
 }

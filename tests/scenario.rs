@@ -460,3 +460,35 @@ async fn entry_with_an_unknown_key_is_still_read() {
     assert_eq!(loaded.as_ref(), Some(&saved));
     assert_eq!(streamed, [saved]);
 }
+
+/// Inside a `LocalSet` on a multi-thread runtime (the usual home of `!Send` work),
+/// `block_in_place` refuses to run; the store's work goes to the blocking pool instead, and
+/// every operation works.
+#[test]
+fn the_store_works_inside_a_local_set_on_a_multi_thread_runtime() {
+    let dir = tempfile::tempdir_in("/dev/shm").unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    let local = tokio::task::LocalSet::new();
+    let (count, aids) = local.block_on(&runtime, async {
+        let store = AsyncStore::<String>::new(dir.path());
+        let aid = Aid::new(8).unwrap();
+        for _ in 0..3 {
+            store
+                .with_aid(aid, async |c| {
+                    c.save(&State::new(InstanceId::random(), 1, "x".into()))
+                        .await
+                })
+                .await
+                .unwrap();
+        }
+        let count = store
+            .with_aid_shared(aid, async |c| c.len().await)
+            .await
+            .unwrap();
+        (count, store.aids().await.unwrap())
+    });
+    assert_eq!((count, aids), (3, vec![Aid::new(8).unwrap()]));
+}
