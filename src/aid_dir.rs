@@ -745,8 +745,17 @@ pub(crate) fn list_aids(run_dir: &Path) -> Result<Vec<Aid>, Error> {
     ) {
         Ok(fd) => fd,
         Err(Errno::NOENT) => return Ok(Vec::new()),
+        Err(Errno::LOOP | Errno::NOTDIR) => {
+            return Err(Error::Insecure {
+                path: state_path,
+                reason: "not a directory (a symlink or a file stands there)".into(),
+            });
+        }
         Err(e) => return Err(Error::io("list", &state_path, e)),
     };
+    // Listed names are only as good as the directory: one that others may write is refused
+    // here as it is when an aid is held.
+    check_private(&fd, &state_path, FileType::Directory)?;
     let mut aids = Vec::new();
     for_each_dirent(&fd, &state_path, |name, kind| {
         let Some(aid) = layout::parse_aid_name(name.to_bytes()) else {

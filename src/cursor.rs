@@ -207,7 +207,7 @@ where
     /// ```
     pub async fn prune_dead_with(
         &mut self,
-        mut f: impl FnMut(State<C>) + Send,
+        mut f: impl FnMut(State<C>),
     ) -> Result<usize, Error> {
         let (removed, failed) = self.prune().await?;
         let count = removed.len();

@@ -413,7 +413,7 @@ where
     /// ```
     pub async fn prune_dead_with(
         &self,
-        mut f: impl FnMut(Aid, State<C>) + Send,
+        mut f: impl FnMut(Aid, State<C>),
     ) -> Result<usize, Error> {
         let mut count = 0;
         let mut first_error = None;

@@ -709,3 +709,36 @@ async fn the_sweep_removes_only_our_temp_names_and_skips_what_it_cannot() {
     want.sort();
     assert_eq!(names_in(&adir), want, "only {ours} was swept");
 }
+
+/// `aids()` refuses a `state` directory that others may write, or a symlink in its place, as
+/// holding an aid does, rather than list names from it.
+#[tokio::test]
+async fn aids_refuses_an_insecure_state_directory() {
+    let dir = tempfile::tempdir_in("/dev/shm").unwrap();
+    let store = AsyncStore::<u8>::new(dir.path());
+    store
+        .with_aid(Aid::new(3).unwrap(), async |c| {
+            c.save(&State::new(InstanceId::random(), 1, 0)).await
+        })
+        .await
+        .unwrap();
+    let state = dir.path().join("state");
+    assert_eq!(store.aids().await.unwrap(), [Aid::new(3).unwrap()]);
+
+    fs::set_permissions(&state, fs::Permissions::from_mode(0o777)).unwrap();
+    let loose = store.aids().await;
+    assert!(
+        matches!(&loose, Err(Error::Insecure { path, .. }) if *path == state),
+        "{loose:?}"
+    );
+    fs::set_permissions(&state, fs::Permissions::from_mode(0o700)).unwrap();
+
+    let elsewhere = tempfile::tempdir_in("/dev/shm").unwrap();
+    fs::rename(&state, elsewhere.path().join("state")).unwrap();
+    symlink(elsewhere.path().join("state"), &state).unwrap();
+    let linked = store.aids().await;
+    assert!(
+        matches!(&linked, Err(Error::Insecure { path, .. }) if *path == state),
+        "{linked:?}"
+    );
+}
