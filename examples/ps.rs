@@ -41,7 +41,7 @@ struct Row {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn Error>> {
-    let args = match Args::parse(std::env::args().skip(1)) {
+    let args = match Args::parse(std::env::args_os().skip(1)) {
         Ok(Some(args)) => args,
         Ok(None) => {
             println!("{USAGE}");
@@ -194,17 +194,18 @@ struct Args {
 
 impl Args {
     /// `Ok(None)` asks for help.
-    fn parse(mut args: impl Iterator<Item = String>) -> Result<Option<Args>, String> {
+    /// Paths may be any bytes, so arguments are taken as `OsString`s.
+    fn parse(mut args: impl Iterator<Item = std::ffi::OsString>) -> Result<Option<Args>, String> {
         let (mut run_dir, mut json, mut prune) = (None, false, false);
         while let Some(arg) = args.next() {
-            match arg.as_str() {
-                "-h" | "--help" => return Ok(None),
-                "--json" => json = true,
-                "--prune" => prune = true,
-                "--run-dir" => {
+            match arg.to_str() {
+                Some("-h" | "--help") => return Ok(None),
+                Some("--json") => json = true,
+                Some("--prune") => prune = true,
+                Some("--run-dir") => {
                     run_dir = Some(args.next().ok_or("--run-dir needs a directory")?.into())
                 }
-                other => return Err(format!("unknown argument {other:?}")),
+                _ => return Err(format!("unknown argument {arg:?}")),
             }
         }
         let run_dir = run_dir.ok_or("--run-dir is required")?;

@@ -182,7 +182,7 @@ async fn print_table(store: &Store) -> Result<(), runstate::Error> {
     let now = SystemTime::now();
     let mut rows = Vec::new();
     // Lazy: aid by aid, each under its shared lock (readers do not block each other), files
-    // read in batches off the async threads.
+    // read in batches off the runtime's workers and decoded one at a time as taken.
     let mut entries = pin!(store.entries());
     while let Some(item) = entries.next().await {
         match item {

@@ -22,9 +22,10 @@ use crate::{Aid, Error, InstanceId, Liveness, State, format, liveness};
 /// `&mut`: the borrow checker keeps it from escaping, so it cannot be used after the lock is
 /// released.
 ///
-/// Every method is one logical operation, moved off the runtime's reach (streams: one per
-/// batch). Dropping its future at any point is safe: the operation either completes or has
-/// no effect, and the lock is released only after it has finished.
+/// Every method is one logical operation whose file work runs off the runtime's workers
+/// (streams: one per batch of files). Dropping its future at any point is safe: the
+/// operation either completes or has no effect, and the lock is released only after it has
+/// finished.
 ///
 /// A read cursor cannot write: the types refuse it.
 ///
@@ -205,10 +206,7 @@ where
     /// assert_eq!(released, ["netns-7"]);
     /// # Ok(()) }
     /// ```
-    pub async fn prune_dead_with(
-        &mut self,
-        mut f: impl FnMut(State<C>),
-    ) -> Result<usize, Error> {
+    pub async fn prune_dead_with(&mut self, mut f: impl FnMut(State<C>)) -> Result<usize, Error> {
         let (removed, failed) = self.prune().await?;
         let count = removed.len();
         removed.into_iter().for_each(&mut f);
@@ -307,9 +305,14 @@ where
 
     /// Streams the entries, decoded, in directory order.
     ///
-    /// Lazy and bounded in memory: files are read and decoded in batches of up to 128 as the
-    /// stream is polled, each batch one blocking operation. A file that is not a valid entry is one
-    /// [`Error::Corrupt`] item naming it, and the stream goes on.
+    /// Lazy and bounded in memory: files are read in batches (up to 128 files or 512 KiB, one
+    /// blocking operation each) as the stream is polled, and each entry is decoded when it is
+    /// taken, on the polling thread (entries over 64 KiB are decoded with their batch). A file
+    /// that is not a valid entry is one [`Error::Corrupt`] item naming it, and the stream goes
+    /// on.
+    ///
+    /// The stream borrows the cursor, so other calls on it wait until the stream is dropped:
+    /// to destroy some of the entries, collect their ids first.
     ///
     /// ```
     /// # use runstate::{Aid, AsyncStore, Error, InstanceId, State};

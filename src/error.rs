@@ -70,15 +70,19 @@ pub enum Error {
         reason: String,
     },
 
-    /// [`try_with_aid`](crate::AsyncStore::try_with_aid) found the aid held by another task or
-    /// process; the closure did not run.
+    /// [`try_with_aid`](crate::AsyncStore::try_with_aid) or
+    /// [`try_with_aid_shared`](crate::AsyncStore::try_with_aid_shared) found the aid held by
+    /// another task or process (for a shared try, also: an exclusive holder queued for it); the
+    /// closure did not run.
     #[error("aid {aid} is held by another holder")]
     WouldBlock {
         /// The aid asked for.
         aid: crate::Aid,
     },
 
-    /// The aid did not become free within the wait limit; nothing was left waiting.
+    /// The aid did not become free within the wait limit; nothing of the store is held (a
+    /// process-wide thread may stay queued in the kernel until the lock comes, and then
+    /// releases it or hands it to the next waiter).
     #[error("aid {aid} was still held after waiting {waited:?}")]
     Timeout {
         /// The aid asked for.

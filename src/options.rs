@@ -23,7 +23,7 @@ impl Options {
     /// The default size cap of one entry file: 1 MiB.
     pub const DEFAULT_MAX_ENTRY_SIZE: u64 = 1 << 20;
 
-    /// The defaults: not durable, 1 MiB entry cap.
+    /// The defaults: not durable, 1 MiB entry cap, liveness read from `/proc`.
     pub fn new() -> Options {
         Options {
             durable: false,
@@ -42,7 +42,9 @@ impl Options {
     }
 
     /// Entry files larger than `bytes` are reported as [`Corrupt`](crate::Error::Corrupt)
-    /// without being read. The cap bounds the memory a hostile file can make a reader use.
+    /// without being read, and `save` refuses a larger entry with
+    /// [`Error::TooLarge`](crate::Error::TooLarge). The cap bounds the memory a hostile file
+    /// can make a reader use.
     pub fn max_entry_size(mut self, bytes: u64) -> Options {
         self.max_entry_size = bytes;
         self

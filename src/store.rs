@@ -105,7 +105,15 @@ where
     /// is released at once. Different aids never wait for each other.
     ///
     /// `f` returns `Result<T, E>` for any `E: From<Error>`, so store errors and the caller's
-    /// own errors travel in one type, as with sqlx's `transaction`.
+    /// own errors travel in one type, as with sqlx's `transaction`. (For other errors, such
+    /// as `std::io::Error`, use an enum of your own with a `From` for each.)
+    ///
+    /// # Deadlocks
+    ///
+    /// The lock is not re-entrant. Inside `f`, another `with_aid` or `with_aid_shared` of the
+    /// same aid waits for `f` to end, forever; so do [`entries`](AsyncStore::entries),
+    /// [`prune_dead`](AsyncStore::prune_dead) and [`close`](AsyncStore::close), which take
+    /// every aid in turn. Use the cursor inside `f`, or `try_with_aid` to fail instead.
     ///
     /// ```
     /// # use runstate::{Aid, AsyncStore, Error, InstanceId, State};
@@ -191,6 +199,12 @@ where
     /// holder is not overtaken by later shared ones of this process.
     ///
     /// [`ReadCursor`] has no `save` or `destroy`: the types keep a shared holder from writing.
+    ///
+    /// # Deadlocks
+    ///
+    /// As with [`with_aid`](AsyncStore::with_aid), the lock is not re-entrant: a nested
+    /// shared hold of the same aid gets in only while no exclusive holder is queued, and
+    /// otherwise waits behind it, which waits behind the outer hold, forever.
     ///
     /// ```
     /// # use runstate::{Aid, AsyncStore, Error};
@@ -340,8 +354,31 @@ where
     }
 
     /// Whether the process of `state` is still running: [`Liveness::Alive`] only when its pid
-    /// exists with the recorded start time in the same boot. Reads `/proc` on the blocking
-    /// pool; anything it cannot read makes the answer [`Liveness::Unknown`].
+    /// exists with the recorded start time in the same boot. Reads `/proc` off the runtime's
+    /// workers; anything it cannot read makes the answer [`Liveness::Unknown`].
+    ///
+    /// Ask about a state as it was loaded: `save` records the process identity in the entry
+    /// it writes, not in the caller's `State`, whose `process` stays `None` and whose
+    /// liveness is therefore always `Unknown`.
+    ///
+    /// ```
+    /// # use runstate::{Aid, AsyncStore, Error, InstanceId, Liveness, State};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Error> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let store = AsyncStore::<()>::new(dir.path());
+    /// let mine = State::new(InstanceId::random(), std::process::id(), ());
+    /// let loaded = store
+    ///     .with_aid(Aid::new(1)?, async |c| {
+    ///         c.save(&mine).await?;
+    ///         c.load(mine.id).await
+    ///     })
+    ///     .await?
+    ///     .expect("just saved");
+    /// assert_eq!(store.liveness(&loaded).await, Liveness::Alive);
+    /// assert_eq!(store.liveness(&mine).await, Liveness::Unknown);
+    /// # Ok(()) }
+    /// ```
     pub async fn liveness(&self, state: &State<C>) -> Liveness {
         let (proc_root, pid, process) = (
             self.locks.options.proc_root.clone(),
@@ -391,7 +428,8 @@ where
     /// Like [`prune_dead`](AsyncStore::prune_dead), but hands each removed entry to `f` and
     /// returns how many there were. It goes on past an aid that fails (a bad directory, an
     /// I/O error), so one aid cannot keep the others from being pruned; after trying them
-    /// all, it returns the first error. Either way `f` has seen every entry removed.
+    /// all, it returns the first error. Either way `f` has seen every entry removed. (A store
+    /// closed meanwhile ends the pass at once with [`Error::Closed`].)
     ///
     /// ```
     /// # use runstate::{Aid, AsyncStore, Error, InstanceId, State};
@@ -411,10 +449,7 @@ where
     /// assert_eq!(gone, [(Aid::new(4)?, id)]);
     /// # Ok(()) }
     /// ```
-    pub async fn prune_dead_with(
-        &self,
-        mut f: impl FnMut(Aid, State<C>),
-    ) -> Result<usize, Error> {
+    pub async fn prune_dead_with(&self, mut f: impl FnMut(Aid, State<C>)) -> Result<usize, Error> {
         let mut count = 0;
         let mut first_error = None;
         for aid in self.aids().await? {
@@ -434,11 +469,31 @@ where
         first_error.map_or(Ok(count), Err)
     }
 
-    /// Waits for the `with_aid` calls in flight, then closes every file the store holds. (A
-    /// process-wide thread left waiting for another process's lock by a waiter that gave up
-    /// keeps a descriptor of that lock file until the lock comes, and then releases it.)
-    /// From then on every call on this store and its clones fails with [`Error::Closed`].
+    /// Waits for the holds in flight, then closes every file the store holds. From then on
+    /// every call on this store and its clones that touches its files fails with
+    /// [`Error::Closed`] (`liveness`, `run_dir`, `options` and `is_closed` still answer).
     /// Closing twice is fine.
+    ///
+    /// The holds waited for include those still queued, such as a `with_aid` waiting for an
+    /// aid that another process holds: drop or time out such waiters first (they let go at
+    /// once). A process-wide thread left waiting for another process's lock by a waiter that
+    /// gave up keeps a descriptor of that lock file until the lock comes, then releases it.
+    ///
+    /// # Deadlocks
+    ///
+    /// Called from inside a `with_aid` closure (or while a stream of this store is alive in
+    /// the same task), it waits for itself forever.
+    ///
+    /// ```
+    /// # use runstate::{Aid, AsyncStore, Error};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Error> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let store = AsyncStore::<String>::new(dir.path());
+    /// store.close().await?;
+    /// assert!(matches!(store.aids().await, Err(Error::Closed)));
+    /// # Ok(()) }
+    /// ```
     pub async fn close(&self) -> Result<(), Error> {
         self.locks.close().await;
         Ok(())

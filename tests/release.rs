@@ -159,7 +159,7 @@ fn block_on_without_tokio<F: Future>(fut: F) -> F::Output {
 /// With no runtime around, file work runs in place; so does waiting for a contended lock,
 /// rather than panicking in `spawn_blocking` for want of a runtime.
 #[test]
-fn a_contended_lock_outside_a_runtime_is_an_error_not_a_panic() {
+fn a_contended_lock_outside_a_runtime_waits_instead_of_panicking() {
     let dir = run_dir();
     let aid = Aid::new(14).unwrap();
     let ours = Store::new(dir.path());
