@@ -40,6 +40,27 @@ impl Aid {
         }
     }
 
+    /// `value` as an aid if it is in `0..=9999`. A `const fn`, for aids known when the program
+    /// is written:
+    ///
+    /// ```
+    /// use runstate::Aid;
+    ///
+    /// const WEB: Aid = match Aid::checked(80) {
+    ///     Some(aid) => aid,
+    ///     None => panic!("not an aid"), // in a const, a compile error
+    /// };
+    /// assert_eq!(WEB.get(), 80);
+    /// assert_eq!(Aid::checked(10_000), None);
+    /// ```
+    pub const fn checked(value: u16) -> Option<Aid> {
+        if value <= Self::MAX.0 {
+            Some(Aid(value))
+        } else {
+            None
+        }
+    }
+
     /// The number.
     pub fn get(self) -> u16 {
         self.0

@@ -293,7 +293,8 @@ where
     ///
     /// Lazy and bounded in memory like [`ReadCursor::entries`]. An error about one aid or one
     /// file is one item, and the stream goes on with the rest. The stream is `Unpin`: poll it
-    /// as it is.
+    /// as it is. It holds a handle of the store of its own, so it may outlive `self`: return
+    /// it, or move it into a task.
     ///
     /// Each aid's shared lock is taken when the stream reaches that aid and released as soon
     /// as its last batch has been read, so a stream left unfinished holds at most one aid,
@@ -319,14 +320,17 @@ where
     /// ```
     pub fn entries(
         &self,
-    ) -> impl Stream<Item = Result<(Aid, State<C>), Error>> + Send + Unpin + '_ {
-        stream::once(self.aids())
+    ) -> impl Stream<Item = Result<(Aid, State<C>), Error>> + Send + Unpin + use<C> {
+        // The stream owns a handle of its own, so it can outlive this borrow: be returned,
+        // or moved into a task.
+        let (store, lister) = (self.clone(), self.clone());
+        stream::once(async move { lister.aids().await })
             .flat_map(|aids| match aids {
                 Ok(aids) => stream::iter(aids).map(Ok).left_stream(),
                 Err(e) => stream::iter([Err(e)]).right_stream(),
             })
             .flat_map(move |aid| match aid {
-                Ok(aid) => self.aid_entries(aid).left_stream(),
+                Ok(aid) => store.aid_entries(aid).left_stream(),
                 Err(e) => stream::iter([Err(e)]).right_stream(),
             })
             // A store closed under the stream ends it: one `Closed` says so, not one per aid.
@@ -342,14 +346,14 @@ where
     fn aid_entries(
         &self,
         aid: Aid,
-    ) -> impl Stream<Item = Result<(Aid, State<C>), Error>> + Send + '_ {
-        stream::once(self.locks.hold(aid, Mode::Shared, Wait::Forever)).flat_map(move |hold| {
-            match hold {
-                Ok(hold) => batch::entries::<C>(Listing::new(hold))
-                    .map(move |item| item.map(|state| (aid, state)))
-                    .left_stream(),
-                Err(e) => stream::iter([Err(e)]).right_stream(),
-            }
+    ) -> impl Stream<Item = Result<(Aid, State<C>), Error>> + Send + use<C> {
+        let locks = self.locks.clone();
+        let hold = async move { locks.hold(aid, Mode::Shared, Wait::Forever).await };
+        stream::once(hold).flat_map(move |hold| match hold {
+            Ok(hold) => batch::entries::<C>(Listing::new(hold))
+                .map(move |item| item.map(|state| (aid, state)))
+                .left_stream(),
+            Err(e) => stream::iter([Err(e)]).right_stream(),
         })
     }
 

@@ -492,3 +492,30 @@ fn the_store_works_inside_a_local_set_on_a_multi_thread_runtime() {
     });
     assert_eq!((count, aids), (3, vec![Aid::new(8).unwrap()]));
 }
+
+/// `AsyncStore::entries` owns what it needs: the stream outlives the handle it came from and
+/// runs in a task of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_stream_outlives_its_handle_and_moves_into_a_task() {
+    let dir = tempfile::tempdir_in("/dev/shm").unwrap();
+    let id = InstanceId::random();
+    let entries = {
+        let store = AsyncStore::<String>::new(dir.path());
+        store
+            .with_aid(Aid::new(4).unwrap(), async |c| {
+                c.save(&State::new(id, 1, "x".into())).await
+            })
+            .await
+            .unwrap();
+        store.entries()
+    };
+    let listed = tokio::spawn(
+        entries
+            .map_ok(|(aid, state)| (aid.get(), state.id))
+            .try_collect::<Vec<_>>(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(listed, [(4, id)]);
+}
