@@ -737,9 +737,26 @@ impl Scan {
 /// The aids that have a directory under `<run_dir>/state`, ascending. Junk is skipped.
 pub(crate) fn list_aids(run_dir: &Path) -> Result<Vec<Aid>, Error> {
     let state_path = run_dir.join(STATE_DIR);
-    let fd = match openat(
+    // The run directory first, so that an error about it names it, and one about `state`
+    // can only be about `state`.
+    let parent = if run_dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        run_dir
+    };
+    let run = match openat(
         CWD,
-        &state_path,
+        parent,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(Errno::NOENT) => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io("open directory", run_dir, e)),
+    };
+    let fd = match openat(
+        &run,
+        STATE_DIR,
         OFlags::RDONLY | OFlags::DIRECTORY | open_flags(),
         Mode::empty(),
     ) {

@@ -62,7 +62,8 @@ where
     match (ran, work) {
         (Ok(Some(done)), _) => done,
         // block_in_place refused before running the work: this thread runs a `LocalSet`
-        // (tokio says so with a panic, printed once per thread). The pool serves it instead.
+        // (tokio says so with a panic, printed once per thread, and fatal where panics
+        // abort; see the crate docs). The pool serves it instead.
         (Err(_), Some(f)) => {
             REFUSED_HERE.with(|refused| refused.set(true));
             on_pool(op, f).await?

@@ -75,6 +75,12 @@
 //! tokio's blocking pool could not be left: the runtime's shutdown waits for every one). The
 //! `*_timeout` methods need tokio's timer, as `tokio::time` does.
 //!
+//! Inside a `tokio::task::LocalSet` on a multi-thread runtime, tokio refuses
+//! `block_in_place` with a panic; the store catches it, once per thread, and uses the
+//! blocking pool there from then on. A custom panic hook sees that one panic, and where panics
+//! abort (`panic = "abort"`), it ends the process: with aborting panics, use the store inside
+//! a `LocalSet` only on a current-thread runtime.
+//!
 //! See the README for the on-disk layout and format and for the guarantees and what they
 //! rest on.
 

@@ -70,9 +70,15 @@ fn start_time(proc_root: &Path, pid: u32) -> Probe {
     let mut buf = [0u8; 1024];
     match read_small(&path, &mut buf) {
         Ok(stat) => match parse_stat(stat) {
-            // Z: a zombie; X: dead, being reaped.
-            Some((b'Z' | b'X', start)) => Probe::Exited(start),
-            Some((_, start)) => Probe::Started(start),
+            // Z: a zombie; X: dead, being reaped. The state is the main thread's: a process
+            // whose main thread has exited while others run shows Z too, but with more than
+            // one thread, and is alive.
+            Some(Stat {
+                state: b'Z' | b'X',
+                threads: ..=1,
+                start,
+            }) => Probe::Exited(start),
+            Some(Stat { start, .. }) => Probe::Started(start),
             None => Probe::Unreadable,
         },
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Probe::Gone,
@@ -92,18 +98,35 @@ fn read_small<'b>(path: &Path, buf: &'b mut [u8]) -> std::io::Result<&'b [u8]> {
     Ok(&buf[..n])
 }
 
-/// Fields 3 (the state, one letter) and 22 (the start time) of a stat line. The command
-/// name (field 2) is in parentheses and may itself hold spaces and parentheses, so fields are
-/// counted from the last `)`.
-fn parse_stat(stat: &[u8]) -> Option<(u8, u64)> {
+/// What liveness needs of a stat line.
+#[derive(Debug, PartialEq, Eq)]
+struct Stat {
+    /// Field 3: the main thread's state, one letter.
+    state: u8,
+    /// Field 20: how many threads the process has.
+    threads: u64,
+    /// Field 22: the start time, in clock ticks after boot.
+    start: u64,
+}
+
+/// The fields of a stat line that liveness needs. The command name (field 2) is in
+/// parentheses and may itself hold spaces and parentheses, so fields are counted from the
+/// last `)`.
+fn parse_stat(stat: &[u8]) -> Option<Stat> {
     let after = &stat[stat.iter().rposition(|&b| b == b')')? + 1..];
     let mut fields = std::str::from_utf8(after).ok()?.split_ascii_whitespace();
     let state = match fields.next()?.as_bytes() {
         [letter] => *letter,
         _ => return None,
     };
-    let start = fields.nth(22 - 4)?.parse().ok()?;
-    Some((state, start))
+    // After field 3: field 20 is the 17th next, and field 22 the 2nd after that.
+    let threads = fields.nth(20 - 4)?.parse().ok()?;
+    let start = fields.nth(1)?.parse().ok()?;
+    Some(Stat {
+        state,
+        threads,
+        start,
+    })
 }
 
 fn boot_id(proc_root: &Path) -> Option<String> {
@@ -192,16 +215,58 @@ mod tests {
     use super::*;
 
     #[test]
-    fn state_and_start_time_are_counted_from_the_last_parenthesis() {
-        let tail = "S 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 424242 20 21";
-        for comm in ["sleep", "a) b (c", "))", "x y z"] {
-            let line = format!("77 ({comm}) {tail}\n");
-            assert_eq!(parse_stat(line.as_bytes()), Some((b'S', 424242)), "{comm}");
+    fn stat_fields_are_counted_from_the_last_parenthesis() {
+        // Fields 3 to 22: the state, 16 numbers, the thread count, one number, the start.
+        let line = |comm: &str, state: char, threads: u64| {
+            let middle: Vec<String> = (4..=19).map(|n| n.to_string()).collect();
+            format!(
+                "77 ({comm}) {state} {} {threads} 21 424242 23\n",
+                middle.join(" ")
+            )
+        };
+        for comm in ["sleep", "a) b (c", "))", "x y z", ") Z ("] {
+            let stat = parse_stat(line(comm, 'S', 3).as_bytes());
+            let want = Stat {
+                state: b'S',
+                threads: 3,
+                start: 424242,
+            };
+            assert_eq!(stat, Some(want), "{comm}");
         }
-        let zombie = format!("77 (sleep) Z{}", &tail[1..]);
-        assert_eq!(parse_stat(zombie.as_bytes()), Some((b'Z', 424242)));
+        let zombie = parse_stat(line("sleep", 'Z', 1).as_bytes()).unwrap();
+        assert_eq!((zombie.state, zombie.threads), (b'Z', 1));
         assert_eq!(parse_stat(b"77 (sleep S 1 2"), None);
         assert_eq!(parse_stat(b"77 (sleep) S 1 2"), None);
+        assert_eq!(parse_stat(b"77 (sleep) SS 1 2"), None);
+    }
+
+    /// A process whose main thread has exited while another thread runs shows state Z with
+    /// two threads: it is alive, not exited.
+    #[test]
+    fn a_zombie_main_thread_with_live_threads_is_alive() {
+        let root = tempfile::tempdir_in("/dev/shm").unwrap();
+        std::fs::create_dir_all(root.path().join("sys/kernel/random")).unwrap();
+        std::fs::write(root.path().join("sys/kernel/random/boot_id"), "b\n").unwrap();
+        let identity = ProcessIdentity {
+            start_time: 424242,
+            boot_id: "b".into(),
+        };
+        let stat = |state: char, threads: u64| {
+            let middle: Vec<String> = (4..=19).map(|n| n.to_string()).collect();
+            let dir = root.path().join("77");
+            std::fs::create_dir_all(&dir).unwrap();
+            let text = format!(
+                "77 (app) {state} {} {threads} 21 424242 23\n",
+                middle.join(" ")
+            );
+            std::fs::write(dir.join("stat"), text).unwrap();
+        };
+        stat('Z', 2);
+        assert_eq!(check(root.path(), 77, Some(&identity)), Liveness::Alive);
+        stat('Z', 1);
+        assert_eq!(check(root.path(), 77, Some(&identity)), Liveness::Dead);
+        stat('S', 1);
+        assert_eq!(check(root.path(), 77, Some(&identity)), Liveness::Alive);
     }
 
     #[test]

@@ -742,3 +742,25 @@ async fn aids_refuses_an_insecure_state_directory() {
         "{linked:?}"
     );
 }
+
+/// A run directory that is a file is an I/O error about the run directory, from `aids()` as
+/// from a hold, not an insecure `state` directory.
+#[tokio::test]
+async fn a_run_dir_that_is_a_file_is_an_io_error_about_it() {
+    let dir = tempfile::tempdir_in("/dev/shm").unwrap();
+    let file = dir.path().join("run");
+    fs::write(&file, b"x").unwrap();
+    let store = AsyncStore::<u8>::new(&file);
+    let listed = store.aids().await;
+    assert!(
+        matches!(&listed, Err(Error::Io { path, .. }) if *path == file),
+        "{listed:?}"
+    );
+    let held = store
+        .with_aid(Aid::new(1).unwrap(), async |c| c.len().await)
+        .await;
+    assert!(
+        matches!(&held, Err(Error::Io { path, .. }) if *path == file),
+        "{held:?}"
+    );
+}
