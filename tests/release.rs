@@ -61,6 +61,24 @@ async fn give_up_waiting(store: &Store, aid: Aid) {
     assert!(waited.is_err(), "the other handle holds the aid");
 }
 
+/// A wait for `aid` that another handle holds, exclusive or shared, which runs out of time.
+async fn time_out(store: &Store, aid: Aid, shared: bool) {
+    let limit = Duration::from_millis(5);
+    let r = match shared {
+        false => {
+            store
+                .with_aid_timeout(aid, limit, async |_| Ok::<_, Error>(()))
+                .await
+        }
+        true => {
+            store
+                .with_aid_shared_timeout(aid, limit, async |_| Ok::<_, Error>(()))
+                .await
+        }
+    };
+    assert!(matches!(r, Err(Error::Timeout { .. })), "{r:?}");
+}
+
 /// A `with_aid` dropped while another handle holds the aid lets go of everything: `close()`
 /// on our store does not wait for the *other* holder, since no call of ours is in flight.
 /// (A thread left parked in an untimed `flock` would keep the store's gate open.)
@@ -294,14 +312,8 @@ async fn waiters_that_give_up_do_not_pile_up_threads() {
     let other = hold_elsewhere(dir.path(), aid, Duration::from_millis(1500));
     let ours = Store::new(dir.path());
     for _ in 0..40 {
-        let r = ours
-            .with_aid_timeout(aid, Duration::from_millis(5), async |_| Ok::<_, Error>(()))
-            .await;
-        assert!(matches!(r, Err(Error::Timeout { .. })), "{r:?}");
-        let shared = ours
-            .with_aid_shared_timeout(aid, Duration::from_millis(5), async |_| Ok::<_, Error>(()))
-            .await;
-        assert!(matches!(shared, Err(Error::Timeout { .. })), "{shared:?}");
+        time_out(&ours, aid, false).await;
+        time_out(&ours, aid, true).await;
     }
     // One waiting thread for exclusive waits and one for shared ones, at most.
     let waiters = flock_waiters(&dir.path().join("state").join("17.lock"));
@@ -349,10 +361,7 @@ async fn a_grant_nobody_waits_for_is_released_despite_a_forked_child() {
     let lock = dir.path().join("state").join("18.lock");
     let other = hold_elsewhere(dir.path(), aid, Duration::from_millis(300));
     let ours = Store::new(dir.path());
-    let waited = ours
-        .with_aid_timeout(aid, Duration::from_millis(50), async |_| Ok::<_, Error>(()))
-        .await;
-    assert!(matches!(waited, Err(Error::Timeout { .. })), "{waited:?}");
+    time_out(&ours, aid, false).await;
 
     // Forked while our waiting thread has its descriptor open.
     let child = fork_child_that_lingers(Duration::from_millis(1500));
@@ -390,10 +399,7 @@ async fn waits_given_up_by_many_stores_share_one_thread() {
     let other = hold_elsewhere(dir.path(), aid, Duration::from_millis(1500));
     for _ in 0..40 {
         let store = Store::new(dir.path());
-        let r = store
-            .with_aid_timeout(aid, Duration::from_millis(5), async |_| Ok::<_, Error>(()))
-            .await;
-        assert!(matches!(r, Err(Error::Timeout { .. })), "{r:?}");
+        time_out(&store, aid, false).await;
         store.close().await.unwrap();
     }
     let waiters = flock_waiters(&dir.path().join("state").join("19.lock"));
