@@ -256,13 +256,7 @@ impl Locks {
         if claim.dir.lock.try_exclusive()? {
             return Ok(claim.granted());
         }
-        if let Wait::Never = wait {
-            return Err(Error::WouldBlock { aid: claim.aid });
-        }
-        match claim.dir.lock.wait_exclusive() {
-            Ok(handed) => Self::handed_over(claim, wait, handed, false, ()).await,
-            Err(_) => Self::poll_for_flock(claim, wait, (), LockFile::exclusive).await,
-        }
+        Self::wait_for_flock(claim, wait, false, ()).await
     }
 
     /// Takes (or joins) this process's shared flock for a claim with a shared turn.
@@ -282,12 +276,30 @@ impl Locks {
         if claim.dir.lock.join_shared() || claim.dir.lock.try_first_shared()? {
             return Ok(claim.granted());
         }
+        Self::wait_for_flock(claim, wait, true, first).await
+    }
+
+    /// Waits for the flock that another process keeps from a claim, exclusive or `shared`,
+    /// as `wait` allows, keeping `guard` until then: in the kernel, on a thread of its own
+    /// ([`crate::flock_wait`]), or where no such thread can be had, by polling on the pool.
+    async fn wait_for_flock<G: Send + 'static>(
+        claim: Claim,
+        wait: Wait,
+        shared: bool,
+        guard: G,
+    ) -> Result<Hold, Error> {
         if let Wait::Never = wait {
             return Err(Error::WouldBlock { aid: claim.aid });
         }
-        match claim.dir.lock.wait_first_shared() {
-            Ok(handed) => Self::handed_over(claim, wait, handed, true, first).await,
-            Err(_) => Self::poll_for_flock(claim, wait, first, LockFile::first_shared).await,
+        match claim.dir.lock.wait(shared) {
+            Ok(handed) => Self::handed_over(claim, wait, handed, shared, guard).await,
+            Err(_) => {
+                let take = match shared {
+                    true => LockFile::first_shared,
+                    false => LockFile::exclusive,
+                };
+                Self::poll_for_flock(claim, wait, guard, take).await
+            }
         }
     }
 
@@ -314,10 +326,9 @@ impl Locks {
     }
 
     /// Waits on the blocking pool for a flock that another process holds by polling it, as
-    /// `wait` allows, keeping `guard` until then: the way to wait where no thread of its own
-    /// can be started or the lock file cannot be opened again. The hold is built on that
-    /// thread, so if our caller is gone by the time the lock comes, it is dropped there and
-    /// the lock released at once; a dropped waiter also ends the polling within one pause.
+    /// `wait` allows, keeping `guard` until then. The hold is built on that thread, so if our
+    /// caller is gone by the time the lock comes, it is dropped there and the lock released
+    /// at once; a dropped waiter also ends the polling within one pause.
     async fn poll_for_flock<G: Send + 'static>(
         claim: Claim,
         wait: Wait,

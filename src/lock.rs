@@ -4,7 +4,9 @@
 //! would never exclude each other, and the first to unlock would unlock both. The store
 //! therefore opens one descriptor per aid and lets `hold.rs` decide who may touch it: one
 //! exclusive holder at a time, or any number of shared holders that together own one
-//! `LOCK_SH`, counted here, taken by the first and dropped by the last.
+//! `LOCK_SH`, counted here, taken by the first and dropped by the last. A lock that had to be
+//! waited for comes on a descriptor of its own (`flock_wait.rs`), which then stands for the
+//! store's until it is released.
 
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
@@ -123,17 +125,11 @@ impl LockFile {
         }
     }
 
-    /// Starts waiting, on a thread of its own, for the exclusive lock that another process
-    /// holds; see [`crate::flock_wait`]. Adopt what it grants with [`LockFile::adopt`].
-    pub(crate) fn wait_exclusive(&self) -> Result<oneshot::Receiver<Granted>, Error> {
-        flock_wait::start(&self.fd, false).map_err(|e| Error::io("lock", &self.path, e))
-    }
-
-    /// Starts waiting for the shared lock for this process, as
-    /// [`LockFile::wait_exclusive`] does. The caller must be the only one trying to take it
-    /// first.
-    pub(crate) fn wait_first_shared(&self) -> Result<oneshot::Receiver<Granted>, Error> {
-        flock_wait::start(&self.fd, true).map_err(|e| Error::io("lock", &self.path, e))
+    /// Starts waiting, on a thread of its own, for the exclusive lock (or with `shared`, the
+    /// shared lock for this process as its first reader) that another process keeps from us;
+    /// see [`crate::flock_wait`]. Adopt what it grants with [`LockFile::adopt`].
+    pub(crate) fn wait(&self, shared: bool) -> Result<oneshot::Receiver<Granted>, Error> {
+        flock_wait::start(&self.fd, shared).map_err(|e| Error::io("lock", &self.path, e))
     }
 
     /// Makes a descriptor granted by a wait this process's holder of the lock: of the
