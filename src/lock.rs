@@ -212,3 +212,65 @@ impl LockFile {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    /// Two opens of one file: two open file descriptions, whose flocks conflict as two
+    /// processes' would.
+    fn two_opens() -> (tempfile::TempDir, LockFile, LockFile) {
+        let dir = tempfile::tempdir_in("/dev/shm").unwrap();
+        let path = dir.path().join("1.lock");
+        let open = || {
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)
+                .unwrap();
+            LockFile::new(OwnedFd::from(file), path.clone())
+        };
+        let (ours, theirs) = (open(), open());
+        (dir, ours, theirs)
+    }
+
+    /// The polling wait, used where no thread can wait in the kernel: it gives up at its
+    /// deadline, or at once when its waiter is gone, and takes the lock once it is free.
+    #[test]
+    fn a_polling_wait_stops_at_its_deadline_or_its_waiter_and_gets_a_free_lock() {
+        let (_dir, ours, theirs) = two_opens();
+        assert!(theirs.try_exclusive().unwrap());
+        let here = AtomicBool::new(false);
+        let soon = Instant::now() + Duration::from_millis(20);
+        assert!(!ours.exclusive(Some(soon), &here).unwrap());
+        assert!(Instant::now() >= soon);
+        assert!(
+            !ours
+                .first_shared(Some(soon), &AtomicBool::new(true))
+                .unwrap()
+        );
+
+        let ours = Arc::new(ours);
+        let gone = Arc::new(AtomicBool::new(false));
+        let waiter = {
+            let (ours, gone) = (ours.clone(), gone.clone());
+            std::thread::spawn(move || ours.exclusive(None, &gone).unwrap())
+        };
+        std::thread::sleep(Duration::from_millis(10));
+        gone.store(true, Ordering::Release);
+        assert!(!waiter.join().unwrap(), "a gone waiter stops waiting");
+
+        let waiter = {
+            let ours = ours.clone();
+            std::thread::spawn(move || ours.exclusive(None, &AtomicBool::new(false)).unwrap())
+        };
+        std::thread::sleep(Duration::from_millis(10));
+        theirs.unlock();
+        assert!(waiter.join().unwrap(), "the lock, once free, is taken");
+        assert!(!theirs.try_exclusive().unwrap());
+    }
+}
