@@ -2,6 +2,7 @@
 //! and at most one batch in memory.
 
 use std::ops::Range;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use futures::stream::{self, Stream, StreamExt};
@@ -120,20 +121,19 @@ pub(crate) fn entries<C>(
 where
     C: DeserializeOwned + Send + 'static,
 {
-    let dir = listing.hold.dir().path().to_owned();
     let start = RawEntries {
+        dir: listing.hold.dir().path().to_owned(),
         listing: Some(listing),
         bytes: Vec::new(),
         items: Vec::new().into_iter(),
     };
-    stream::unfold(start, move |mut raw| {
-        let dir = dir.clone();
+    stream::unfold(start, |mut raw| {
         async move {
             loop {
                 match raw.items.next() {
                     Some(Taken::Ready(item)) => return Some((item, raw)),
                     Some(Taken::Bytes(id, at)) => {
-                        let decoded = aid_dir::decode_entry(&dir, id, &raw.bytes[at]);
+                        let decoded = aid_dir::decode_entry(&raw.dir, id, &raw.bytes[at]);
                         return Some((decoded, raw));
                     }
                     None => {}
@@ -162,11 +162,9 @@ where
                 });
                 match hop.await {
                     Ok((listing, bytes, items)) => {
-                        raw = RawEntries {
-                            listing,
-                            bytes,
-                            items: items.into_iter(),
-                        };
+                        raw.listing = listing;
+                        raw.bytes = bytes;
+                        raw.items = items.into_iter();
                     }
                     Err(e) => return Some((Err(e), raw)),
                 }
@@ -180,6 +178,8 @@ where
 /// Where a stream of entries stands: the listing if there is more, and what is left of the
 /// batch read last.
 struct RawEntries<C> {
+    /// The aid directory, for the paths in errors.
+    dir: PathBuf,
     listing: Option<Listing>,
     bytes: Vec<u8>,
     items: std::vec::IntoIter<Taken<C>>,
