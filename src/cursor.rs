@@ -90,6 +90,10 @@ where
 
     /// Saves a new entry, atomically: no reader and no crash ever sees part of it.
     ///
+    /// The entry holds exactly `state`: loading it gives back a value equal to it. (The
+    /// process identity that guards against pid reuse is taken by [`State::new`], when the
+    /// caller builds the state.)
+    ///
     /// Fails with [`Error::AlreadyExists`] if the id has an entry already, which stays as it
     /// was. With [`Options::durable`](crate::Options::durable), the entry is on disk when
     /// this returns.
@@ -108,9 +112,6 @@ where
             .hold
             .run("save", move |hold| {
                 let dir = hold.dir();
-                // Identified here, in the blocking work, right before publishing.
-                let process = process
-                    .or_else(|| liveness::identify(dir.options().proc_dir(), pid, &dir.boot_id));
                 let mut bytes = Vec::with_capacity(config.len() + 128);
                 format::encode_record(id, pid, time, process.as_ref(), &config, &mut bytes)
                     .map_err(|reason| Error::Encode {

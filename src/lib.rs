@@ -27,8 +27,8 @@
 //! let store = AsyncStore::<Launch>::new(run_dir);
 //! let aid = Aid::new(12)?;
 //!
-//! // Start a child and record it under the aid's lock. `save` also records who the child
-//! // process is, so a later reuse of its pid is not taken for it.
+//! // Start a child and record it under the aid's lock. `State::new` also records who the
+//! // child process is (from /proc), so a later reuse of its pid is not taken for it.
 //! let command = vec!["sleep".to_string(), "0.2".to_string()];
 //! let mut child = tokio::process::Command::new(&command[0]).args(&command[1..]).spawn()?;
 //! let id = InstanceId::random();

@@ -7,8 +7,15 @@ use std::sync::OnceLock;
 
 use serde::{Deserialize, Serialize};
 
-/// Who a pid was when its entry was saved: enough to tell it from a later process that
+/// Who a pid was when its state was built: enough to tell it from a later process that
 /// reuses the pid.
+///
+/// ```
+/// use runstate::ProcessIdentity;
+///
+/// let me = ProcessIdentity::of(std::process::id()).expect("/proc shows this process");
+/// assert_eq!(ProcessIdentity::of(std::process::id()), Some(me));
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct ProcessIdentity {
@@ -16,6 +23,37 @@ pub struct ProcessIdentity {
     pub start_time: u64,
     /// The kernel's boot id (`/proc/sys/kernel/random/boot_id`), a UUID.
     pub boot_id: String,
+}
+
+/// The boot id of this machine, read from `/proc` once per process: it cannot change while
+/// the process runs.
+static BOOT_ID: OnceLock<String> = OnceLock::new();
+
+impl ProcessIdentity {
+    /// An identity from its parts, for states read from elsewhere and for tests.
+    pub fn new(start_time: u64, boot_id: impl Into<String>) -> ProcessIdentity {
+        ProcessIdentity {
+            start_time,
+            boot_id: boot_id.into(),
+        }
+    }
+
+    /// The identity of `pid` now, from `/proc`; `None` if `/proc` does not show it. A zombie
+    /// (exited, not yet reaped) has one too, so that its entry reads as dead.
+    pub fn of(pid: u32) -> Option<ProcessIdentity> {
+        identify(Path::new("/proc"), pid, &BOOT_ID)
+    }
+
+    /// The identity of `pid` as the proc file system mounted at `proc_root` shows it: for
+    /// another pid namespace's `/proc`, or a fake one in tests (see
+    /// [`Options::proc_root`](crate::Options::proc_root)).
+    pub fn read(proc_root: impl AsRef<Path>, pid: u32) -> Option<ProcessIdentity> {
+        let proc_root = proc_root.as_ref();
+        if proc_root == Path::new("/proc") {
+            return ProcessIdentity::of(pid);
+        }
+        identify(proc_root, pid, &OnceLock::new())
+    }
 }
 
 /// Whether an entry's process is still running.

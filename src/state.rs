@@ -7,7 +7,10 @@ use crate::{InstanceId, ProcessIdentity};
 /// What the store keeps about one running instance.
 ///
 /// The struct is `#[non_exhaustive]` so later versions can record more: build it with
-/// [`State::new`] and read its public fields.
+/// [`State::new`] (or [`State::unidentified`]) and read its public fields.
+///
+/// What is saved is loaded back equal (`==`), field for field: `save` stores the state it is
+/// given and nothing else.
 ///
 /// ```
 /// use runstate::{InstanceId, State};
@@ -15,6 +18,8 @@ use crate::{InstanceId, ProcessIdentity};
 /// let state = State::new(InstanceId::random(), std::process::id(), vec!["sleep", "10"]);
 /// assert_eq!(state.pid, std::process::id());
 /// assert!(state.time <= std::time::SystemTime::now());
+/// // This process is running, so its identity was taken.
+/// assert!(state.process.is_some());
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -25,18 +30,38 @@ pub struct State<C> {
     pub pid: u32,
     /// When the instance started; stored to the nanosecond.
     pub time: SystemTime,
-    /// Who `pid` was when the entry was saved, so a reused pid is not taken for it.
-    ///
-    /// [`Cursor::save`](crate::Cursor::save) fills it in from `/proc` when it is `None`, so
-    /// a loaded entry has it unless `/proc` did not show the pid at save time.
+    /// Who `pid` was when the state was built, so a later process that reuses the pid is not
+    /// taken for it; `None` when it was not known (see [`State::new`]).
     pub process: Option<ProcessIdentity>,
     /// The application's configuration, stored as a MessagePack map.
     pub config: C,
 }
 
 impl<C> State<C> {
-    /// A state whose start time is now.
+    /// A state whose start time is now, with the identity of `pid` read from `/proc` now.
+    ///
+    /// The identity is taken here, where the caller has just started the child and knows
+    /// that `pid` is its own, rather than at `save`: a child that exits and whose pid is
+    /// reused in between would otherwise be recorded as the newcomer. Reading it costs a
+    /// read of `/proc/<pid>/stat` (procfs, not a disk; the boot id is read once per
+    /// process). Where `/proc` does not show the pid, `process` is `None`, and the entry's
+    /// liveness is then [`Unknown`](crate::Liveness::Unknown): it is never pruned.
     pub fn new(id: InstanceId, pid: u32, config: C) -> State<C> {
+        State::unidentified(id, pid, config).with_process(ProcessIdentity::of(pid))
+    }
+
+    /// A state whose start time is now and whose process identity is not recorded: no
+    /// `/proc` read. Its liveness is always [`Unknown`](crate::Liveness::Unknown), so
+    /// `prune_dead` never removes it; for pids that `/proc` cannot show (another pid
+    /// namespace) or for tests.
+    ///
+    /// ```
+    /// use runstate::{InstanceId, State};
+    ///
+    /// let state = State::unidentified(InstanceId::random(), 4242, ());
+    /// assert_eq!(state.process, None);
+    /// ```
+    pub fn unidentified(id: InstanceId, pid: u32, config: C) -> State<C> {
         State {
             id,
             pid,
@@ -49,6 +74,21 @@ impl<C> State<C> {
     /// The same state with another start time.
     pub fn with_time(mut self, time: SystemTime) -> State<C> {
         self.time = time;
+        self
+    }
+
+    /// The same state with another process identity: one read elsewhere (another `/proc`,
+    /// with [`ProcessIdentity::read`]), kept from an earlier record, or `None`.
+    ///
+    /// ```
+    /// use runstate::{InstanceId, ProcessIdentity, State};
+    ///
+    /// let who = ProcessIdentity::new(4_200, "0b7e51c4-6a3f-4c1e-9d2a-3f1e5c7d9a01");
+    /// let state = State::unidentified(InstanceId::random(), 77, ()).with_process(Some(who.clone()));
+    /// assert_eq!(state.process, Some(who));
+    /// ```
+    pub fn with_process(mut self, process: Option<ProcessIdentity>) -> State<C> {
+        self.process = process;
         self
     }
 }

@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 use crate::batch::{self, Listing};
 use crate::hold::{Locks, Mode, Wait};
 use crate::{
-    Aid, Cursor, Error, Liveness, Options, ReadCursor, State, aid_dir, blocking, liveness,
+    Aid, Cursor, Error, InstanceId, Liveness, Options, ReadCursor, State, aid_dir, blocking, liveness,
 };
 
 /// A store of running instances under one run directory, shared by every task and process
@@ -107,6 +107,33 @@ where
     /// `f` returns `Result<T, E>` for any `E: From<Error>`, so store errors and the caller's
     /// own errors travel in one type, as with sqlx's `transaction`. (For other errors, such
     /// as `std::io::Error`, use an enum of your own with a `From` for each.)
+    ///
+    /// # Several `?` in one closure
+    ///
+    /// A closure that uses `?` and ends in `Ok(..)` leaves `E` open, and the compiler asks
+    /// for it (`E0283: type annotations needed ... cannot satisfy _: From<runstate::Error>`).
+    /// Name it in the last expression, `Ok::<_, Error>(value)`, or on the result:
+    ///
+    /// ```
+    /// # use runstate::{Aid, AsyncStore, Error, InstanceId, State};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Error> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let store = AsyncStore::<u32>::new(dir.path());
+    /// # let id = InstanceId::random();
+    /// let last = store
+    ///     .with_aid(Aid::new(0)?, async |cursor| {
+    ///         cursor.destroy(id).await?;
+    ///         Ok::<_, Error>(cursor.is_empty().await?)
+    ///     })
+    ///     .await?;
+    /// // Or: let last: Result<bool, Error> = store.with_aid(...).await;
+    /// # assert!(last);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// For one operation, [`save`](AsyncStore::save), [`load`](AsyncStore::load) and
+    /// [`destroy`](AsyncStore::destroy) need no closure at all.
     ///
     /// # Deadlocks
     ///
@@ -254,6 +281,43 @@ where
         self.shared(aid, deadline(limit), f).await
     }
 
+    /// Saves `state` as a new entry of `aid`, holding the aid's lock for this one operation:
+    /// [`with_aid`](AsyncStore::with_aid) with [`Cursor::save`] inside, with the same
+    /// results.
+    ///
+    /// ```
+    /// # use runstate::{Aid, AsyncStore, Error, InstanceId, State};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Error> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let store = AsyncStore::<String>::new(dir.path());
+    /// let aid = Aid::new(3)?;
+    /// let state = State::new(InstanceId::random(), std::process::id(), "web".to_string());
+    /// store.save(aid, &state).await?;
+    /// assert_eq!(store.load(aid, state.id).await?, Some(state.clone()));
+    /// assert!(store.destroy(aid, state.id).await?);
+    /// assert_eq!(store.load(aid, state.id).await?, None);
+    /// # Ok(()) }
+    /// ```
+    pub async fn save(&self, aid: Aid, state: &State<C>) -> Result<(), Error> {
+        self.with_aid(aid, async |cursor| cursor.save(state).await)
+            .await
+    }
+
+    /// Reads the entry of `id` in `aid`, or `None` if there is none, holding the aid's lock
+    /// shared for this one operation; see [`ReadCursor::load`].
+    pub async fn load(&self, aid: Aid, id: InstanceId) -> Result<Option<State<C>>, Error> {
+        self.with_aid_shared(aid, async |cursor| cursor.load(id).await)
+            .await
+    }
+
+    /// Removes the entry of `id` in `aid`, holding the aid's lock for this one operation;
+    /// returns whether it existed. See [`Cursor::destroy`].
+    pub async fn destroy(&self, aid: Aid, id: InstanceId) -> Result<bool, Error> {
+        self.with_aid(aid, async |cursor| cursor.destroy(id).await)
+            .await
+    }
+
     async fn exclusive<T, E>(
         &self,
         aid: Aid,
@@ -361,9 +425,8 @@ where
     /// exists with the recorded start time in the same boot. Reads `/proc` off the runtime's
     /// workers; anything it cannot read makes the answer [`Liveness::Unknown`].
     ///
-    /// Ask about a state as it was loaded: `save` records the process identity in the entry
-    /// it writes, not in the caller's `State`, whose `process` stays `None` and whose
-    /// liveness is therefore always `Unknown`.
+    /// The answer rests on `state.process`, the identity [`State::new`] took when the state
+    /// was built; a state without one ([`State::unidentified`]) is always `Unknown`.
     ///
     /// ```
     /// # use runstate::{Aid, AsyncStore, Error, InstanceId, Liveness, State};
@@ -372,15 +435,12 @@ where
     /// # let dir = tempfile::tempdir().unwrap();
     /// let store = AsyncStore::<()>::new(dir.path());
     /// let mine = State::new(InstanceId::random(), std::process::id(), ());
-    /// let loaded = store
-    ///     .with_aid(Aid::new(1)?, async |c| {
-    ///         c.save(&mine).await?;
-    ///         c.load(mine.id).await
-    ///     })
-    ///     .await?
-    ///     .expect("just saved");
+    /// store.save(Aid::new(1)?, &mine).await?;
+    /// let loaded = store.load(Aid::new(1)?, mine.id).await?.expect("just saved");
+    /// assert_eq!(loaded, mine);
     /// assert_eq!(store.liveness(&loaded).await, Liveness::Alive);
-    /// assert_eq!(store.liveness(&mine).await, Liveness::Unknown);
+    /// let unknown = State::unidentified(InstanceId::random(), std::process::id(), ());
+    /// assert_eq!(store.liveness(&unknown).await, Liveness::Unknown);
     /// # Ok(()) }
     /// ```
     pub async fn liveness(&self, state: &State<C>) -> Liveness {

@@ -5,7 +5,7 @@ use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
-use runstate::{Aid, AsyncStore, Error, InstanceId, Liveness, Options, State};
+use runstate::{Aid, AsyncStore, Error, InstanceId, Liveness, Options, ProcessIdentity, State};
 
 const BOOT: &str = "0b7e51c4-6a3f-4c1e-9d2a-3f1e5c7d9a01\n";
 
@@ -27,7 +27,12 @@ fn gone_pid() -> u32 {
     pid
 }
 
-/// Saves `state` and reads it back, as `save` recorded it (with its process identity).
+/// A state for `pid` whose identity is read from the fake `/proc` at `root`.
+fn fake_state(root: &Path, pid: u32) -> State<u8> {
+    State::unidentified(InstanceId::random(), pid, 0).with_process(ProcessIdentity::read(root, pid))
+}
+
+/// Saves `state` and reads it back.
 async fn save_and_load(store: &AsyncStore<u8>, aid: Aid, state: &State<u8>) -> State<u8> {
     store
         .with_aid(aid, async |c| {
@@ -116,7 +121,7 @@ async fn an_entry_whose_pid_proc_does_not_show_is_saved_without_identity() {
     let proc_root = fake_proc();
     let store =
         AsyncStore::<u8>::with_options(dir.path(), Options::new().proc_root(proc_root.path()));
-    let state = State::new(InstanceId::random(), 4242, 1);
+    let state = fake_state(proc_root.path(), 4242);
     let loaded = store
         .with_aid(Aid::new(0).unwrap(), async |c| {
             c.save(&state).await?;
@@ -150,7 +155,7 @@ async fn a_fake_proc_tells_reuse_reboot_and_unreadable_apart() {
     let mut saved = Vec::new();
     for &pid in &pids {
         fake_process(root, pid, "a) b (c", 5_000 + u64::from(pid));
-        let state = State::new(InstanceId::random(), pid, 0);
+        let state = fake_state(root, pid);
         let loaded = save_and_load(&store, aid, &state).await;
         let identity = loaded.process.clone().unwrap();
         assert_eq!(
@@ -223,7 +228,7 @@ async fn prune_leaves_corrupt_files_alone() {
     let aid = Aid::new(1).unwrap();
     let pid = gone_pid();
     fake_process(proc_root.path(), pid, "x", 70);
-    let state = State::new(InstanceId::random(), pid, 0);
+    let state = fake_state(proc_root.path(), pid);
     store
         .with_aid(aid, async |c| c.save(&state).await)
         .await
@@ -270,7 +275,7 @@ async fn a_pid_that_proc_hides_is_unknown_and_a_reaped_one_is_dead() {
     let mut saved = Vec::new();
     for pid in [me, gone] {
         fake_process(root, pid, "app", 4_000);
-        let state = State::new(InstanceId::random(), pid, 0);
+        let state = fake_state(root, pid);
         let loaded = save_and_load(&store, aid, &state).await;
         assert_eq!(store.liveness(&loaded).await, Liveness::Alive);
         fs::remove_dir_all(root.join(pid.to_string())).unwrap();
@@ -303,7 +308,7 @@ async fn a_pid_gone_from_a_watched_namespace_is_dead_whatever_ours_has() {
     let store = AsyncStore::<u8>::with_options(dir.path(), Options::new().proc_root(root));
     let me = std::process::id();
     fake_process(root, me, "app", 4_000);
-    let state = State::new(InstanceId::random(), me, 0);
+    let state = fake_state(root, me);
     let loaded = save_and_load(&store, Aid::new(5).unwrap(), &state).await;
     assert_eq!(store.liveness(&loaded).await, Liveness::Alive);
     fs::remove_dir_all(root.join(me.to_string())).unwrap();
