@@ -11,7 +11,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use rustix::fs::{
@@ -31,12 +31,14 @@ use crate::{Aid, Error, InstanceId, Options, State, format};
 pub(crate) struct AidDir {
     path: PathBuf,
     dir: OwnedFd,
+    /// The lock file's name in the state directory, and the file it named when opened.
+    lock_name: String,
+    lock_id: (u64, u64),
+    state_dir: Arc<StateDir>,
     pub(crate) lock: LockFile,
     options: Options,
     /// The cheapest way of publishing that has worked here; see [`Publish`].
     publish: AtomicU8,
-    /// The boot id, read once for the process identities that saves record.
-    pub(crate) boot_id: OnceLock<String>,
 }
 
 /// Flags for every open of an existing file: never follow a link, never block on a fifo,
@@ -87,8 +89,9 @@ fn sync_parent(parent: BorrowedFd<'_>, path: &Path) -> Result<(), Error> {
 }
 
 /// Refuses a store object that another user owns or that others may write, as ssh refuses
-/// loose key permissions: whoever can write there can forge or delete entries.
-fn check_private(fd: &OwnedFd, path: &Path, want: FileType) -> Result<(), Error> {
+/// loose key permissions: whoever can write there can forge or delete entries. Returns what
+/// `fstat` said of it.
+fn check_private(fd: &OwnedFd, path: &Path, want: FileType) -> Result<rustix::fs::Stat, Error> {
     let st = fstat(fd).map_err(|e| Error::io("stat", path, e))?;
     let insecure = |reason: String| Error::Insecure {
         path: path.to_owned(),
@@ -110,39 +113,65 @@ fn check_private(fd: &OwnedFd, path: &Path, want: FileType) -> Result<(), Error>
             st.st_mode & 0o7777
         )));
     }
-    Ok(())
+    Ok(st)
 }
 
-/// Opens `<run_dir>/state`, making it and the run directory if needed.
-fn open_state_dir(run_dir: &Path, durable: bool) -> Result<OwnedFd, Error> {
-    if !run_dir.as_os_str().is_empty() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(DIR_MODE)
-            .create(run_dir)
-            .map_err(|e| Error::io("create directory", run_dir, e))?;
+/// The open `<run_dir>/state` directory: one per store, shared by its aids' directories.
+#[derive(Debug)]
+pub(crate) struct StateDir {
+    fd: OwnedFd,
+    path: PathBuf,
+}
+
+impl StateDir {
+    /// Opens `<run_dir>/state`, making it and the run directory if needed.
+    pub(crate) fn open(run_dir: &Path, durable: bool) -> Result<StateDir, Error> {
+        if !run_dir.as_os_str().is_empty() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(DIR_MODE)
+                .create(run_dir)
+                .map_err(|e| Error::io("create directory", run_dir, e))?;
+        }
+        let parent = if run_dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            run_dir
+        };
+        let run = openat(
+            CWD,
+            parent,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| Error::io("open directory", run_dir, e))?;
+        let path = run_dir.join(STATE_DIR);
+        let fd = open_private_dir(run.as_fd(), STATE_DIR, &path, durable)?;
+        Ok(StateDir { fd, path })
     }
-    let parent = if run_dir.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        run_dir
-    };
-    let run = openat(
-        CWD,
-        parent,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| Error::io("open directory", run_dir, e))?;
-    open_private_dir(run.as_fd(), STATE_DIR, &run_dir.join(STATE_DIR), durable)
+
+    /// Whether this is still the directory at its path: one removed (an admin's `rm -rf`, a
+    /// tmpfiles cleaner) and perhaps made again by another store must be opened again.
+    pub(crate) fn is_current(&self) -> bool {
+        let (Ok(ours), Ok(named)) = (
+            fstat(&self.fd),
+            statat(CWD, &self.path, AtFlags::SYMLINK_NOFOLLOW),
+        ) else {
+            return false;
+        };
+        ours.st_nlink > 0 && (ours.st_dev, ours.st_ino) == (named.st_dev, named.st_ino)
+    }
 }
 
 impl AidDir {
-    /// Opens (making as needed) the aid's directory and lock file.
-    pub(crate) fn open(run_dir: &Path, aid: Aid, options: &Options) -> Result<AidDir, Error> {
+    /// Opens (making as needed) the aid's directory and lock file in `state`.
+    pub(crate) fn open(
+        state_dir: Arc<StateDir>,
+        aid: Aid,
+        options: &Options,
+    ) -> Result<AidDir, Error> {
         let durable = options.durable;
-        let state = open_state_dir(run_dir, durable)?;
-        let state_path = run_dir.join(STATE_DIR);
+        let (state, state_path) = (&state_dir.fd, &state_dir.path);
 
         // The lock file first: if it is refused, no aid directory is left behind to be listed.
         let lock_name = layout::lock_name(aid);
@@ -186,7 +215,7 @@ impl AidDir {
                 Err(e) => return Err(refused(e)),
             }
         };
-        check_private(&lock_fd, &lock_path, FileType::RegularFile)?;
+        let lock_st = check_private(&lock_fd, &lock_path, FileType::RegularFile)?;
 
         let name = aid.to_string();
         let path = state_path.join(&name);
@@ -195,11 +224,34 @@ impl AidDir {
         Ok(AidDir {
             path,
             dir,
+            lock_name,
+            lock_id: (lock_st.st_dev, lock_st.st_ino),
+            state_dir,
             lock: LockFile::new(lock_fd, lock_path),
             options: options.clone(),
             publish: AtomicU8::new(Publish::EmptyPath as u8),
-            boot_id: OnceLock::new(),
         })
+    }
+
+    /// Whether the lock file and the directory opened are still the ones at their paths.
+    /// Locking a lock file that was removed would exclude nobody who opens the new one, so a
+    /// holder checks this once it has the lock, and opens them again if not.
+    pub(crate) fn is_current(&self) -> bool {
+        let Ok(named) = statat(
+            &self.state_dir.fd,
+            self.lock_name.as_str(),
+            AtFlags::SYMLINK_NOFOLLOW,
+        ) else {
+            return false;
+        };
+        // A removed directory has no links; entries published into it would be lost.
+        (named.st_dev, named.st_ino) == self.lock_id
+            && fstat(&self.dir).is_ok_and(|st| st.st_nlink > 0)
+    }
+
+    /// The lock file's path, for messages.
+    pub(crate) fn lock_path(&self) -> PathBuf {
+        self.state_dir.path.join(&self.lock_name)
     }
 
     /// The store's options.
@@ -797,6 +849,11 @@ pub(crate) fn list_aids(run_dir: &Path) -> Result<Vec<Aid>, Error> {
 mod tests {
     use super::*;
 
+    fn open(run: &Path, aid: u16, options: &Options) -> AidDir {
+        let state = Arc::new(StateDir::open(run, options.durable).unwrap());
+        AidDir::open(state, Aid::new(aid).unwrap(), options).unwrap()
+    }
+
     fn names(dir: &Path) -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(dir)
             .unwrap()
@@ -810,7 +867,7 @@ mod tests {
     fn every_way_of_publishing_refuses_to_overwrite_and_leaves_no_temporary_file() {
         for way in [Publish::EmptyPath, Publish::ProcLink, Publish::NamedTemp] {
             let run = tempfile::tempdir_in("/dev/shm").unwrap();
-            let dir = AidDir::open(run.path(), Aid::new(1).unwrap(), &Options::new()).unwrap();
+            let dir = open(run.path(), 1, &Options::new());
             dir.publish.store(way as u8, Ordering::Relaxed);
             let state = State::new(InstanceId::random(), 1, 5u8);
             let mut bytes = Vec::new();
@@ -848,7 +905,7 @@ mod tests {
     #[test]
     fn a_fallback_save_clears_up_after_a_killed_one() {
         let run = tempfile::tempdir_in("/dev/shm").unwrap();
-        let dir = AidDir::open(run.path(), Aid::new(3).unwrap(), &Options::new()).unwrap();
+        let dir = open(run.path(), 3, &Options::new());
         dir.publish
             .store(Publish::NamedTemp as u8, Ordering::Relaxed);
         // What a fallback save killed between creating and unlinking its file leaves.
@@ -867,7 +924,7 @@ mod tests {
     #[test]
     fn sweeping_removes_temporary_files_only() {
         let run = tempfile::tempdir_in("/dev/shm").unwrap();
-        let dir = AidDir::open(run.path(), Aid::new(2).unwrap(), &Options::new()).unwrap();
+        let dir = open(run.path(), 2, &Options::new());
         let keep = InstanceId::random().to_string();
         let hex = InstanceId::random().to_string();
         let upper = format!(".tmp-{}", hex.to_uppercase());
@@ -901,14 +958,14 @@ mod tests {
         let state = run.join(STATE_DIR);
         let durable = Options::new().durable(true);
         synced();
-        AidDir::open(&run, Aid::new(1).unwrap(), &durable).unwrap();
+        open(&run, 1, &durable);
         // state/ in the run directory; the lock file and the aid's directory in state/.
         assert_eq!(synced(), [run.clone(), state.clone(), state.clone()]);
-        AidDir::open(&run, Aid::new(1).unwrap(), &durable).unwrap();
+        open(&run, 1, &durable);
         assert_eq!(synced(), Vec::<PathBuf>::new(), "nothing new was made");
-        AidDir::open(&run, Aid::new(2).unwrap(), &durable).unwrap();
+        open(&run, 2, &durable);
         assert_eq!(synced(), [state.clone(), state.clone()]);
-        AidDir::open(&run, Aid::new(3).unwrap(), &Options::new()).unwrap();
+        open(&run, 3, &Options::new());
         assert_eq!(synced(), Vec::<PathBuf>::new(), "not durable");
     }
 }

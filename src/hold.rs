@@ -12,17 +12,17 @@
 //! land after the lock has passed to someone else. A lock granted on the blocking pool after
 //! its waiter was dropped is dropped there at once, since the `Hold` is built on that thread.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{
-    OnceCell, OwnedMutexGuard, OwnedRwLockReadGuard, OwnedRwLockWriteGuard, RwLock, oneshot,
+    OwnedMutexGuard, OwnedRwLockReadGuard, OwnedRwLockWriteGuard, RwLock, oneshot,
 };
 
-use crate::aid_dir::AidDir;
+use crate::aid_dir::{AidDir, StateDir};
 use crate::flock_wait::Granted;
 use crate::lock::LockFile;
 use crate::{Aid, Error, Options, blocking};
@@ -50,7 +50,12 @@ struct Slot {
     turn: Arc<RwLock<()>>,
     /// Serialises the shared holder that takes the first `LOCK_SH` of this process.
     first_reader: Arc<tokio::sync::Mutex<()>>,
-    dir: OnceCell<Arc<AidDir>>,
+    /// The aid's open directory and lock file, while it is held or among the recently used
+    /// ([`Locks::keep_open`]); closed once it is neither, so that a store that touches every
+    /// aid keeps a bounded number of descriptors.
+    dir: tokio::sync::Mutex<Option<Arc<AidDir>>>,
+    /// Used since the cache last looked: spares the directory from one eviction round.
+    used: AtomicBool,
     /// Set once an exclusive holder has removed temporary files a killed process left.
     swept: AtomicBool,
 }
@@ -73,16 +78,40 @@ struct Claim {
 impl Claim {
     /// The claim now owns the flock too.
     fn granted(self) -> Hold {
+        let flock = Flock {
+            dir: self.dir.clone(),
+            shared: matches!(self.turn, Turn::Shared(_)),
+        };
         Hold {
+            flock,
             claim: self,
             ops: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
 }
 
-/// An aid held: turn and flock. Dropping it releases the flock, then the turn.
+/// The flock of a hold; dropping it lets go of the lock (the last shared holder of the
+/// process drops the shared one).
+#[derive(Debug)]
+struct Flock {
+    dir: Arc<AidDir>,
+    shared: bool,
+}
+
+impl Drop for Flock {
+    fn drop(&mut self) {
+        match self.shared {
+            false => self.dir.lock.unlock(),
+            true => self.dir.lock.leave_shared(),
+        }
+    }
+}
+
+/// An aid held: turn and flock. Dropping it releases the flock, then the turn (fields drop
+/// in order).
 #[derive(Debug)]
 pub(crate) struct Hold {
+    flock: Flock,
     claim: Claim,
     /// Orders the holder's operations. An operation whose future was dropped may still be
     /// running on the blocking pool; the next one must wait for it, or a dropped save could
@@ -117,21 +146,16 @@ impl Hold {
     }
 }
 
-impl Drop for Hold {
-    fn drop(&mut self) {
-        match self.claim.turn {
-            Turn::Exclusive(_) => self.claim.dir.lock.unlock(),
-            Turn::Shared(_) => self.claim.dir.lock.leave_shared(),
-        }
-    }
-}
-
 /// The per-store table of aids and the gate that `close` shuts.
 #[derive(Debug)]
 pub(crate) struct Locks {
     pub(crate) run_dir: PathBuf,
     pub(crate) options: Options,
     slots: Mutex<HashMap<Aid, Arc<Slot>>>,
+    /// The open `state` directory, once an aid has been opened.
+    state_dir: Mutex<Option<Arc<StateDir>>>,
+    /// The aids whose directory is open, oldest first (see [`Locks::keep_open`]).
+    open: Mutex<VecDeque<Aid>>,
     /// Every hold keeps a read guard; `close` takes the write side to wait for them all.
     gate: Arc<RwLock<()>>,
     closed: AtomicBool,
@@ -145,6 +169,15 @@ impl Drop for GoneOnDrop {
     fn drop(&mut self) {
         self.0.store(true, Ordering::Release);
     }
+}
+
+/// How many times a holder opens an aid's files again after finding them removed.
+const MAX_REOPENS: u32 = 8;
+
+/// Each critical section on these mutexes is a few plain assignments, so a poisoned one
+/// still holds consistent data.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Waits for `fut` as `wait` allows.
@@ -169,6 +202,8 @@ impl Locks {
             run_dir,
             options,
             slots: Mutex::new(HashMap::new()),
+            state_dir: Mutex::new(None),
+            open: Mutex::new(VecDeque::new()),
             gate: Arc::new(RwLock::new(())),
             closed: AtomicBool::new(false),
         }
@@ -188,10 +223,80 @@ impl Locks {
         Ok(open)
     }
 
+    /// The aid's open directory: the cached one, or opened now (and the state directory
+    /// with it if need be), leaving the least recently used beyond the cache's size closed.
+    async fn open_dir(&self, aid: Aid, slot: &Slot) -> Result<Arc<AidDir>, Error> {
+        slot.used.store(true, Ordering::Relaxed);
+        let mut cached = slot.dir.lock().await;
+        if let Some(dir) = &*cached {
+            return Ok(dir.clone());
+        }
+        let state = lock(&self.state_dir).clone();
+        let (run_dir, options) = (self.run_dir.clone(), self.options.clone());
+        let (state, dir) = blocking::run("open", move || {
+            let state = match state {
+                Some(state) => state,
+                None => Arc::new(StateDir::open(&run_dir, options.durable)?),
+            };
+            let dir = AidDir::open(state.clone(), aid, &options)?;
+            Ok((state, dir))
+        })
+        .await?;
+        let dir = Arc::new(dir);
+        lock(&self.state_dir).get_or_insert(state);
+        *cached = Some(dir.clone());
+        drop(cached);
+        self.keep_open(aid);
+        Ok(dir)
+    }
+
+    /// Drops the cached directory of an aid once found stale, and the state directory too if
+    /// it was the one removed.
+    async fn forget_dir(&self, slot: &Slot, stale: &Arc<AidDir>) {
+        let mut cached = slot.dir.lock().await;
+        if cached.as_ref().is_some_and(|dir| Arc::ptr_eq(dir, stale)) {
+            *cached = None;
+        }
+        let mut state = lock(&self.state_dir);
+        if state.as_ref().is_some_and(|s| !s.is_current()) {
+            *state = None;
+        }
+    }
+
+    /// Lists `aid` among those whose directory is open, and closes the directories of the
+    /// least recently used aids that nobody holds beyond the cache's size: a clock, so a hit
+    /// costs one relaxed store and no lock. Held aids keep theirs whatever the size.
+    fn keep_open(&self, aid: Aid) {
+        let mut open = lock(&self.open);
+        open.push_back(aid);
+        let mut closing = Vec::new();
+        let mut looked = 0;
+        while open.len() > self.options.open_aids && looked < 2 * open.len() {
+            looked += 1;
+            let Some(oldest) = open.pop_front() else { break };
+            let slot = self.slot(oldest);
+            let evicted = !slot.used.swap(false, Ordering::Relaxed)
+                && slot.dir.try_lock().is_ok_and(|mut dir| {
+                    // Only the cache has it: no holder, no operation in flight.
+                    match dir.take_if(|d| Arc::strong_count(d) == 1) {
+                        Some(d) => {
+                            closing.push(d);
+                            true
+                        }
+                        None => dir.is_none(),
+                    }
+                });
+            if !evicted {
+                open.push_back(oldest);
+            }
+        }
+        drop(open);
+        // Two close(2) calls each, outside the table's lock.
+        drop(closing);
+    }
+
     fn slot(&self, aid: Aid) -> Arc<Slot> {
-        // The table only ever gains entries; a poisoned mutex still holds a valid map.
-        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        slots.entry(aid).or_default().clone()
+        lock(&self.slots).entry(aid).or_default().clone()
     }
 
     /// Waits for the aid, in this process and then across processes.
@@ -218,27 +323,43 @@ impl Locks {
                 .await?,
             ),
         };
-        let dir = slot
-            .dir
-            .get_or_try_init(|| {
-                let (run_dir, options) = (self.run_dir.clone(), self.options.clone());
-                async move {
-                    blocking::run("open", move || AidDir::open(&run_dir, aid, &options))
-                        .await
-                        .map(Arc::new)
-                }
-            })
-            .await?
-            .clone();
-        let claim = Claim {
+        let mut claim = Claim {
             aid,
-            dir,
+            dir: self.open_dir(aid, &slot).await?,
             turn,
             _open: open,
         };
-        let hold = match mode {
-            Mode::Exclusive => Self::flock_exclusive(claim, wait).await?,
-            Mode::Shared => Self::flock_shared(claim, &slot, wait).await?,
+        // Revalidated under the lock: a lock file removed and made anew by another store
+        // would otherwise split exclusion between the two files. Bounded, in case a cleaner
+        // keeps removing the directory.
+        let mut reopened = 0;
+        let hold = loop {
+            let hold = match mode {
+                Mode::Exclusive => Self::flock_exclusive(claim, wait).await?,
+                Mode::Shared => Self::flock_shared(claim, &slot, wait).await?,
+            };
+            if hold.claim.dir.is_current() {
+                break hold;
+            }
+            let Hold { flock, claim: stale, .. } = hold;
+            drop(flock);
+            reopened += 1;
+            if reopened > MAX_REOPENS {
+                return Err(Error::io(
+                    "lock",
+                    stale.dir.lock_path(),
+                    std::io::Error::other("the lock file keeps being removed"),
+                ));
+            }
+            tracing::warn!(
+                path = %stale.dir.path().display(),
+                "the aid's lock file or directory was removed while open; opening them again"
+            );
+            self.forget_dir(&slot, &stale.dir).await;
+            claim = Claim {
+                dir: self.open_dir(aid, &slot).await?,
+                ..stale
+            };
         };
         let hold = Arc::new(hold);
         if mode == Mode::Exclusive && !slot.swept.load(Ordering::Acquire) {
@@ -359,8 +480,9 @@ impl Locks {
     pub(crate) async fn close(&self) {
         self.closed.store(true, Ordering::Release);
         let _all = self.gate.write().await;
-        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        slots.clear();
+        lock(&self.slots).clear();
+        lock(&self.open).clear();
+        *lock(&self.state_dir) = None;
     }
 
     pub(crate) fn is_closed(&self) -> bool {

@@ -17,11 +17,15 @@ pub struct Options {
     pub(crate) durable: bool,
     pub(crate) max_entry_size: u64,
     pub(crate) proc_root: PathBuf,
+    pub(crate) open_aids: usize,
 }
 
 impl Options {
     /// The default size cap of one entry file: 1 MiB.
     pub const DEFAULT_MAX_ENTRY_SIZE: u64 = 1 << 20;
+
+    /// The default number of aids nobody holds that keep their files open: 64.
+    pub const DEFAULT_OPEN_AIDS: usize = 64;
 
     /// The defaults: not durable, 1 MiB entry cap, liveness read from `/proc`.
     pub fn new() -> Options {
@@ -29,6 +33,7 @@ impl Options {
             durable: false,
             max_entry_size: Self::DEFAULT_MAX_ENTRY_SIZE,
             proc_root: PathBuf::from("/proc"),
+            open_aids: Self::DEFAULT_OPEN_AIDS,
         }
     }
 
@@ -55,6 +60,28 @@ impl Options {
     pub fn proc_root(mut self, dir: impl Into<PathBuf>) -> Options {
         self.proc_root = dir.into();
         self
+    }
+
+    /// How many aids that nobody holds keep their directory and lock file open (two
+    /// descriptors each), most recently used first; default [`DEFAULT_OPEN_AIDS`](Options::DEFAULT_OPEN_AIDS).
+    /// Held aids keep theirs whatever this says, so a store's descriptors are bounded by this
+    /// plus two per aid held at once, however many of the 10,000 aids it touches. A hold of
+    /// a hot aid reuses its files; one of an aid not among them opens them again (see
+    /// README's Performance section for what that costs). `0` keeps only held aids open.
+    ///
+    /// ```
+    /// use runstate::Options;
+    /// let options = Options::new().open_aids(16);
+    /// assert_eq!(options.open_aid_limit(), 16);
+    /// ```
+    pub fn open_aids(mut self, aids: usize) -> Options {
+        self.open_aids = aids;
+        self
+    }
+
+    /// How many unheld aids keep their files open; see [`Options::open_aids`].
+    pub fn open_aid_limit(&self) -> usize {
+        self.open_aids
     }
 
     /// Whether saves and destroys are fsynced.
