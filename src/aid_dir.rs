@@ -68,10 +68,9 @@ fn open_private_dir(
         Mode::empty(),
     )
     .map_err(|e| match e {
-        Errno::LOOP | Errno::NOTDIR => Error::Insecure {
-            path: path.to_owned(),
-            reason: "not a directory (a symlink or a file stands there)".into(),
-        },
+        Errno::LOOP | Errno::NOTDIR => {
+            Error::insecure(path, "not a directory (a symlink or a file stands there)")
+        }
         e => Error::io("open directory", path, e),
     })?;
     check_private(&fd, path, FileType::Directory)?;
@@ -93,10 +92,7 @@ fn sync_parent(parent: BorrowedFd<'_>, path: &Path) -> Result<(), Error> {
 /// `fstat` said of it.
 fn check_private(fd: &OwnedFd, path: &Path, want: FileType) -> Result<rustix::fs::Stat, Error> {
     let st = fstat(fd).map_err(|e| Error::io("stat", path, e))?;
-    let insecure = |reason: String| Error::Insecure {
-        path: path.to_owned(),
-        reason,
-    };
+    let insecure = |reason: String| Error::insecure(path, reason);
     if FileType::from_raw_mode(st.st_mode) != want {
         return Err(insecure(format!("expected a {want:?}")));
     }
@@ -177,15 +173,12 @@ impl AidDir {
         let lock_name = layout::lock_name(aid);
         let lock_path = state_path.join(&lock_name);
         let refused = |e| match e {
-            Errno::LOOP => Error::Insecure {
-                path: lock_path.clone(),
-                reason: "a symlink stands there".into(),
-            },
+            Errno::LOOP => Error::insecure(&lock_path, "a symlink stands there"),
             // O_RDWR on a directory, or any open of a socket.
-            Errno::ISDIR | Errno::NXIO => Error::Insecure {
-                path: lock_path.clone(),
-                reason: "not a regular file (a directory or a socket stands there)".into(),
-            },
+            Errno::ISDIR | Errno::NXIO => Error::insecure(
+                &lock_path,
+                "not a regular file (a directory or a socket stands there)",
+            ),
             e => Error::io("open lock file", &lock_path, e),
         };
         let flags = OFlags::RDWR | open_flags();
@@ -193,13 +186,13 @@ impl AidDir {
         // Opened first without O_CREAT, so that the one open that does create the file is
         // known, and only it pays for the fsync that durable mode needs.
         let lock_fd = loop {
-            match openat(&state, lock_name.as_str(), flags, mode) {
+            match openat(state, lock_name.as_str(), flags, mode) {
                 Ok(fd) => break fd,
                 Err(Errno::NOENT) => {}
                 Err(e) => return Err(refused(e)),
             }
             match openat(
-                &state,
+                state,
                 lock_name.as_str(),
                 flags | OFlags::CREATE | OFlags::EXCL,
                 mode,
@@ -244,9 +237,12 @@ impl AidDir {
         ) else {
             return false;
         };
-        // A removed directory has no links; entries published into it would be lost.
-        (named.st_dev, named.st_ino) == self.lock_id
-            && fstat(&self.dir).is_ok_and(|st| st.st_nlink > 0)
+        (named.st_dev, named.st_ino) == self.lock_id && self.is_linked()
+    }
+
+    /// Whether the directory is still linked: entries published into a removed one are lost.
+    fn is_linked(&self) -> bool {
+        fstat(&self.dir).is_ok_and(|st| st.st_nlink > 0)
     }
 
     /// The lock file's path, for messages.
@@ -341,6 +337,9 @@ impl AidDir {
             Err(Errno::EXIST) => Err(SaveError::Failed(Error::AlreadyExists {
                 path: self.entry_path(id),
             })),
+            // A directory removed under us says ENOENT too: that is a failure of this save,
+            // not a reason to give up the cheaper way for good.
+            Err(Errno::NOENT) if !self.is_linked() => Err(failed(Errno::NOENT.into())),
             // Not allowed, no /proc, or a file system that cannot link an unnamed file.
             Err(Errno::NOENT | Errno::XDEV | Errno::PERM | Errno::OPNOTSUPP | Errno::INVAL) => {
                 Err(SaveError::Unsupported)
@@ -599,7 +598,11 @@ impl AidDir {
                 && kind != FileType::Directory
             {
                 match unlinkat(&self.dir, name, AtFlags::empty()) {
-                    Ok(()) | Err(Errno::NOENT) => {}
+                    Ok(()) => tracing::info!(
+                        path = %self.path.join(name.to_string_lossy().as_ref()).display(),
+                        "removed a temporary file that a killed save left"
+                    ),
+                    Err(Errno::NOENT) => {}
                     // A directory (where d_type is not filled in) or an immutable file: not
                     // something a save left, and failing would fail every exclusive hold.
                     Err(Errno::ISDIR | Errno::PERM) => {}
@@ -701,6 +704,11 @@ enum SaveError {
     Failed(Error),
 }
 
+/// Whether `name` is `.` or `..`, which every directory lists.
+fn is_dot(name: &CStr) -> bool {
+    matches!(name.to_bytes(), b"." | b"..")
+}
+
 /// Bytes of directory entries fetched per `getdents64` call: about 500 entry names.
 const DIRENT_BUF: usize = 32 << 10;
 
@@ -772,9 +780,19 @@ impl Scan {
             self.ids.clear();
             self.next = 0;
             let ids = &mut self.ids;
-            match read_dirents(&self.fd, &mut self.buf, |name, _| {
-                ids.extend(layout::parse_entry_name(name))
-            }) {
+            match read_dirents(
+                &self.fd,
+                &mut self.buf,
+                |name, _| match layout::parse_entry_name(name) {
+                    Some(id) => ids.push(id),
+                    None if is_dot(name) => {}
+                    None => tracing::debug!(
+                        dir = %path.display(),
+                        name = %name.to_string_lossy(),
+                        "skipping a name that is not an entry's"
+                    ),
+                },
+            ) {
                 Ok(more) => self.more = more,
                 Err(e) => {
                     self.more = false;
@@ -815,10 +833,10 @@ pub(crate) fn list_aids(run_dir: &Path) -> Result<Vec<Aid>, Error> {
         Ok(fd) => fd,
         Err(Errno::NOENT) => return Ok(Vec::new()),
         Err(Errno::LOOP | Errno::NOTDIR) => {
-            return Err(Error::Insecure {
-                path: state_path,
-                reason: "not a directory (a symlink or a file stands there)".into(),
-            });
+            return Err(Error::insecure(
+                state_path,
+                "not a directory (a symlink or a file stands there)",
+            ));
         }
         Err(e) => return Err(Error::io("list", &state_path, e)),
     };
@@ -900,6 +918,24 @@ mod tests {
                 0o600
             );
         }
+    }
+
+    #[test]
+    fn a_save_into_a_removed_directory_fails_and_keeps_the_cheap_way() {
+        let run = tempfile::tempdir_in("/dev/shm").unwrap();
+        let dir = open(run.path(), 1, &Options::new());
+        std::fs::remove_dir_all(dir.path()).unwrap();
+        assert!(!dir.is_current());
+        let saved = dir.save(InstanceId::random(), b"entry");
+        assert!(
+            matches!(&saved, Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound),
+            "{saved:?}"
+        );
+        assert_eq!(
+            Publish::from_u8(dir.publish.load(Ordering::Relaxed)),
+            Publish::EmptyPath,
+            "a removed directory is not a reason to give up linkat"
+        );
     }
 
     #[test]
