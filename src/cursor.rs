@@ -236,6 +236,12 @@ where
                     }
                     let liveness = liveness::check(proc_root, state.pid, state.process.as_ref());
                     if liveness == Liveness::Dead && dir.destroy(state.id)? {
+                        tracing::info!(
+                            aid = %hold.aid(),
+                            id = %state.id,
+                            pid = state.pid,
+                            "pruned the entry of a dead process"
+                        );
                         dead.push(state);
                     }
                     Ok(())

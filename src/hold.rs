@@ -18,9 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{
-    OwnedMutexGuard, OwnedRwLockReadGuard, OwnedRwLockWriteGuard, RwLock, oneshot,
-};
+use tokio::sync::{OwnedMutexGuard, OwnedRwLockReadGuard, OwnedRwLockWriteGuard, RwLock, oneshot};
 
 use crate::aid_dir::{AidDir, StateDir};
 use crate::flock_wait::Granted;
@@ -171,6 +169,9 @@ impl Drop for GoneOnDrop {
     }
 }
 
+/// A wait for another process's lock longer than this is worth telling the operator of.
+const SLOW_LOCK: Duration = Duration::from_secs(1);
+
 /// How many times a holder opens an aid's files again after finding them removed.
 const MAX_REOPENS: u32 = 8;
 
@@ -273,7 +274,9 @@ impl Locks {
         let mut looked = 0;
         while open.len() > self.options.open_aids && looked < 2 * open.len() {
             looked += 1;
-            let Some(oldest) = open.pop_front() else { break };
+            let Some(oldest) = open.pop_front() else {
+                break;
+            };
             let slot = self.slot(oldest);
             let evicted = !slot.used.swap(false, Ordering::Relaxed)
                 && slot.dir.try_lock().is_ok_and(|mut dir| {
@@ -334,14 +337,23 @@ impl Locks {
         // keeps removing the directory.
         let mut reopened = 0;
         let hold = loop {
+            let asked = Instant::now();
             let hold = match mode {
                 Mode::Exclusive => Self::flock_exclusive(claim, wait).await?,
                 Mode::Shared => Self::flock_shared(claim, &slot, wait).await?,
             };
+            let waited = asked.elapsed();
+            if waited > SLOW_LOCK {
+                tracing::info!(%aid, ?mode, ?waited, "waited for another process's lock");
+            }
             if hold.claim.dir.is_current() {
                 break hold;
             }
-            let Hold { flock, claim: stale, .. } = hold;
+            let Hold {
+                flock,
+                claim: stale,
+                ..
+            } = hold;
             drop(flock);
             reopened += 1;
             if reopened > MAX_REOPENS {

@@ -14,7 +14,8 @@ use serde::de::DeserializeOwned;
 use crate::batch::{self, Listing};
 use crate::hold::{Locks, Mode, Wait};
 use crate::{
-    Aid, Cursor, Error, InstanceId, Liveness, Options, ReadCursor, State, aid_dir, blocking, liveness,
+    Aid, Cursor, Error, InstanceId, Liveness, Options, ReadCursor, State, aid_dir, blocking,
+    liveness,
 };
 
 /// A store of running instances under one run directory, shared by every task and process
