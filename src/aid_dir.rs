@@ -117,11 +117,19 @@ fn check_private(fd: &OwnedFd, path: &Path, want: FileType) -> Result<rustix::fs
 pub(crate) struct StateDir {
     fd: OwnedFd,
     path: PathBuf,
+    /// Whether short file work here may run in place (see `blocking.rs`): on tmpfs or
+    /// ramfs, not durable, and not sent to the pool by the options.
+    in_place: bool,
 }
+
+/// `f_type` of the file systems whose file work never waits on a device.
+const TMPFS_MAGIC: i64 = 0x0102_1994;
+const RAMFS_MAGIC: i64 = 0x8584_58f6;
 
 impl StateDir {
     /// Opens `<run_dir>/state`, making it and the run directory if needed.
-    pub(crate) fn open(run_dir: &Path, durable: bool) -> Result<StateDir, Error> {
+    pub(crate) fn open(run_dir: &Path, options: &Options) -> Result<StateDir, Error> {
+        let durable = options.durable;
         if !run_dir.as_os_str().is_empty() {
             std::fs::DirBuilder::new()
                 .recursive(true)
@@ -143,7 +151,17 @@ impl StateDir {
         .map_err(|e| Error::io("open directory", run_dir, e))?;
         let path = run_dir.join(STATE_DIR);
         let fd = open_private_dir(run.as_fd(), STATE_DIR, &path, durable)?;
-        Ok(StateDir { fd, path })
+        // f_type's width differs between targets.
+        #[allow(clippy::unnecessary_cast)]
+        let on_memory = rustix::fs::fstatfs(&fd)
+            .is_ok_and(|fs| matches!(fs.f_type as i64, TMPFS_MAGIC | RAMFS_MAGIC));
+        let in_place = on_memory && !durable && !options.on_pool;
+        Ok(StateDir { fd, path, in_place })
+    }
+
+    /// Whether short file work here runs in place rather than on the blocking pool.
+    pub(crate) fn in_place(&self) -> bool {
+        self.in_place
     }
 
     /// Whether this is still the directory at its path: one removed (an admin's `rm -rf`, a
@@ -243,6 +261,11 @@ impl AidDir {
     /// Whether the directory is still linked: entries published into a removed one are lost.
     fn is_linked(&self) -> bool {
         fstat(&self.dir).is_ok_and(|st| st.st_nlink > 0)
+    }
+
+    /// Whether short file work here runs in place rather than on the blocking pool.
+    pub(crate) fn in_place(&self) -> bool {
+        self.state_dir.in_place
     }
 
     /// The lock file's path, for messages.
@@ -409,6 +432,14 @@ impl AidDir {
         }
     }
 
+    /// Reads the bytes of the entry of `id` into `buf`, undecoded; `Ok(false)` if there is
+    /// none.
+    pub(crate) fn read_entry(&self, id: InstanceId, buf: &mut Vec<u8>) -> Result<bool, Error> {
+        let name = layout::entry_name(id);
+        buf.clear();
+        self.read_file(layout::as_cstr(&name), id, buf)
+    }
+
     /// Reads and decodes the entry of `id`, reusing `buf`.
     pub(crate) fn load<C: DeserializeOwned>(
         &self,
@@ -571,19 +602,6 @@ impl AidDir {
                 Err(e) => Some(Err(e)),
             };
         }
-    }
-
-    /// Reads every entry, in directory order, and hands each (or its error) to `each`,
-    /// stopping at the first error `each` returns.
-    pub(crate) fn read_all<C: DeserializeOwned>(
-        &self,
-        mut each: impl FnMut(Result<State<C>, Error>) -> Result<(), Error>,
-    ) -> Result<(), Error> {
-        let (mut scan, mut buf) = (self.scan()?, Vec::new());
-        while let Some(entry) = self.next_entry(&mut scan, &mut buf) {
-            each(entry)?;
-        }
-        Ok(())
     }
 
     /// Removes temporary files that a killed process left behind, and the lock file's mark
@@ -868,7 +886,7 @@ mod tests {
     use super::*;
 
     fn open(run: &Path, aid: u16, options: &Options) -> AidDir {
-        let state = Arc::new(StateDir::open(run, options.durable).unwrap());
+        let state = Arc::new(StateDir::open(run, options).unwrap());
         AidDir::open(state, Aid::new(aid).unwrap(), options).unwrap()
     }
 

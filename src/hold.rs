@@ -21,9 +21,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::{OwnedMutexGuard, OwnedRwLockReadGuard, OwnedRwLockWriteGuard, RwLock, oneshot};
 
 use crate::aid_dir::{AidDir, StateDir};
+use crate::blocking::{self, Step};
 use crate::flock_wait::Granted;
 use crate::lock::LockFile;
-use crate::{Aid, Error, Options, blocking};
+use crate::{Aid, Error, Options};
 
 /// Whether a holder excludes everyone or only exclusive holders.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -126,19 +127,30 @@ impl Hold {
         &self.claim.dir
     }
 
-    /// Runs `f`, one logical operation on the held aid, as blocking work
-    /// ([`blocking::run`]), after every earlier operation of this hold has finished. The
-    /// work keeps the hold alive, so the lock outlives a dropped future until it is done.
-    pub(crate) async fn run<T, F>(self: &Arc<Self>, op: &'static str, f: F) -> Result<T, Error>
+    /// Whether short work on this aid runs in place (see `blocking.rs`).
+    pub(crate) fn in_place(&self) -> bool {
+        self.claim.dir.in_place()
+    }
+
+    /// Runs `f`, one logical operation (or one step of a long one) on the held aid, after
+    /// every earlier operation of this hold has finished: in place when the store's files
+    /// allow it and the work is not `big`, on the blocking pool otherwise. The work keeps the
+    /// hold alive, so the lock outlives a dropped future until it is done.
+    pub(crate) async fn run<T, F>(
+        self: &Arc<Self>,
+        op: &'static str,
+        big: bool,
+        f: F,
+    ) -> Result<T, Error>
     where
         T: Send + 'static,
-        F: FnOnce(&Hold) -> Result<T, Error> + Send + 'static,
+        F: FnOnce(&Hold, Step) -> Result<T, Error> + Send + 'static,
     {
         let turn = self.ops.clone().lock_owned().await;
         let hold = self.clone();
-        blocking::run(op, move || {
+        blocking::run(op, !big && self.in_place(), move |step| {
             let _turn = turn;
-            f(&hold)
+            f(&hold, step)
         })
         .await
     }
@@ -233,11 +245,13 @@ impl Locks {
             return Ok(dir.clone());
         }
         let state = lock(&self.state_dir).clone();
+        // Until the state directory is open, its file system is unknown: the pool.
+        let here = state.as_ref().is_some_and(|s| s.in_place());
         let (run_dir, options) = (self.run_dir.clone(), self.options.clone());
-        let (state, dir) = blocking::run("open", move || {
+        let (state, dir) = blocking::run("open", here, move |_| {
             let state = match state {
                 Some(state) => state,
-                None => Arc::new(StateDir::open(&run_dir, options.durable)?),
+                None => Arc::new(StateDir::open(&run_dir, &options)?),
             };
             let dir = AidDir::open(state.clone(), aid, &options)?;
             Ok((state, dir))
@@ -376,7 +390,9 @@ impl Locks {
         let hold = Arc::new(hold);
         if mode == Mode::Exclusive && !slot.swept.load(Ordering::Acquire) {
             // The first exclusive holder in this store clears what a killed process left.
-            hold.run("sweep", |hold| hold.dir().sweep_temps()).await?;
+            // A whole listing of the directory, once per aid and store: on the pool.
+            hold.run("sweep", true, |hold, _| hold.dir().sweep_temps())
+                .await?;
             slot.swept.store(true, Ordering::Release);
         }
         Ok(hold)
