@@ -207,6 +207,16 @@ impl AidDir {
             match openat(state, lock_name.as_str(), flags, mode) {
                 Ok(fd) => break fd,
                 Err(Errno::NOENT) => {}
+                // A read-only file system: nobody can write entries there, so its readers
+                // need no writable lock file (flock works on a read-only descriptor), and
+                // its writers fail on their first write.
+                Err(Errno::ROFS) => {
+                    let read_only = OFlags::RDONLY | open_flags();
+                    match openat(state, lock_name.as_str(), read_only, mode) {
+                        Ok(fd) => break fd,
+                        Err(e) => return Err(refused(e)),
+                    }
+                }
                 Err(e) => return Err(refused(e)),
             }
             match openat(
@@ -634,7 +644,12 @@ impl AidDir {
         if let Some(e) = failed {
             return Err(e);
         }
-        self.lock.mark_temps(false)
+        // Cleared only where set: a read-only store's lock file cannot be written, and an
+        // unmarked one needs no write.
+        match self.lock.temps_marked()? {
+            true => self.lock.mark_temps(false),
+            false => Ok(()),
+        }
     }
 }
 
