@@ -618,38 +618,55 @@ impl AidDir {
     /// that there may be some. Call it holding the lock exclusively, so no save in progress
     /// loses its file.
     pub(crate) fn sweep_temps(&self) -> Result<(), Error> {
-        let fd = self.reopen()?;
+        let mut sweep = self.sweep()?;
+        while self.sweep_step(&mut sweep)? {}
+        Ok(())
+    }
+
+    /// Starts a sweep ([`AidDir::sweep_temps`]) to make in steps.
+    pub(crate) fn sweep(&self) -> Result<Sweep, Error> {
+        Ok(Sweep {
+            fd: self.reopen()?,
+            buf: vec![MaybeUninit::uninit(); DIRENT_BUF],
+        })
+    }
+
+    /// One step of a sweep: the temporary files among the next names of the directory, and
+    /// at the end the lock file's mark. Returns whether there is more.
+    pub(crate) fn sweep_step(&self, sweep: &mut Sweep) -> Result<bool, Error> {
         let mut failed = None;
-        for_each_dirent(&fd, &self.path, |name, kind| {
+        let more = read_dirents(&sweep.fd, &mut sweep.buf, |name, kind| {
             if failed.is_none()
                 && layout::is_temp_name(name.to_bytes())
                 && kind != FileType::Directory
             {
+                let path = || self.path.join(name.to_string_lossy().as_ref());
                 match unlinkat(&self.dir, name, AtFlags::empty()) {
                     Ok(()) => tracing::info!(
-                        path = %self.path.join(name.to_string_lossy().as_ref()).display(),
+                        path = %path().display(),
                         "removed a temporary file that a killed save left"
                     ),
                     Err(Errno::NOENT) => {}
                     // A directory (where d_type is not filled in) or an immutable file: not
                     // something a save left, and failing would fail every exclusive hold.
                     Err(Errno::ISDIR | Errno::PERM) => {}
-                    Err(e) => {
-                        let path = self.path.join(name.to_string_lossy().as_ref());
-                        failed = Some(Error::io("remove temporary file", path, e));
-                    }
+                    Err(e) => failed = Some(Error::io("remove temporary file", path(), e)),
                 }
             }
-        })?;
+        })
+        .map_err(|e| Error::io("list", &self.path, e))?;
         if let Some(e) = failed {
             return Err(e);
         }
+        if more {
+            return Ok(true);
+        }
         // Cleared only where set: a read-only store's lock file cannot be written, and an
         // unmarked one needs no write.
-        match self.lock.temps_marked()? {
-            true => self.lock.mark_temps(false),
-            false => Ok(()),
+        if self.lock.temps_marked()? {
+            self.lock.mark_temps(false)?;
         }
+        Ok(false)
     }
 }
 
@@ -776,6 +793,12 @@ fn for_each_dirent(
     let mut buf = vec![MaybeUninit::uninit(); DIRENT_BUF];
     while read_dirents(fd, &mut buf, &mut each).map_err(|e| Error::io("list", path, e))? {}
     Ok(())
+}
+
+/// A sweep of temporary files in progress ([`AidDir::sweep_step`]).
+pub(crate) struct Sweep {
+    fd: OwnedFd,
+    buf: Vec<MaybeUninit<u8>>,
 }
 
 /// A listing in progress of one aid directory's entry names: the ids of one `getdents64`

@@ -113,6 +113,36 @@ impl Batcher for Ids {
     }
 }
 
+/// Removes temporary files that a killed process left, one directory buffer a step; its
+/// items are only the error that ended it, if any.
+pub(crate) struct SweepSteps {
+    pub(crate) hold: Arc<Hold>,
+    pub(crate) sweep: Option<aid_dir::Sweep>,
+}
+
+impl Batcher for SweepSteps {
+    type Item = std::convert::Infallible;
+
+    fn hold(&self) -> &Arc<Hold> {
+        &self.hold
+    }
+
+    fn fill(&mut self, _: Step, out: &mut Vec<Result<Self::Item, Error>>) -> bool {
+        let dir = self.hold.dir();
+        let step = match self.sweep.take().map_or_else(|| dir.sweep(), Ok) {
+            Ok(sweep) => dir.sweep_step(self.sweep.insert(sweep)),
+            Err(e) => Err(e),
+        };
+        match step {
+            Ok(more) => more,
+            Err(e) => {
+                out.push(Err(e));
+                false
+            }
+        }
+    }
+}
+
 /// Removes the entries of dead processes, a step at a time; its items are the entries
 /// removed, or the error that ended the pass. Corrupt files are not entries of dead
 /// processes, and are left alone.

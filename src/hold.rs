@@ -21,6 +21,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::{OwnedMutexGuard, OwnedRwLockReadGuard, OwnedRwLockWriteGuard, RwLock, oneshot};
 
 use crate::aid_dir::{AidDir, StateDir};
+use futures::StreamExt;
+
+use crate::batch::{self, SweepSteps};
 use crate::blocking::{self, Step};
 use crate::flock_wait::Granted;
 use crate::lock::LockFile;
@@ -390,9 +393,14 @@ impl Locks {
         let hold = Arc::new(hold);
         if mode == Mode::Exclusive && !slot.swept.load(Ordering::Acquire) {
             // The first exclusive holder in this store clears what a killed process left.
-            // A whole listing of the directory, once per aid and store: on the pool.
-            hold.run("sweep", true, |hold, _| hold.dir().sweep_temps())
-                .await?;
+            // A whole listing of the directory, once per aid and store: in steps.
+            let sweep = SweepSteps {
+                hold: hold.clone(),
+                sweep: None,
+            };
+            if let Some(Err(e)) = batch::stream("sweep", sweep).next().await {
+                return Err(e);
+            }
             slot.swept.store(true, Ordering::Release);
         }
         Ok(hold)
