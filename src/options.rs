@@ -17,18 +17,25 @@ pub struct Options {
     pub(crate) durable: bool,
     pub(crate) max_entry_size: u64,
     pub(crate) proc_root: PathBuf,
+    pub(crate) use_pidfds: bool,
 }
 
 impl Options {
     /// The default size cap of one entry file: 1 MiB.
     pub const DEFAULT_MAX_ENTRY_SIZE: u64 = 1 << 20;
 
-    /// The defaults: not durable, 1 MiB entry cap, liveness read from `/proc`.
+    /// How often [`wait_exit`](crate::AsyncStore::wait_exit) looks at `/proc` where it
+    /// cannot use a pidfd: it learns of an exit at most this late.
+    pub const EXIT_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(40);
+
+    /// The defaults: not durable, 1 MiB entry cap, liveness read from `/proc`, exits awaited
+    /// with pidfds.
     pub fn new() -> Options {
         Options {
             durable: false,
             max_entry_size: Self::DEFAULT_MAX_ENTRY_SIZE,
             proc_root: PathBuf::from("/proc"),
+            use_pidfds: true,
         }
     }
 
@@ -57,6 +64,24 @@ impl Options {
         self
     }
 
+    /// With `false`, [`wait_exit`](crate::AsyncStore::wait_exit) never opens a pidfd and
+    /// looks at `/proc` every [`EXIT_POLL_INTERVAL`](Options::EXIT_POLL_INTERVAL) instead,
+    /// as it does anyway where pidfds are unavailable (kernels before 5.3, a seccomp filter
+    /// that refuses `pidfd_open`) or the store watches another pid namespace's `/proc`. On by
+    /// default; turning it off is for tests and benchmarks of that fallback.
+    ///
+    /// ```
+    /// use runstate::Options;
+    ///
+    /// let polling = Options::new().use_pidfds(false);
+    /// assert!(!polling.uses_pidfds());
+    /// assert!(Options::new().uses_pidfds());
+    /// ```
+    pub fn use_pidfds(mut self, on: bool) -> Options {
+        self.use_pidfds = on;
+        self
+    }
+
     /// Whether saves and destroys are fsynced.
     pub fn is_durable(&self) -> bool {
         self.durable
@@ -70,6 +95,12 @@ impl Options {
     /// The proc file system that liveness is read from.
     pub fn proc_dir(&self) -> &Path {
         &self.proc_root
+    }
+
+    /// Whether [`wait_exit`](crate::AsyncStore::wait_exit) may use pidfds; see
+    /// [`use_pidfds`](Options::use_pidfds).
+    pub fn uses_pidfds(&self) -> bool {
+        self.use_pidfds
     }
 }
 
