@@ -158,8 +158,7 @@ impl Watch {
         // pidfd is its own. Otherwise the pid was reused (or the process is a zombie).
         match &self.identity {
             Some(identity)
-                if liveness::check(&self.proc_root, self.pid, Some(identity))
-                    == Liveness::Dead =>
+                if liveness::check(&self.proc_root, self.pid, Some(identity)) == Liveness::Dead =>
             {
                 Ok(Opened::Gone)
             }
