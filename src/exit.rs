@@ -37,8 +37,9 @@ where
     /// the kernel makes the pidfd readable when the process exits, and tokio's reactor wakes
     /// the task. Each wait costs one file descriptor while it is pending, and no thread.
     ///
-    /// Where pidfds are unavailable (`pidfd_open` fails with `ENOSYS`, `EPERM` under a
-    /// seccomp filter, or `EINVAL`), where [`Options::use_pidfds`] is off, and where
+    /// Where pidfds are unavailable (`pidfd_open` fails with `ENOSYS` before Linux 5.3,
+    /// `EPERM` under a seccomp filter, or another error than running out of descriptors or
+    /// memory, as for a thread's id), where [`Options::use_pidfds`] is off, and where
     /// [`Options::proc_root`] is another pid namespace's `/proc` (whose pids are not this
     /// namespace's), it looks at `/proc` instead, once at once and then every
     /// [`Options::EXIT_POLL_INTERVAL`], and so learns of an exit at most that late. It then
@@ -55,8 +56,8 @@ where
     ///
     /// # Errors
     ///
-    /// [`Error::Io`] if the pidfd cannot be opened for another reason than the ones above
-    /// (`EMFILE`: out of file descriptors, say) or registered with the reactor.
+    /// [`Error::Io`] if the pidfd cannot be opened for want of file descriptors or memory
+    /// (`EMFILE`, `ENFILE`, `ENOMEM`), or cannot be registered with the reactor.
     ///
     /// # Panics
     ///
@@ -145,13 +146,17 @@ impl Watch {
         let fd = match rustix::process::pidfd_open(pid, PidfdFlags::empty()) {
             Ok(fd) => fd,
             Err(Errno::SRCH) => return Ok(Opened::Gone),
-            // ENOSYS: before Linux 5.3; EPERM: a seccomp filter; EINVAL: a thread's id
-            // before Linux 6.9, or a kernel that knows the call but not its use here.
-            Err(e @ (Errno::NOSYS | Errno::PERM | Errno::INVAL)) => {
+            // Out of descriptors or memory: the caller should know, not get a slower wait.
+            Err(e @ (Errno::MFILE | Errno::NFILE | Errno::NOMEM)) => {
+                return Err(Error::io("pidfd_open", self.path(), e));
+            }
+            // ENOSYS: before Linux 5.3; EPERM: a seccomp filter; EINVAL (before Linux 6.9)
+            // or ENOENT (since): a thread's id. /proc answers for all of these, and for
+            // whatever else a kernel may refuse.
+            Err(e) => {
                 tracing::debug!(pid = self.pid, error = %e, "pidfd_open refused; polling /proc");
                 return Ok(Opened::Unsupported);
             }
-            Err(e) => return Err(Error::io("pidfd_open", self.path(), e)),
         };
         // The pidfd is of whoever has the pid now. The recorded process started before this
         // call and, if /proc still shows its identity after it, held the pid all along: the

@@ -325,6 +325,77 @@ async fn hundreds_of_waits_at_once() {
     }
 }
 
+/// `pidfd_open` refuses a thread's id (`EINVAL`), as it refuses everything where pidfds are
+/// unavailable: the wait falls back to `/proc`, with no descriptor, and still ends when the
+/// thread does.
+async fn a_refused_pidfd_falls_back_to_polling() {
+    let dir = run_dir();
+    let store = AsyncStore::<AppConfig>::new(dir.path());
+    let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        // "<pid>/task/<tid>"
+        let link = std::fs::read_link("/proc/thread-self").unwrap();
+        let tid: u32 = link.file_name().unwrap().to_str().unwrap().parse().unwrap();
+        tid_tx.send(tid).unwrap();
+        let _ = stop_rx.recv();
+    });
+    let tid = tid_rx.recv().unwrap();
+    assert_ne!(tid, std::process::id());
+    let with_identity = recorded(&store, tid).await;
+    let mut by_pid = with_identity.clone();
+    by_pid.process = None;
+    let fds_before = fds();
+    let mut waits = pin!(futures::future::join(
+        store.wait_exit(&with_identity),
+        store.wait_exit(&by_pid)
+    ));
+    assert_pending("a thread", &mut waits).await;
+    assert_eq!(fds(), fds_before, "no pidfd for a thread");
+    drop(stop_tx);
+    thread.join().unwrap();
+    let (a, b) = no_deadlock("a thread", waits).await;
+    a.unwrap();
+    b.unwrap();
+}
+
+/// Out of file descriptors, a wait fails with an error naming `pidfd_open` and the process;
+/// it neither panics nor waits some other way unannounced.
+async fn out_of_descriptors_is_an_error() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let dir = run_dir();
+    let store = AsyncStore::<AppConfig>::new(dir.path());
+    let mut child = sleeper();
+    let state = recorded(&store, child.id()).await;
+    // The lowest free descriptor number: with the limit there, the next open fails.
+    let lowest_free = {
+        use std::os::fd::AsRawFd;
+        std::fs::File::open("/dev/null").unwrap().as_raw_fd()
+    };
+    let old = getrlimit(Resource::Nofile);
+    let mut low = old;
+    low.current = Some(lowest_free as u64);
+    setrlimit(Resource::Nofile, low).unwrap();
+    let result = store.wait_exit(&state).now_or_never();
+    setrlimit(Resource::Nofile, old).unwrap();
+    match result {
+        Some(Err(runstate::Error::Io { op, path, source })) => {
+            assert_eq!(op, "pidfd_open");
+            assert_eq!(
+                path,
+                std::path::Path::new("/proc").join(child.id().to_string())
+            );
+            assert_eq!(
+                source.raw_os_error(),
+                Some(rustix::io::Errno::MFILE.raw_os_error())
+            );
+        }
+        other => panic!("expected EMFILE from pidfd_open, got {other:?}"),
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
 /// With `Options::proc_root` at another pid namespace's `/proc` (a fake one here), pidfds
 /// would name our namespace's pids: the wait polls the `/proc` it is given instead, even with
 /// pidfds on, and ends when that `/proc` shows the process exited, its pid reused, or gone.
@@ -403,4 +474,6 @@ serial_both_runtimes!(
     a_dropped_wait_leaves_nothing_behind,
     hundreds_of_waits_at_once,
     a_foreign_proc_is_polled,
+    a_refused_pidfd_falls_back_to_polling,
+    out_of_descriptors_is_an_error,
 );
