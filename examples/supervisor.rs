@@ -6,6 +6,11 @@
 //! cargo run --example supervisor -- --run-dir DIR # the store under DIR
 //! ```
 //!
+//! Started on the run directory of a supervisor that was killed while its children ran, it
+//! adopts them: it awaits each one's exit with `AsyncStore::wait_exit` (they are not its
+//! children, so it cannot `wait` for them) and destroys its entry then, and it prunes the
+//! entries whose process is already gone.
+//!
 //! A real launcher would start sandboxed programs; `sleep` keeps the demo short.
 
 #[path = "shared/launch_config.rs"]
@@ -16,38 +21,45 @@ use std::error::Error;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::pin::pin;
+use std::process::ExitStatus;
 use std::time::{Duration, SystemTime};
 
 use futures::StreamExt;
+use futures::future::{FutureExt, LocalBoxFuture};
 use futures::stream::FuturesUnordered;
-use runstate::{Aid, AsyncStore, InstanceId, State};
+use runstate::{Aid, AsyncStore, InstanceId, Liveness, State};
 use tempfile::TempDir;
 use tokio::process::Command;
 
 use launch_config::{LaunchConfig, SandboxFlags};
 
 const USAGE: &str = "\
-usage: supervisor [--run-dir DIR]
+usage: supervisor [--run-dir DIR] [--sleep-ms MS,MS,...]
 
 Starts three short `sleep` processes, records each one in a runstate store while it
 runs, and removes its entry when it exits, printing a ps-style table at every step.
+In a store left by a supervisor that was killed, it first removes the entries whose
+process is gone and adopts the others: it awaits their exit and then removes them too.
 
 options:
-  --run-dir DIR  use the store under DIR (made if missing, left in place afterwards);
-                 by default a fresh temporary directory, under /dev/shm if it exists
-  -h, --help     print this help";
+  --run-dir DIR        use the store under DIR (made if missing, left in place
+                       afterwards); by default a fresh temporary directory, under
+                       /dev/shm if it exists
+  --sleep-ms MS,...    start one `sleep` per value, of that many milliseconds,
+                       instead of the default 3000,2000,1000
+  -h, --help           print this help";
 
 /// The store of this supervisor: one entry per running child, with its launch config.
 type Store = AsyncStore<LaunchConfig>;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn Error>> {
-    let run_dir = match parse_args(std::env::args_os().skip(1)) {
+    let (run_dir, sleep_ms) = match parse_args(std::env::args_os().skip(1)) {
         Ok(Args::Help) => {
             println!("{USAGE}");
             return Ok(());
         }
-        Ok(Args::Run { run_dir }) => run_dir,
+        Ok(Args::Run { run_dir, sleep_ms }) => (run_dir, sleep_ms),
         Err(message) => {
             eprintln!("supervisor: {message}\n\n{USAGE}");
             std::process::exit(2);
@@ -78,6 +90,14 @@ async fn main() -> Result<(), Box<dyn Error>> {
         );
     }
 
+    // Each instance's end, as a future; polled together, they finish in exit order. The
+    // futures borrow nothing, so each carries its own state.
+    let mut running = FuturesUnordered::new();
+
+    // The children of a killed supervisor outlive it: adopt them, awaiting each one's exit
+    // to destroy its entry then.
+    adopt(&store, &mut running).await?;
+
     // Two instances of app 10 and one of app 20, started longest first so that they exit in
     // the opposite order.
     let plan = [
@@ -100,13 +120,17 @@ async fn main() -> Result<(), Box<dyn Error>> {
         ),
         (10, 1, SandboxFlags::default()),
     ];
+    let durations: Vec<String> = match &sleep_ms {
+        Some(list) => list.iter().map(|&ms| seconds(ms)).collect(),
+        None => plan.iter().map(|(_, secs, _)| secs.to_string()).collect(),
+    };
 
-    // Each child's exit, as a future; polled together, they finish in exit order.
-    let mut running = FuturesUnordered::new();
-    for (aid, secs, flags) in plan {
+    for (n, secs) in durations.into_iter().enumerate() {
+        // More children than the plan has take its aids and flags again, in turn.
+        let (aid, _, flags) = plan[n % plan.len()];
         let aid = Aid::new(aid)?;
         let config = LaunchConfig {
-            command: vec!["sleep".into(), secs.to_string()],
+            command: vec!["sleep".into(), secs],
             env: BTreeMap::from([
                 ("LANG".into(), "C.UTF-8".into()),
                 ("DEMO_APP".into(), aid.to_string()),
@@ -134,16 +158,37 @@ async fn main() -> Result<(), Box<dyn Error>> {
             .with_aid(aid, async |cursor| cursor.save(&state).await)
             .await?;
 
-        running.push(async move {
-            let status = child.wait().await;
-            (aid, state, status)
-        });
+        running.push(
+            async move {
+                let status = child.wait().await;
+                (aid, state, Ended::Child(status))
+            }
+            .boxed_local(),
+        );
     }
 
     print_table(&store).await?;
 
-    while let Some((aid, state, status)) = running.next().await {
-        let status = status?;
+    while let Some((aid, state, ended)) = running.next().await {
+        let command = state.config.command.join(" ");
+        let age = uptime(state.time.elapsed().unwrap_or_default());
+        match ended {
+            Ended::Child(status) => {
+                let status = status?;
+                println!(
+                    "\n`{command}` (pid {}) exited after {age}: {status}",
+                    state.pid
+                );
+            }
+            Ended::Adopted(done) => {
+                done?;
+                // Not our child: its parent (or init) collects the exit status.
+                println!(
+                    "\nadopted `{command}` (pid {}) exited after {age}",
+                    state.pid
+                );
+            }
+        }
         // Forget the instance, and learn in the same locked step how many of its app remain.
         let (existed, left) = store
             .with_aid(aid, async |cursor| {
@@ -151,12 +196,6 @@ async fn main() -> Result<(), Box<dyn Error>> {
                 Ok::<_, runstate::Error>((existed, cursor.len().await?))
             })
             .await?;
-        let age = uptime(state.time.elapsed().unwrap_or_default());
-        let command = state.config.command.join(" ");
-        println!(
-            "\n`{command}` (pid {}) exited after {age}: {status}",
-            state.pid
-        );
         if existed {
             println!("entry destroyed; aid {aid} has {left} left");
         } else {
@@ -174,6 +213,51 @@ async fn main() -> Result<(), Box<dyn Error>> {
     // Optional (dropping the store closes its files too), but it waits for any work still in
     // flight and turns later use of the store or its clones into `Error::Closed`.
     store.close().await?;
+    Ok(())
+}
+
+/// How an instance ended: a child of ours, with its status, or one adopted from a killed
+/// supervisor, whose status only its parent can collect.
+enum Ended {
+    Child(std::io::Result<ExitStatus>),
+    Adopted(Result<(), runstate::Error>),
+}
+
+/// The instances still running, each as the future of its end.
+type Running = FuturesUnordered<LocalBoxFuture<'static, (Aid, State<LaunchConfig>, Ended)>>;
+
+/// Adopts the instances that an earlier supervisor left in the store (run after
+/// `prune_dead`, so those are the ones still running): each one's exit is awaited in
+/// `running`. Entries whose liveness cannot be told are left alone, as `prune_dead` leaves
+/// them.
+async fn adopt(store: &Store, running: &mut Running) -> Result<(), runstate::Error> {
+    let mut entries = pin!(store.entries());
+    while let Some(item) = entries.next().await {
+        let (aid, state) = match item {
+            Ok(entry) => entry,
+            Err(runstate::Error::Corrupt { path, kind }) => {
+                eprintln!("skipping {}: {kind}", path.display());
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let command = state.config.command.join(" ");
+        if store.liveness(&state).await == Liveness::Unknown {
+            println!(
+                "left alone: pid {} (aid {aid}), `{command}`, whose liveness is unknown",
+                state.pid
+            );
+            continue;
+        }
+        println!(
+            "adopted: pid {} (aid {aid}), `{command}`, started by an earlier supervisor; \
+             awaiting its exit",
+            state.pid
+        );
+        // A pidfd in the reactor: no thread per instance, and no polling.
+        let exit = store.wait_exit(&state);
+        running.push(async move { (aid, state, Ended::Adopted(exit.await)) }.boxed_local());
+    }
     Ok(())
 }
 
@@ -226,6 +310,16 @@ fn uptime(d: Duration) -> String {
     }
 }
 
+/// `ms` as seconds for sleep(1): `1`, `0.25`.
+fn seconds(ms: u64) -> String {
+    match ms % 1000 {
+        0 => (ms / 1000).to_string(),
+        frac => format!("{}.{frac:03}", ms / 1000)
+            .trim_end_matches('0')
+            .to_owned(),
+    }
+}
+
 /// A new, private (0700) directory on tmpfs if there is one, like the `/run` directory a real
 /// supervisor would use: the store's files never reach a disk.
 fn fresh_temp_dir() -> std::io::Result<TempDir> {
@@ -242,18 +336,30 @@ fn fresh_temp_dir() -> std::io::Result<TempDir> {
 
 enum Args {
     Help,
-    Run { run_dir: Option<PathBuf> },
+    Run {
+        run_dir: Option<PathBuf>,
+        sleep_ms: Option<Vec<u64>>,
+    },
 }
 
 /// Parses the command line by hand; an `Err` is a message for the user.
 fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Args, String> {
     let mut args = args.into_iter();
     let mut run_dir = None;
+    let mut sleep_ms = None;
     while let Some(arg) = args.next() {
         // Paths need not be UTF-8, so compare the flag and keep the value as an OsString.
         let value = match arg.to_str() {
             Some("-h" | "--help") => return Ok(Args::Help),
             Some("--run-dir") => args.next().ok_or("--run-dir needs a directory")?,
+            Some("--sleep-ms") => {
+                let list = args.next().ok_or("--sleep-ms needs a list")?;
+                let list = parse_durations(&list)?;
+                if sleep_ms.replace(list).is_some() {
+                    return Err("--sleep-ms given twice".into());
+                }
+                continue;
+            }
             Some(flag) => match flag.strip_prefix("--run-dir=") {
                 Some(dir) => dir.into(),
                 None => return Err(format!("unexpected argument {arg:?}")),
@@ -267,5 +373,15 @@ fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Args, String> 
             return Err("--run-dir given twice".into());
         }
     }
-    Ok(Args::Run { run_dir })
+    Ok(Args::Run { run_dir, sleep_ms })
+}
+
+/// `3000,1000,2000`: one child per value, in milliseconds.
+fn parse_durations(list: &std::ffi::OsStr) -> Result<Vec<u64>, String> {
+    let bad = || format!("--sleep-ms takes milliseconds such as 3000,1000, not {list:?}");
+    list.to_str()
+        .ok_or_else(bad)?
+        .split(',')
+        .map(|ms| ms.trim().parse().map_err(|_| bad()))
+        .collect()
 }

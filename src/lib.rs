@@ -96,6 +96,7 @@ mod batch;
 mod blocking;
 mod cursor;
 mod error;
+mod exit;
 mod flock_wait;
 mod format;
 mod hold;

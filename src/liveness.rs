@@ -223,8 +223,20 @@ pub(crate) fn check(proc_root: &Path, pid: u32, identity: Option<&ProcessIdentit
     }
 }
 
+/// Whether `pid` still runs, by its pid alone: for an entry without identity, whose pid
+/// cannot be told from a later process's. An exited process not yet reaped is dead.
+pub(crate) fn check_pid(proc_root: &Path, pid: u32) -> Liveness {
+    match start_time(proc_root, pid) {
+        Probe::Started(_) => Liveness::Alive,
+        Probe::Exited(_) => Liveness::Dead,
+        Probe::Gone if proc_is_ours(proc_root) => confirm_gone(pid),
+        Probe::Gone => Liveness::Dead,
+        Probe::Unreadable => Liveness::Unknown,
+    }
+}
+
 /// Whether `proc_root` shows this process's own pid namespace: its `self` is our pid.
-fn proc_is_ours(proc_root: &Path) -> bool {
+pub(crate) fn proc_is_ours(proc_root: &Path) -> bool {
     std::fs::read_link(proc_root.join("self"))
         .is_ok_and(|target| target.as_os_str() == std::process::id().to_string().as_str())
 }

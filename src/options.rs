@@ -19,6 +19,7 @@ pub struct Options {
     pub(crate) proc_root: PathBuf,
     pub(crate) open_aids: usize,
     pub(crate) on_pool: bool,
+    pub(crate) use_pidfds: bool,
 }
 
 impl Options {
@@ -28,7 +29,12 @@ impl Options {
     /// The default number of aids nobody holds that keep their files open: 64.
     pub const DEFAULT_OPEN_AIDS: usize = 64;
 
-    /// The defaults: not durable, 1 MiB entry cap, liveness read from `/proc`.
+    /// How often [`wait_exit`](crate::AsyncStore::wait_exit) looks at `/proc` where it
+    /// cannot use a pidfd: it learns of an exit at most this late.
+    pub const EXIT_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(40);
+
+    /// The defaults: not durable, 1 MiB entry cap, liveness read from `/proc`, 64 open aids,
+    /// short tmpfs work in place, exits awaited with pidfds.
     pub fn new() -> Options {
         Options {
             durable: false,
@@ -36,13 +42,15 @@ impl Options {
             proc_root: PathBuf::from("/proc"),
             open_aids: Self::DEFAULT_OPEN_AIDS,
             on_pool: false,
+            use_pidfds: true,
         }
     }
 
     /// With `true`, `save` fsyncs the entry file and its directory, and `destroy` the directory,
     /// before returning; the `state` directory, an aid's directory and its lock file, when the
-    /// store makes them, have their parent directory fsynced too. Off by default: the store normally lives on tmpfs under `/run`, where
-    /// fsync does nothing and entries do not outlive a reboot anyway.
+    /// store makes them, have their parent directory fsynced too. Off by default: the store
+    /// normally lives on tmpfs under `/run`, where fsync does nothing and entries do not
+    /// outlive a reboot anyway. A durable store does all its file work on the blocking pool.
     pub fn durable(mut self, on: bool) -> Options {
         self.durable = on;
         self
@@ -107,6 +115,24 @@ impl Options {
         self.on_pool
     }
 
+    /// With `false`, [`wait_exit`](crate::AsyncStore::wait_exit) never opens a pidfd and
+    /// looks at `/proc` every [`EXIT_POLL_INTERVAL`](Options::EXIT_POLL_INTERVAL) instead,
+    /// as it does anyway where pidfds are unavailable (kernels before 5.3, a seccomp filter
+    /// that refuses `pidfd_open`) or the store watches another pid namespace's `/proc`. On by
+    /// default; turning it off is for tests and benchmarks of that fallback.
+    ///
+    /// ```
+    /// use runstate::Options;
+    ///
+    /// let polling = Options::new().use_pidfds(false);
+    /// assert!(!polling.uses_pidfds());
+    /// assert!(Options::new().uses_pidfds());
+    /// ```
+    pub fn use_pidfds(mut self, on: bool) -> Options {
+        self.use_pidfds = on;
+        self
+    }
+
     /// Whether saves and destroys are fsynced.
     pub fn is_durable(&self) -> bool {
         self.durable
@@ -120,6 +146,12 @@ impl Options {
     /// The proc file system that liveness is read from.
     pub fn proc_dir(&self) -> &Path {
         &self.proc_root
+    }
+
+    /// Whether [`wait_exit`](crate::AsyncStore::wait_exit) may use pidfds; see
+    /// [`use_pidfds`](Options::use_pidfds).
+    pub fn uses_pidfds(&self) -> bool {
+        self.use_pidfds
     }
 }
 
