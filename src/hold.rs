@@ -25,7 +25,7 @@ use tokio::sync::{
 use crate::aid_dir::AidDir;
 use crate::flock_wait::Granted;
 use crate::lock::LockFile;
-use crate::{Aid, Error, Options, blocking};
+use crate::{Aid, Error, Options, blocking, fork_guard};
 
 /// Whether a holder excludes everyone or only exclusive holders.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -135,6 +135,8 @@ pub(crate) struct Locks {
     /// Every hold keeps a read guard; `close` takes the write side to wait for them all.
     gate: Arc<RwLock<()>>,
     closed: AtomicBool,
+    /// The process the store was made in: a forked child may not use it.
+    made_in: fork_guard::Epoch,
 }
 
 /// Raises its flag when dropped: tells blocking work that its waiter has gone.
@@ -171,11 +173,13 @@ impl Locks {
             slots: Mutex::new(HashMap::new()),
             gate: Arc::new(RwLock::new(())),
             closed: AtomicBool::new(false),
+            made_in: fork_guard::Epoch::now(),
         }
     }
 
     /// A read guard on the gate, or `Closed`.
     pub(crate) fn enter(&self) -> Result<OwnedRwLockReadGuard<()>, Error> {
+        self.made_in.check()?;
         let open = self
             .gate
             .clone()

@@ -99,6 +99,7 @@ mod blocking;
 mod cursor;
 mod error;
 mod flock_wait;
+mod fork_guard;
 mod format;
 mod hold;
 mod instance_id;
