@@ -94,14 +94,18 @@ extern "C" fn after_fork_in_child() {
     GENERATION.fetch_add(1, SeqCst);
     // The forks under way were the parent's, and this child's threads are gone.
     FORKS.fetch_and(!UNDER_WAY, SeqCst);
-    // An `O_PATH` descriptor can be neither read, written nor locked.
-    let inert = rustix::fs::open(c"/", OFlags::PATH | OFlags::CLOEXEC, Mode::empty()).ok();
+    // An `O_PATH` descriptor can be neither read, written nor locked; opened at the first
+    // listed descriptor, so that a process without any pays nothing.
+    let mut inert: Option<Option<OwnedFd>> = None;
     let mut chunk = TABLE.load(SeqCst);
     // SAFETY: published chunks are never freed or moved.
     while let Some(c) = unsafe { chunk.as_ref() } {
         for slot in &c.slots {
             let held = slot.swap(0, SeqCst);
             if held > 0 {
+                let inert = inert.get_or_insert_with(|| {
+                    rustix::fs::open(c"/", OFlags::PATH | OFlags::CLOEXEC, Mode::empty()).ok()
+                });
                 disarm(held - 1, inert.as_ref());
             }
         }
