@@ -436,7 +436,7 @@ fn in_forked_child(dir: &Path, aid: Aid, id: InstanceId, store: AsyncStore<u8>) 
         if !Error::Forked.to_string().contains("fork") {
             return 6;
         }
-        // Dropping the inherited store closes nothing of the child's own.
+        // Dropping the inherited store is harmless, and a new one works.
         drop(store);
         let fresh = AsyncStore::<u8>::new(dir);
         match fresh.try_with_aid(aid, async |c| c.load(id).await).await {
