@@ -22,6 +22,7 @@ use rustix::io::Errno;
 use serde::de::DeserializeOwned;
 
 use crate::error::CorruptKind;
+use crate::fork_guard::TrackedFd;
 use crate::layout::{self, DIR_MODE, FILE_MODE, STATE_DIR};
 use crate::lock::LockFile;
 use crate::{Aid, Error, InstanceId, Options, State, format};
@@ -90,7 +91,7 @@ fn sync_parent(parent: BorrowedFd<'_>, path: &Path) -> Result<(), Error> {
 /// Refuses a store object that another user owns or that others may write, as ssh refuses
 /// loose key permissions: whoever can write there can forge or delete entries. Returns what
 /// `fstat` said of it.
-fn check_private(fd: &OwnedFd, path: &Path, want: FileType) -> Result<rustix::fs::Stat, Error> {
+fn check_private(fd: impl AsFd, path: &Path, want: FileType) -> Result<rustix::fs::Stat, Error> {
     let st = fstat(fd).map_err(|e| Error::io("stat", path, e))?;
     let insecure = |reason: String| Error::insecure(path, reason);
     if FileType::from_raw_mode(st.st_mode) != want {
@@ -203,9 +204,9 @@ impl AidDir {
         let mode = Mode::from_raw_mode(FILE_MODE);
         // Opened first without O_CREAT, so that the one open that does create the file is
         // known, and only it pays for the fsync that durable mode needs.
-        let lock_fd = loop {
+        let open_lock = || loop {
             match openat(state, lock_name.as_str(), flags, mode) {
-                Ok(fd) => break fd,
+                Ok(fd) => break Ok(fd),
                 Err(Errno::NOENT) => {}
                 // A read-only file system: nobody can write entries there, so its readers
                 // need no writable lock file (flock works on a read-only descriptor), and
@@ -213,7 +214,7 @@ impl AidDir {
                 Err(Errno::ROFS) => {
                     let read_only = OFlags::RDONLY | open_flags();
                     match openat(state, lock_name.as_str(), read_only, mode) {
-                        Ok(fd) => break fd,
+                        Ok(fd) => break Ok(fd),
                         Err(e) => return Err(refused(e)),
                     }
                 }
@@ -229,13 +230,15 @@ impl AidDir {
                     if durable {
                         sync_parent(state.as_fd(), &lock_path)?;
                     }
-                    break fd;
+                    break Ok(fd);
                 }
                 // Made by another opener meanwhile: open theirs.
                 Err(Errno::EXIST) => {}
                 Err(e) => return Err(refused(e)),
             }
         };
+        // Tracked, so that no forked child keeps the lock (see fork_guard.rs).
+        let lock_fd = TrackedFd::open(open_lock, |e| Error::io("track lock file", &lock_path, e))?;
         let lock_st = check_private(&lock_fd, &lock_path, FileType::RegularFile)?;
 
         let name = aid.to_string();

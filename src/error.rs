@@ -106,6 +106,16 @@ pub enum Error {
     #[error("the store is closed")]
     Closed,
 
+    /// The store was made in another process and came into this one through `fork(2)`.
+    /// A forked child never keeps the store's lock descriptors (they are closed in the child
+    /// right after the fork, so that a child cannot keep its parent's locks), so the store
+    /// refuses to work there. Make a new store in the child.
+    #[error(
+        "the store was made in the parent of this forked process and cannot be used here: \
+         make a new store"
+    )]
+    Forked,
+
     /// A system call failed.
     #[error("{op} {path}: {source}")]
     Io {

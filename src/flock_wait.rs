@@ -18,22 +18,27 @@
 //! holds the lock for an instant before releasing it.
 
 use std::collections::HashMap;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use rustix::fs::{FlockOperation, Mode, OFlags, flock, fstat, open};
 use rustix::io::Errno;
 use tokio::sync::oneshot;
 
+use crate::fork_guard::TrackedFd;
+
 /// A descriptor that holds a flock, and releases it when dropped: with an explicit
-/// `LOCK_UN`, not only by closing, since a child forked meanwhile shares the open file
-/// description, and closing one descriptor of it would leave the lock held by the child.
+/// `LOCK_UN`, not only by closing, in case a process that does not run the fork handlers
+/// ([`crate::fork_guard`]) shares the open file description. In a forked child it does
+/// nothing: the descriptor is no longer the parent's.
 #[derive(Debug)]
-pub(crate) struct Locked(OwnedFd);
+pub(crate) struct Locked(TrackedFd);
 
 impl Drop for Locked {
     fn drop(&mut self) {
-        while let Err(Errno::INTR) = flock(&self.0, FlockOperation::Unlock) {}
+        if !self.0.inherited() {
+            while let Err(Errno::INTR) = flock(&self.0, FlockOperation::Unlock) {}
+        }
     }
 }
 
@@ -66,9 +71,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// may wait for one file at once, each with its own thread.) Never blocks. Fails if the file
 /// cannot be opened again (there is no `/proc`) or no thread can be started; the caller then
 /// waits another way.
-pub(crate) fn start(file: &OwnedFd, shared: bool) -> std::io::Result<oneshot::Receiver<Granted>> {
+pub(crate) fn start(file: impl AsFd, shared: bool) -> std::io::Result<oneshot::Receiver<Granted>> {
     let (tx, rx) = oneshot::channel();
-    let st = fstat(file)?;
+    let st = fstat(&file)?;
     let key = (st.st_dev, st.st_ino, shared);
     let mut waiting = lock(&WAITING);
     let table = waiting.get_or_insert_with(HashMap::new);
@@ -79,7 +84,7 @@ pub(crate) fn start(file: &OwnedFd, shared: bool) -> std::io::Result<oneshot::Re
             return Ok(rx);
         }
     }
-    let own = reopen(file)?;
+    let own = reopen(file.as_fd())?;
     let bell = Arc::new(Mutex::new(Bell { waiter: Some(tx) }));
     let ring = bell.clone();
     let op = match shared {
@@ -122,8 +127,12 @@ pub(crate) fn start(file: &OwnedFd, shared: bool) -> std::io::Result<oneshot::Re
 }
 
 /// A second open file description of the same file: through `/proc/self/fd`, so it is the
-/// very file the store has open, even if its name has been replaced since.
-fn reopen(file: &OwnedFd) -> std::io::Result<OwnedFd> {
-    let path = format!("/proc/self/fd/{}", file.as_raw_fd());
-    Ok(open(path, OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())?)
+/// very file the store has open, even if its name has been replaced since. Tracked, so that
+/// no forked child keeps the lock it will hold.
+fn reopen(file: impl AsFd) -> std::io::Result<TrackedFd> {
+    let path = format!("/proc/self/fd/{}", file.as_fd().as_raw_fd());
+    TrackedFd::open(
+        || Ok(open(&path, OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())?),
+        |e| e,
+    )
 }

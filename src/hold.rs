@@ -27,7 +27,7 @@ use crate::batch::{self, SweepSteps};
 use crate::blocking::{self, Step};
 use crate::flock_wait::Granted;
 use crate::lock::LockFile;
-use crate::{Aid, Error, Options};
+use crate::{Aid, Error, Options, fork_guard};
 
 /// Whether a holder excludes everyone or only exclusive holders.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -172,6 +172,8 @@ pub(crate) struct Locks {
     /// Every hold keeps a read guard; `close` takes the write side to wait for them all.
     gate: Arc<RwLock<()>>,
     closed: AtomicBool,
+    /// The process the store was made in: a forked child may not use it.
+    made_in: fork_guard::Epoch,
 }
 
 /// Raises its flag when dropped: tells blocking work that its waiter has gone.
@@ -222,11 +224,13 @@ impl Locks {
             open: Mutex::new(VecDeque::new()),
             gate: Arc::new(RwLock::new(())),
             closed: AtomicBool::new(false),
+            made_in: fork_guard::Epoch::now(),
         }
     }
 
     /// A read guard on the gate, or `Closed`.
     pub(crate) fn enter(&self) -> Result<OwnedRwLockReadGuard<()>, Error> {
+        self.made_in.check()?;
         let open = self
             .gate
             .clone()

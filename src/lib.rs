@@ -98,6 +98,7 @@ mod cursor;
 mod error;
 mod exit;
 mod flock_wait;
+mod fork_guard;
 mod format;
 mod hold;
 mod instance_id;

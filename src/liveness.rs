@@ -1,6 +1,12 @@
 //! Telling a live instance from a ghost: a pid alone is reused, so an entry also records its
 //! process's start time (field 22 of `/proc/<pid>/stat`) and the boot it started in
 //! (`/proc/sys/kernel/random/boot_id`), as runc and crun do.
+//!
+//! The kernel shifts the start times it shows by the reader's time namespace's boottime
+//! offset, so two supervisors in different time namespaces (`unshare --time`, a CRIU
+//! restore) read different numbers for one process. Start times are therefore recorded and
+//! compared in the host's clock: each reader undoes its own offset
+//! (`/proc/self/timens_offsets`).
 
 use std::path::Path;
 use std::sync::OnceLock;
@@ -19,7 +25,9 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct ProcessIdentity {
-    /// The process's start time, in clock ticks after boot (`/proc/<pid>/stat`, field 22).
+    /// The process's start time, in clock ticks after boot (`/proc/<pid>/stat`, field 22),
+    /// in the host's clock: as read outside any time namespace, whichever namespace the
+    /// saving process was in.
     pub start_time: u64,
     /// The kernel's boot id (`/proc/sys/kernel/random/boot_id`), a UUID.
     pub boot_id: String,
@@ -68,7 +76,9 @@ impl ProcessIdentity {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Liveness {
-    /// The pid exists, with the recorded start time, in the same boot.
+    /// The pid exists, with the recorded start time, in the same boot. Start times are
+    /// compared in the host's clock, to the clock tick (10 ms): within one tick, since a
+    /// time namespace's offset that is not a whole number of ticks rounds either way.
     Alive,
     /// The pid is gone (`/proc` does not show it, and where that is this process's own
     /// `/proc`, `kill(pid, 0)` finds no process either), or now belongs to another process,
@@ -106,8 +116,14 @@ fn start_time(proc_root: &Path, pid: u32) -> Probe {
     path.push(pid.to_string());
     path.push("stat");
     let mut buf = [0u8; 1024];
+    let Some(offset) = boottime_offset(proc_root) else {
+        return Probe::Unreadable;
+    };
     match read_small(&path, &mut buf) {
-        Ok(stat) => match parse_stat(stat) {
+        Ok(stat) => match parse_stat(stat).map(|s| Stat {
+            start: to_host(s.start, offset),
+            ..s
+        }) {
             // Z: a zombie; X: dead, being reaped. The state is the main thread's: a process
             // whose main thread has exited while others run shows Z too, but with more than
             // one thread, and is alive.
@@ -124,6 +140,74 @@ fn start_time(proc_root: &Path, pid: u32) -> Probe {
         Err(e) if e.raw_os_error() == Some(3) => Probe::Gone,
         Err(_) => Probe::Unreadable,
     }
+}
+
+/// This process's time namespace's boottime offset, in clock ticks (rounded down), by which
+/// the start times it reads in `/proc/<pid>/stat` are shifted; `None` if it cannot be
+/// read. Taken from `<proc_root>/self/timens_offsets` if there is one (a test's fake
+/// `/proc`), else from this process's own `/proc`, read once: the offset of a process
+/// never changes (a time namespace is entered only by new children or before any other
+/// thread starts). No file means a kernel without time namespaces: no offset.
+fn boottime_offset(proc_root: &Path) -> Option<i64> {
+    static OURS: OnceLock<i64> = OnceLock::new();
+    if proc_root != Path::new("/proc") {
+        match read_offset(&proc_root.join("self/timens_offsets")) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            other => return other.ok(),
+        }
+    }
+    if let Some(&offset) = OURS.get() {
+        return Some(offset);
+    }
+    let offset = match read_offset(Path::new("/proc/self/timens_offsets")) {
+        Ok(offset) => offset,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        // Tried again next time: a failure may be passing (no descriptor left).
+        Err(_) => return None,
+    };
+    Some(*OURS.get_or_init(|| offset))
+}
+
+/// The boottime line of a `timens_offsets` file (`boottime <secs> <nanos>`), in clock
+/// ticks, rounded down as the kernel rounds the start times it shows.
+fn read_offset(path: &Path) -> std::io::Result<i64> {
+    let mut buf = [0u8; 256];
+    let text = read_small(path, &mut buf)?;
+    let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, "bad timens_offsets");
+    let text = std::str::from_utf8(text).map_err(|_| bad())?;
+    let Some(line) = text
+        .lines()
+        .map(|l| l.split_ascii_whitespace().collect::<Vec<_>>())
+        .find(|f| f.first() == Some(&"boottime"))
+    else {
+        return Ok(0);
+    };
+    let (secs, nanos): (i128, i128) = match line[..] {
+        [_, secs, nanos] => (
+            secs.parse().map_err(|_| bad())?,
+            nanos.parse().map_err(|_| bad())?,
+        ),
+        _ => return Err(bad()),
+    };
+    let hz = i128::from(rustix::param::clock_ticks_per_second());
+    let ticks = (secs * 1_000_000_000 + nanos)
+        .saturating_mul(hz)
+        .div_euclid(1_000_000_000);
+    i64::try_from(ticks).map_err(|_| bad())
+}
+
+/// A start time read through a time namespace with boottime `offset` (in ticks), in the
+/// host's clock.
+fn to_host(read: u64, offset: i64) -> u64 {
+    let host = i128::from(read) - i128::from(offset);
+    u64::try_from(host.max(0)).unwrap_or(u64::MAX)
+}
+
+/// Whether two start times in the host's clock are one process's: equal, or one tick apart,
+/// which undoing an offset that is not a whole number of ticks can leave. A pid is given
+/// out again only after the kernel has gone through the others, far longer than a tick.
+fn same_start(a: u64, b: u64) -> bool {
+    a.abs_diff(b) <= 1
 }
 
 /// Reads a small /proc file with one read(2) into `buf`. /proc files report size 0, so
@@ -212,7 +296,7 @@ pub(crate) fn check(proc_root: &Path, pid: u32, identity: Option<&ProcessIdentit
         None => return Liveness::Unknown,
     }
     match start_time(proc_root, pid) {
-        Probe::Started(t) if t == identity.start_time => Liveness::Alive,
+        Probe::Started(t) if same_start(t, identity.start_time) => Liveness::Alive,
         // An exited process is dead even before its parent reaps it.
         Probe::Started(_) | Probe::Exited(_) => Liveness::Dead,
         // Only our own namespace's pids can be asked about with a signal: a watched one's
@@ -319,6 +403,79 @@ mod tests {
         assert_eq!(check(root.path(), 77, Some(&identity)), Liveness::Alive);
     }
 
+    /// Offsets in ticks, rounded down as the kernel rounds (clock ticks are 100 a second
+    /// on Linux), negative ones too; a file without a boottime line means none.
+    #[test]
+    fn timens_offsets_are_read_in_ticks() {
+        let dir = tempfile::tempdir_in("/dev/shm").unwrap();
+        let path = dir.path().join("timens_offsets");
+        let offset = |text: &str| {
+            std::fs::write(&path, text).unwrap();
+            read_offset(&path).ok()
+        };
+        let hz = rustix::param::clock_ticks_per_second() as i64;
+        assert_eq!(
+            offset("monotonic 0 0\nboottime 100000 0\n"),
+            Some(100000 * hz)
+        );
+        assert_eq!(offset("boottime 0 0\n"), Some(0));
+        assert_eq!(offset("boottime -1 500000000\n"), Some(-hz / 2));
+        if hz == 100 {
+            assert_eq!(offset("boottime 0 15000000\n"), Some(1));
+            assert_eq!(offset("boottime -1 995000000\n"), Some(-1));
+        }
+        assert_eq!(offset("monotonic 5 0\n"), Some(0));
+        assert_eq!(offset("boottime x 0\n"), None);
+        assert_eq!(offset("boottime 1\n"), None);
+    }
+
+    /// A reader in a time namespace undoes its offset: identities are recorded in the
+    /// host's clock, and compared there, to within one tick.
+    #[test]
+    fn start_times_are_read_in_the_hosts_clock() {
+        let root = tempfile::tempdir_in("/dev/shm").unwrap();
+        std::fs::create_dir_all(root.path().join("sys/kernel/random")).unwrap();
+        std::fs::write(root.path().join("sys/kernel/random/boot_id"), "b\n").unwrap();
+        std::fs::create_dir_all(root.path().join("self")).unwrap();
+        let middle: Vec<String> = (4..=19).map(|n| n.to_string()).collect();
+        std::fs::create_dir_all(root.path().join("77")).unwrap();
+        let text = format!("77 (app) S {} 1 21 424242 23\n", middle.join(" "));
+        std::fs::write(root.path().join("77/stat"), text).unwrap();
+        let offsets = root.path().join("self/timens_offsets");
+        let hz = rustix::param::clock_ticks_per_second();
+        std::fs::write(&offsets, "monotonic 7 0\nboottime 1000 0\n").unwrap();
+
+        let me = identify(root.path(), 77, &OnceLock::new()).unwrap();
+        assert_eq!(me.start_time, 424242 - 1000 * hz);
+        let at = |start_time: u64| ProcessIdentity {
+            start_time,
+            boot_id: "b".into(),
+        };
+        assert_eq!(check(root.path(), 77, Some(&me)), Liveness::Alive);
+        assert_eq!(
+            check(root.path(), 77, Some(&at(me.start_time + 1))),
+            Liveness::Alive
+        );
+        assert_eq!(
+            check(root.path(), 77, Some(&at(me.start_time - 2))),
+            Liveness::Dead
+        );
+
+        // Read from outside the namespace (this test's own offset is none), the same stat
+        // line is another process's.
+        std::fs::write(&offsets, "boottime 0 0\n").unwrap();
+        assert_eq!(check(root.path(), 77, Some(&me)), Liveness::Dead);
+        // A negative offset; and an unreadable one says nothing.
+        std::fs::write(&offsets, "boottime -2 0\n").unwrap();
+        assert_eq!(
+            check(root.path(), 77, Some(&at(424242 + 2 * hz))),
+            Liveness::Alive
+        );
+        std::fs::write(&offsets, "boottime ?\n").unwrap();
+        assert_eq!(check(root.path(), 77, Some(&me)), Liveness::Unknown);
+        assert_eq!(identify(root.path(), 77, &OnceLock::new()), None);
+    }
+
     #[test]
     fn this_process_is_alive() {
         let me = identify(Path::new("/proc"), std::process::id(), &OnceLock::new())
@@ -328,7 +485,7 @@ mod tests {
             Liveness::Alive
         );
         let older = ProcessIdentity {
-            start_time: me.start_time.wrapping_add(1),
+            start_time: me.start_time.wrapping_add(2),
             ..me.clone()
         };
         assert_eq!(

@@ -8,7 +8,6 @@
 //! waited for comes on a descriptor of its own (`flock_wait.rs`), which then stands for the
 //! store's until it is released.
 
-use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,11 +19,13 @@ use tokio::sync::oneshot;
 
 use crate::Error;
 use crate::flock_wait::{self, Granted, Locked};
+use crate::fork_guard::TrackedFd;
 
-/// An open lock file. The descriptor is close-on-exec, so children never inherit the lock.
+/// An open lock file. The descriptor is close-on-exec and tracked ([`crate::fork_guard`]), so
+/// children never keep the lock, even before they exec.
 #[derive(Debug)]
 pub(crate) struct LockFile {
-    fd: OwnedFd,
+    fd: TrackedFd,
     path: PathBuf,
     /// How many shared holders of this process own the `LOCK_SH`.
     readers: Mutex<usize>,
@@ -38,7 +39,7 @@ pub(crate) struct LockFile {
 const MAX_BACKOFF: Duration = Duration::from_millis(2);
 
 impl LockFile {
-    pub(crate) fn new(fd: OwnedFd, path: PathBuf) -> LockFile {
+    pub(crate) fn new(fd: TrackedFd, path: PathBuf) -> LockFile {
         LockFile {
             fd,
             path,
@@ -119,8 +120,9 @@ impl LockFile {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take();
-        // A granted descriptor unlocks as it is dropped.
-        if granted.is_none() {
+        // A granted descriptor unlocks as it is dropped. In a forked child, the descriptor is
+        // no longer the lock file's.
+        if granted.is_none() && !self.fd.inherited() {
             while let Err(Errno::INTR) = flock(&self.fd, FlockOperation::Unlock) {}
         }
     }
@@ -225,14 +227,16 @@ mod tests {
         let dir = tempfile::tempdir_in("/dev/shm").unwrap();
         let path = dir.path().join("1.lock");
         let open = || {
-            let file = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(&path)
-                .unwrap();
-            LockFile::new(OwnedFd::from(file), path.clone())
+            let open = || {
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .open(&path)
+                    .map(std::os::fd::OwnedFd::from)
+            };
+            LockFile::new(TrackedFd::open(open, |e| e).unwrap(), path.clone())
         };
         let (ours, theirs) = (open(), open());
         (dir, ours, theirs)
