@@ -274,3 +274,51 @@ both_runtimes!(
     lock_file_removed_while_held,
     aid_dir_removed_while_held,
 );
+
+/// A save inside a hold whose aid directory was removed under it cannot succeed (nothing can
+/// be linked into a removed directory), but its error must name the entry being saved, as
+/// every other failed save does, and leave no temporary-file mark on the lock file.
+///
+/// Today `AidDir::save_tmpfile` (src/aid_dir.rs) takes the `ENOENT` of `linkat` into the
+/// removed directory for "this way of publishing is unsupported", falls back to the
+/// `/proc` link and then to a named temporary file, whose `openat` fails too: the error
+/// names `state/<aid>/.tmp-<random>`, a file that never existed, and the fallback has
+/// marked the lock file (one byte) as if a temporary file might be left.
+#[test]
+#[ignore = "src/aid_dir.rs save_tmpfile: ENOENT from linkat into a removed directory is taken as \
+            'unsupported'; the error names a temporary file that never existed"]
+fn a_save_into_a_removed_directory_names_the_entry() {
+    common::run_current_thread(async {
+        let tmp = run_dir();
+        let run = tmp.path();
+        let aid = aid(8);
+        let store = Store::new(run);
+        let s = state("A");
+        let err = store
+            .with_aid(aid, async |c| {
+                Removal::AidDir.apply(run, aid);
+                Ok::<_, Error>(c.save(&s).await.unwrap_err())
+            })
+            .await
+            .unwrap();
+        match &err {
+            Error::Io { op, path, source } => {
+                assert_eq!(*op, "save");
+                assert_eq!(path, &common::entry_path(run, aid, s.id), "{err}");
+                assert_eq!(source.kind(), std::io::ErrorKind::NotFound);
+            }
+            other => panic!("{other:?}"),
+        }
+        let mark = std::fs::metadata(lock_path(run, aid)).unwrap().len();
+        assert_eq!(
+            mark, 0,
+            "the lock file is marked as if a temporary file was left"
+        );
+        // The next hold finds the directory gone and makes it anew.
+        store
+            .with_aid(aid, async |c| c.save(&s).await)
+            .await
+            .unwrap();
+        assert!(listed(run, aid).await.contains_key(&s.id));
+    });
+}
