@@ -5,13 +5,12 @@
 //! a binary's tests on parallel threads, so each check runs in a child process of its own
 //! (this binary again, with only [`child_process`] selected), where nothing else opens files.
 
-// Only the helpers are used here, not the both_runtimes! macro.
-#[allow(unused_macros)]
+#[macro_use]
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -441,3 +440,72 @@ async fn cycling_holds_with_a_small_cache() {
         eprintln!("cycle ({flavor:?} child): {said}");
     }
 }
+
+/// Two stores on one run directory (two processes, as far as `flock` can tell) whose caches
+/// keep no aid or one aid open, so that nearly every hold opens the aid's files anew and
+/// closes them after: tasks of both increment counters in 8 aids, with shared readers
+/// among them. No two writers of an aid are ever inside at once, no reader sees a counter
+/// missing, and no increment is lost.
+async fn small_caches_still_exclude() {
+    const AIDS: u16 = 8;
+    const TASKS: u64 = 3;
+    const ROUNDS: u64 = 100;
+    let tmp = run_dir();
+    let stores = [
+        Store::with_options(tmp.path(), Options::new().open_aids(0)),
+        Store::with_options(tmp.path(), Options::new().open_aids(1)),
+    ];
+    let counter = |n: u16| InstanceId::from_bytes([n as u8 + 1; 16]);
+    for n in 0..AIDS {
+        let first = State::unidentified(counter(n), 1, 0);
+        stores[0].save(aid(n), &first).await.unwrap();
+    }
+    let inside: Arc<Vec<AtomicBool>> =
+        Arc::new((0..AIDS).map(|_| AtomicBool::new(false)).collect());
+    let mut tasks = Vec::new();
+    for (s, store) in stores.iter().enumerate() {
+        for t in 0..TASKS {
+            let (store, inside) = (store.clone(), inside.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut rng = XorShift::new(10 * s as u64 + t + 1);
+                for round in 0..ROUNDS {
+                    let n = rng.below(u64::from(AIDS)) as u16;
+                    let id = counter(n);
+                    if round % 4 == 3 {
+                        let seen = store
+                            .with_aid_shared(aid(n), async |c| c.load(id).await)
+                            .await
+                            .unwrap();
+                        assert!(seen.is_some(), "a reader saw counter {n} missing");
+                        continue;
+                    }
+                    store
+                        .with_aid(aid(n), async |c| {
+                            let _in = common::Inside::enter(&inside[usize::from(n)]);
+                            let old = c.load(id).await?.expect("the counter is there");
+                            tokio::task::yield_now().await;
+                            c.destroy(id).await?;
+                            let new = State::unidentified(id, 1, old.config + 1);
+                            c.save(&new).await
+                        })
+                        .await
+                        .unwrap();
+                }
+            }));
+        }
+    }
+    for task in tasks {
+        common::no_deadlock("the counting tasks", task)
+            .await
+            .unwrap();
+    }
+    let mut total = 0;
+    for n in 0..AIDS {
+        let state = stores[1].load(aid(n), counter(n)).await.unwrap().unwrap();
+        total += state.config;
+    }
+    let writes = 2 * TASKS * (ROUNDS - ROUNDS / 4);
+    assert_eq!(total, writes, "lost increments");
+}
+
+both_runtimes!(small_caches_still_exclude);
