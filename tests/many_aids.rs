@@ -44,7 +44,13 @@ async fn in_child(role: &str, flavor: Flavor, run_dir: &Path, extra: &[(&str, St
         cmd.env(key, value);
     }
     let mut kid = spawn_kid(format!("{role} child"), cmd);
-    let done = kid.expect("DONE").await;
+    // Every line is a step, so that a slow machine gets DEADLOCK per step, not for all.
+    let done = loop {
+        let said = kid.expect("").await;
+        if let Some(done) = said.strip_prefix("DONE") {
+            break done.trim().to_owned();
+        }
+    };
     kid.finish().await;
     done
 }
@@ -122,6 +128,12 @@ impl Fds {
         );
     }
 
+    /// [`Fds::check`], and tells the parent that the child has got this far.
+    fn step(&self, bound: usize, when: &str) {
+        self.check(bound, when);
+        say(format!("STEP {when}"));
+    }
+
     /// The most descriptors seen beyond the baseline since the last call.
     fn take_most(&self) -> usize {
         self.most.swap(0, Ordering::Relaxed)
@@ -184,14 +196,14 @@ async fn child_every_aid(dir: &Path) {
             .unwrap_or_else(|e| panic!("save in aid {n}: {e}"));
         expected.insert((a, state.id), state);
         if n % 1000 == 999 {
-            fds.check(one_store, &format!("after saving in aids 0..={n}"));
+            fds.step(one_store, &format!("after saving in aids 0..={n}"));
         }
     }
     let saved = started.elapsed();
 
     let aids = store.aids().await.unwrap();
     assert_eq!(aids, (0..=9999).map(aid).collect::<Vec<_>>());
-    fds.check(one_store, "after aids()");
+    fds.step(one_store, "after aids()");
 
     let mut entries = store.entries();
     let mut listed = BTreeMap::new();
@@ -199,7 +211,7 @@ async fn child_every_aid(dir: &Path) {
         let dup = listed.insert((a, state.id), state);
         assert!(dup.is_none(), "entries() listed an entry twice");
         if listed.len() % 1000 == 0 {
-            fds.check(
+            fds.step(
                 one_store,
                 &format!("after listing {} entries", listed.len()),
             );
@@ -208,7 +220,7 @@ async fn child_every_aid(dir: &Path) {
     drop(entries);
     assert_eq!(listed.len(), 10_000);
     assert!(listed == expected, "entries() differ from what was saved");
-    fds.check(one_store, "after entries()");
+    fds.step(one_store, "after entries()");
     let listed_at = started.elapsed();
 
     let pruned = store.prune_dead().await.unwrap();
@@ -220,7 +232,7 @@ async fn child_every_aid(dir: &Path) {
         .collect();
     assert_eq!(pruned.len(), 5_000);
     assert!(pruned == dead_ones, "prune_dead removed other entries");
-    fds.check(one_store, "after prune_dead()");
+    fds.step(one_store, "after prune_dead()");
     let pruned_at = started.elapsed();
 
     let one_most = fds.take_most();
@@ -248,14 +260,14 @@ async fn child_every_aid(dir: &Path) {
     assert_eq!(some.len(), 2);
     let first: Vec<_> = second.entries().take(1000).try_collect().await.unwrap();
     assert_eq!(first.len(), 1000);
-    fds.check(two_stores, "after using a second store");
+    fds.step(two_stores, "after using a second store");
     // And the first still works alongside.
     assert_eq!(store.load(aid(9_999), fresh.id).await.unwrap(), Some(fresh));
-    fds.check(two_stores, "after using the first store again");
+    fds.step(two_stores, "after using the first store again");
 
     second.close().await.unwrap();
     store.close().await.unwrap();
-    fds.check(SLACK, "after closing both stores");
+    fds.step(SLACK, "after closing both stores");
     say(format!(
         "DONE descriptors beyond the baseline of {}: at most {one_most} (bound {one_store}) \
          with one store, {} (bound {two_stores}) with two; wall time: saves {saved:?}, \
