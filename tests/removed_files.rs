@@ -275,6 +275,90 @@ both_runtimes!(
     aid_dir_removed_while_held,
 );
 
+/// A waiter already queued in the kernel on the old lock file when `state/` is removed:
+/// once the old holder lets go, the waiter gets the old file's lock, finds it removed, and
+/// queues again on the new one, behind B, who took the new file meanwhile. (B got in while
+/// the old holder still held the removed file: nothing can stop that, since nothing links
+/// the two files.)
+async fn waiter_on_a_removed_lock_file_moves_to_the_new_one() {
+    let tmp = run_dir();
+    let run = tmp.path();
+    let aid = aid(3);
+    let (a, a2, b) = (Store::new(run), Store::new(run), Store::new(run));
+    let lock = lock_path(run, aid);
+    // A2 has the files open before anything happens.
+    a2.with_aid_shared(aid, async |c| c.len().await)
+        .await
+        .unwrap();
+
+    // A holds the aid until told.
+    let (a_held_tx, a_held_rx) = oneshot::channel();
+    let (a_go_tx, a_go_rx) = oneshot::channel::<()>();
+    let a_task = tokio::spawn(async move {
+        a.with_aid(aid, async |_| {
+            a_held_tx.send(()).unwrap();
+            a_go_rx.await.unwrap();
+            Ok::<_, Error>(())
+        })
+        .await
+    });
+    a_held_rx.await.unwrap();
+
+    // A2 queues for it, in the kernel, on the file that is about to be removed.
+    let inside = Arc::new(AtomicBool::new(false));
+    let mine = state("A2");
+    let a2_task = {
+        let (a2, inside, mine) = (a2.clone(), inside.clone(), mine.clone());
+        tokio::spawn(async move {
+            a2.with_aid(aid, async |c| {
+                let _in = Inside::enter(&inside);
+                c.save(&mine).await
+            })
+            .await
+        })
+    };
+    wait_until("A2 waits for A", &a2_task, || flock_waiters(&lock) == 1).await;
+    Removal::StateDir.apply(run, aid);
+
+    // B takes the new files, and keeps them.
+    let (b_held_tx, b_held_rx) = oneshot::channel();
+    let (b_go_tx, b_go_rx) = oneshot::channel::<()>();
+    let theirs = state("B");
+    let b_task = {
+        let (b, inside, theirs) = (b.clone(), inside.clone(), theirs.clone());
+        tokio::spawn(async move {
+            b.with_aid(aid, async |c| {
+                let _in = Inside::enter(&inside);
+                b_held_tx.send(()).unwrap();
+                b_go_rx.await.unwrap();
+                c.save(&theirs).await
+            })
+            .await
+        })
+    };
+    b_held_rx.await.unwrap();
+
+    // A lets go: A2 gets the old file, and must move on to wait for B on the new one.
+    a_go_tx.send(()).unwrap();
+    a_task.await.unwrap().unwrap();
+    wait_until("A2 waits for B on the new lock file", &a2_task, || {
+        flock_waiters(&lock) == 1
+    })
+    .await;
+    b_go_tx.send(()).unwrap();
+    b_task.await.unwrap().unwrap();
+    common::no_deadlock("A2", a2_task).await.unwrap().unwrap();
+    let on_disk = listed(run, aid).await;
+    assert_eq!(
+        on_disk,
+        BTreeMap::from([(mine.id, mine), (theirs.id, theirs)])
+    );
+    a2.close().await.unwrap();
+    b.close().await.unwrap();
+}
+
+both_runtimes!(waiter_on_a_removed_lock_file_moves_to_the_new_one);
+
 /// A save inside a hold whose aid directory was removed under it cannot succeed (nothing can
 /// be linked into a removed directory), but its error must name the entry being saved, as
 /// every other failed save does, and leave no temporary-file mark on the lock file.
