@@ -75,6 +75,7 @@ fn child_process() {
                 let open_aids = child_var("RUNSTATE_MANY_OPEN_AIDS").parse().unwrap();
                 child_cycle(&dir, open_aids).await
             }
+            "exhaust" => child_exhaust(&dir).await,
             other => panic!("unknown role {other}"),
         }
     });
@@ -82,9 +83,15 @@ fn child_process() {
 
 /// Lowers this process's soft limit of open files to [`NOFILE`], before any store exists.
 fn lower_nofile() {
+    set_nofile(NOFILE);
+}
+
+/// Sets this process's soft limit of open files (the lowest descriptor number it may not
+/// use) to `limit`, or to the hard limit if that is lower.
+fn set_nofile(limit: u64) {
     use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
     let old = getrlimit(Resource::Nofile);
-    let soft = old.maximum.map_or(NOFILE, |hard| hard.min(NOFILE));
+    let soft = old.maximum.map_or(limit, |hard| hard.min(limit));
     setrlimit(
         Resource::Nofile,
         Rlimit {
@@ -414,6 +421,121 @@ async fn child_cycle(dir: &Path, open_aids: usize) {
     ));
 }
 
+/// The highest descriptor number this process has open.
+fn highest_fd() -> u64 {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
+        .max()
+        .unwrap()
+}
+
+/// Whether `r` failed for want of a descriptor (`EMFILE`), naming a path.
+fn out_of_descriptors<T: std::fmt::Debug>(r: &Result<T, Error>) -> bool {
+    matches!(r, Err(Error::Io { source, .. }) if source.raw_os_error() == Some(24))
+}
+
+/// Holds aid `n`, saves in it, and holds the next one inside, until something fails;
+/// returns that error. `saved` gets each entry saved on the way.
+fn hold_deeper<'a>(
+    store: &'a Store,
+    n: u16,
+    saved: &'a mut Vec<(Aid, InstanceId)>,
+) -> futures::future::BoxFuture<'a, Error> {
+    Box::pin(async move {
+        assert!(
+            saved.len() < 50,
+            "50 aids held at once under a limit of a few descriptors"
+        );
+        let state = State::unidentified(InstanceId::random(), 1, u64::from(n));
+        let held = store
+            .with_aid(aid(n), async |c| {
+                c.save(&state).await?;
+                saved.push((aid(n), state.id));
+                Ok::<_, Error>(hold_deeper(store, n + 1, saved).await)
+            })
+            .await;
+        held.unwrap_or_else(|e| e)
+    })
+}
+
+/// Nested holds of ever more aids under a limit of open files that leaves room for only a
+/// few, for each of several sizes of room, so that what runs out is in turn the lock file's
+/// open, the directory's, a sweep's or a save's: the hold or save that finds no descriptor
+/// fails with `EMFILE` as an error (no panic, no descriptor leaked), and once everything is
+/// let go, the store works as before.
+async fn child_exhaust(dir: &Path) {
+    let mut seen = Vec::new();
+    for (room, warm) in (3..=10u16).flat_map(|room| [(room, false), (room, true)]) {
+        let before = open_fds();
+        let store = Store::with_options(dir, Options::new().open_aids(2));
+        let first = aid(100 * room + 50 * u16::from(warm));
+        // Opens the state directory (and an aid) while descriptors are plentiful.
+        store
+            .save(aid(9_000), &State::unidentified(InstanceId::random(), 1, 0))
+            .await
+            .unwrap();
+        if warm {
+            // Held once before, and swept then: a hold now needs only the two files, and a
+            // save one more.
+            for n in 0..20 {
+                let a = aid(first.get() + n);
+                store.with_aid(a, async |c| c.len().await).await.unwrap();
+            }
+        }
+        // Fill the free numbers below the highest open descriptor (a parent may have passed
+        // one with a high number), so that the limit leaves exactly `room` free.
+        let top = highest_fd();
+        let mut fillers = Vec::new();
+        loop {
+            let filler = std::fs::File::open("/dev/null").unwrap();
+            if std::os::fd::AsRawFd::as_raw_fd(&filler) as u64 > top {
+                break;
+            }
+            fillers.push(filler);
+        }
+        set_nofile(top + 1 + u64::from(room));
+
+        let mut saved = Vec::new();
+        let err = hold_deeper(&store, first.get(), &mut saved).await;
+        let failed: Result<(), Error> = Err(err);
+        assert!(out_of_descriptors(&failed), "room {room}: {failed:?}");
+        let Err(Error::Io { op, .. }) = &failed else {
+            unreachable!()
+        };
+        let warmth = if warm { "warm" } else { "cold" };
+        seen.push(format!(
+            "{room} free, {warmth}: {} held, then {op};",
+            saved.len()
+        ));
+
+        // Everyone has let go: with the limit back up, the store works again, and every
+        // entry that was saved is there.
+        set_nofile(NOFILE);
+        drop(fillers);
+        for (a, id) in &saved {
+            assert!(store.load(*a, *id).await.unwrap().is_some());
+        }
+        for n in 0..=saved.len() as u16 {
+            let a = aid(first.get() + n);
+            store
+                .save(a, &State::unidentified(InstanceId::random(), 2, 0))
+                .await
+                .unwrap();
+        }
+        store.close().await.unwrap();
+        assert_eq!(
+            open_fds(),
+            before,
+            "room {room}: descriptors left open after close"
+        );
+    }
+    say(format!(
+        "DONE aids held and saved in at once, and what failed: {}",
+        seen.join(" ")
+    ));
+}
+
 // ---------------------------------------------------------------------------------------
 // The tests.
 
@@ -521,3 +643,14 @@ async fn small_caches_still_exclude() {
 }
 
 both_runtimes!(small_caches_still_exclude);
+
+/// Out of descriptors, a hold or a save fails with `EMFILE` as an error, leaks nothing,
+/// and the store works again once descriptors are free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_out_of_descriptors_is_an_error() {
+    for flavor in [Flavor::Current, Flavor::Multi] {
+        let tmp = run_dir();
+        let said = in_child("exhaust", flavor, tmp.path(), &[]).await;
+        eprintln!("exhaust ({flavor:?} child): {said}");
+    }
+}
