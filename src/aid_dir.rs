@@ -68,10 +68,9 @@ fn open_private_dir(
         Mode::empty(),
     )
     .map_err(|e| match e {
-        Errno::LOOP | Errno::NOTDIR => Error::Insecure {
-            path: path.to_owned(),
-            reason: "not a directory (a symlink or a file stands there)".into(),
-        },
+        Errno::LOOP | Errno::NOTDIR => {
+            Error::insecure(path, "not a directory (a symlink or a file stands there)")
+        }
         e => Error::io("open directory", path, e),
     })?;
     check_private(&fd, path, FileType::Directory)?;
@@ -93,10 +92,7 @@ fn sync_parent(parent: BorrowedFd<'_>, path: &Path) -> Result<(), Error> {
 /// `fstat` said of it.
 fn check_private(fd: &OwnedFd, path: &Path, want: FileType) -> Result<rustix::fs::Stat, Error> {
     let st = fstat(fd).map_err(|e| Error::io("stat", path, e))?;
-    let insecure = |reason: String| Error::Insecure {
-        path: path.to_owned(),
-        reason,
-    };
+    let insecure = |reason: String| Error::insecure(path, reason);
     if FileType::from_raw_mode(st.st_mode) != want {
         return Err(insecure(format!("expected a {want:?}")));
     }
@@ -121,11 +117,19 @@ fn check_private(fd: &OwnedFd, path: &Path, want: FileType) -> Result<rustix::fs
 pub(crate) struct StateDir {
     fd: OwnedFd,
     path: PathBuf,
+    /// Whether short file work here may run in place (see `blocking.rs`): on tmpfs or
+    /// ramfs, not durable, and not sent to the pool by the options.
+    in_place: bool,
 }
+
+/// `f_type` of the file systems whose file work never waits on a device.
+const TMPFS_MAGIC: i64 = 0x0102_1994;
+const RAMFS_MAGIC: i64 = 0x8584_58f6;
 
 impl StateDir {
     /// Opens `<run_dir>/state`, making it and the run directory if needed.
-    pub(crate) fn open(run_dir: &Path, durable: bool) -> Result<StateDir, Error> {
+    pub(crate) fn open(run_dir: &Path, options: &Options) -> Result<StateDir, Error> {
+        let durable = options.durable;
         if !run_dir.as_os_str().is_empty() {
             std::fs::DirBuilder::new()
                 .recursive(true)
@@ -147,7 +151,17 @@ impl StateDir {
         .map_err(|e| Error::io("open directory", run_dir, e))?;
         let path = run_dir.join(STATE_DIR);
         let fd = open_private_dir(run.as_fd(), STATE_DIR, &path, durable)?;
-        Ok(StateDir { fd, path })
+        // f_type's width differs between targets.
+        #[allow(clippy::unnecessary_cast)]
+        let on_memory = rustix::fs::fstatfs(&fd)
+            .is_ok_and(|fs| matches!(fs.f_type as i64, TMPFS_MAGIC | RAMFS_MAGIC));
+        let in_place = on_memory && !durable && !options.on_pool;
+        Ok(StateDir { fd, path, in_place })
+    }
+
+    /// Whether short file work here runs in place rather than on the blocking pool.
+    pub(crate) fn in_place(&self) -> bool {
+        self.in_place
     }
 
     /// Whether this is still the directory at its path: one removed (an admin's `rm -rf`, a
@@ -177,15 +191,12 @@ impl AidDir {
         let lock_name = layout::lock_name(aid);
         let lock_path = state_path.join(&lock_name);
         let refused = |e| match e {
-            Errno::LOOP => Error::Insecure {
-                path: lock_path.clone(),
-                reason: "a symlink stands there".into(),
-            },
+            Errno::LOOP => Error::insecure(&lock_path, "a symlink stands there"),
             // O_RDWR on a directory, or any open of a socket.
-            Errno::ISDIR | Errno::NXIO => Error::Insecure {
-                path: lock_path.clone(),
-                reason: "not a regular file (a directory or a socket stands there)".into(),
-            },
+            Errno::ISDIR | Errno::NXIO => Error::insecure(
+                &lock_path,
+                "not a regular file (a directory or a socket stands there)",
+            ),
             e => Error::io("open lock file", &lock_path, e),
         };
         let flags = OFlags::RDWR | open_flags();
@@ -193,13 +204,23 @@ impl AidDir {
         // Opened first without O_CREAT, so that the one open that does create the file is
         // known, and only it pays for the fsync that durable mode needs.
         let lock_fd = loop {
-            match openat(&state, lock_name.as_str(), flags, mode) {
+            match openat(state, lock_name.as_str(), flags, mode) {
                 Ok(fd) => break fd,
                 Err(Errno::NOENT) => {}
+                // A read-only file system: nobody can write entries there, so its readers
+                // need no writable lock file (flock works on a read-only descriptor), and
+                // its writers fail on their first write.
+                Err(Errno::ROFS) => {
+                    let read_only = OFlags::RDONLY | open_flags();
+                    match openat(state, lock_name.as_str(), read_only, mode) {
+                        Ok(fd) => break fd,
+                        Err(e) => return Err(refused(e)),
+                    }
+                }
                 Err(e) => return Err(refused(e)),
             }
             match openat(
-                &state,
+                state,
                 lock_name.as_str(),
                 flags | OFlags::CREATE | OFlags::EXCL,
                 mode,
@@ -244,9 +265,17 @@ impl AidDir {
         ) else {
             return false;
         };
-        // A removed directory has no links; entries published into it would be lost.
-        (named.st_dev, named.st_ino) == self.lock_id
-            && fstat(&self.dir).is_ok_and(|st| st.st_nlink > 0)
+        (named.st_dev, named.st_ino) == self.lock_id && self.is_linked()
+    }
+
+    /// Whether the directory is still linked: entries published into a removed one are lost.
+    fn is_linked(&self) -> bool {
+        fstat(&self.dir).is_ok_and(|st| st.st_nlink > 0)
+    }
+
+    /// Whether short file work here runs in place rather than on the blocking pool.
+    pub(crate) fn in_place(&self) -> bool {
+        self.state_dir.in_place
     }
 
     /// The lock file's path, for messages.
@@ -341,6 +370,9 @@ impl AidDir {
             Err(Errno::EXIST) => Err(SaveError::Failed(Error::AlreadyExists {
                 path: self.entry_path(id),
             })),
+            // A directory removed under us says ENOENT too: that is a failure of this save,
+            // not a reason to give up the cheaper way for good.
+            Err(Errno::NOENT) if !self.is_linked() => Err(failed(Errno::NOENT.into())),
             // Not allowed, no /proc, or a file system that cannot link an unnamed file.
             Err(Errno::NOENT | Errno::XDEV | Errno::PERM | Errno::OPNOTSUPP | Errno::INVAL) => {
                 Err(SaveError::Unsupported)
@@ -408,6 +440,14 @@ impl AidDir {
             Err(Errno::NOENT) => Ok(false),
             Err(e) => Err(Error::io("destroy", self.entry_path(id), e)),
         }
+    }
+
+    /// Reads the bytes of the entry of `id` into `buf`, undecoded; `Ok(false)` if there is
+    /// none.
+    pub(crate) fn read_entry(&self, id: InstanceId, buf: &mut Vec<u8>) -> Result<bool, Error> {
+        let name = layout::entry_name(id);
+        buf.clear();
+        self.read_file(layout::as_cstr(&name), id, buf)
     }
 
     /// Reads and decodes the entry of `id`, reusing `buf`.
@@ -574,46 +614,59 @@ impl AidDir {
         }
     }
 
-    /// Reads every entry, in directory order, and hands each (or its error) to `each`,
-    /// stopping at the first error `each` returns.
-    pub(crate) fn read_all<C: DeserializeOwned>(
-        &self,
-        mut each: impl FnMut(Result<State<C>, Error>) -> Result<(), Error>,
-    ) -> Result<(), Error> {
-        let (mut scan, mut buf) = (self.scan()?, Vec::new());
-        while let Some(entry) = self.next_entry(&mut scan, &mut buf) {
-            each(entry)?;
-        }
-        Ok(())
-    }
-
     /// Removes temporary files that a killed process left behind, and the lock file's mark
     /// that there may be some. Call it holding the lock exclusively, so no save in progress
     /// loses its file.
     pub(crate) fn sweep_temps(&self) -> Result<(), Error> {
-        let fd = self.reopen()?;
+        let mut sweep = self.sweep()?;
+        while self.sweep_step(&mut sweep)? {}
+        Ok(())
+    }
+
+    /// Starts a sweep ([`AidDir::sweep_temps`]) to make in steps.
+    pub(crate) fn sweep(&self) -> Result<Sweep, Error> {
+        Ok(Sweep {
+            fd: self.reopen()?,
+            buf: vec![MaybeUninit::uninit(); DIRENT_BUF],
+        })
+    }
+
+    /// One step of a sweep: the temporary files among the next names of the directory, and
+    /// at the end the lock file's mark. Returns whether there is more.
+    pub(crate) fn sweep_step(&self, sweep: &mut Sweep) -> Result<bool, Error> {
         let mut failed = None;
-        for_each_dirent(&fd, &self.path, |name, kind| {
+        let more = read_dirents(&sweep.fd, &mut sweep.buf, |name, kind| {
             if failed.is_none()
                 && layout::is_temp_name(name.to_bytes())
                 && kind != FileType::Directory
             {
+                let path = || self.path.join(name.to_string_lossy().as_ref());
                 match unlinkat(&self.dir, name, AtFlags::empty()) {
-                    Ok(()) | Err(Errno::NOENT) => {}
+                    Ok(()) => tracing::info!(
+                        path = %path().display(),
+                        "removed a temporary file that a killed save left"
+                    ),
+                    Err(Errno::NOENT) => {}
                     // A directory (where d_type is not filled in) or an immutable file: not
                     // something a save left, and failing would fail every exclusive hold.
                     Err(Errno::ISDIR | Errno::PERM) => {}
-                    Err(e) => {
-                        let path = self.path.join(name.to_string_lossy().as_ref());
-                        failed = Some(Error::io("remove temporary file", path, e));
-                    }
+                    Err(e) => failed = Some(Error::io("remove temporary file", path(), e)),
                 }
             }
-        })?;
+        })
+        .map_err(|e| Error::io("list", &self.path, e))?;
         if let Some(e) = failed {
             return Err(e);
         }
-        self.lock.mark_temps(false)
+        if more {
+            return Ok(true);
+        }
+        // Cleared only where set: a read-only store's lock file cannot be written, and an
+        // unmarked one needs no write.
+        if self.lock.temps_marked()? {
+            self.lock.mark_temps(false)?;
+        }
+        Ok(false)
     }
 }
 
@@ -701,6 +754,11 @@ enum SaveError {
     Failed(Error),
 }
 
+/// Whether `name` is `.` or `..`, which every directory lists.
+fn is_dot(name: &CStr) -> bool {
+    matches!(name.to_bytes(), b"." | b"..")
+}
+
 /// Bytes of directory entries fetched per `getdents64` call: about 500 entry names.
 const DIRENT_BUF: usize = 32 << 10;
 
@@ -735,6 +793,12 @@ fn for_each_dirent(
     let mut buf = vec![MaybeUninit::uninit(); DIRENT_BUF];
     while read_dirents(fd, &mut buf, &mut each).map_err(|e| Error::io("list", path, e))? {}
     Ok(())
+}
+
+/// A sweep of temporary files in progress ([`AidDir::sweep_step`]).
+pub(crate) struct Sweep {
+    fd: OwnedFd,
+    buf: Vec<MaybeUninit<u8>>,
 }
 
 /// A listing in progress of one aid directory's entry names: the ids of one `getdents64`
@@ -772,9 +836,19 @@ impl Scan {
             self.ids.clear();
             self.next = 0;
             let ids = &mut self.ids;
-            match read_dirents(&self.fd, &mut self.buf, |name, _| {
-                ids.extend(layout::parse_entry_name(name))
-            }) {
+            match read_dirents(
+                &self.fd,
+                &mut self.buf,
+                |name, _| match layout::parse_entry_name(name) {
+                    Some(id) => ids.push(id),
+                    None if is_dot(name) => {}
+                    None => tracing::debug!(
+                        dir = %path.display(),
+                        name = %name.to_string_lossy(),
+                        "skipping a name that is not an entry's"
+                    ),
+                },
+            ) {
                 Ok(more) => self.more = more,
                 Err(e) => {
                     self.more = false;
@@ -815,10 +889,10 @@ pub(crate) fn list_aids(run_dir: &Path) -> Result<Vec<Aid>, Error> {
         Ok(fd) => fd,
         Err(Errno::NOENT) => return Ok(Vec::new()),
         Err(Errno::LOOP | Errno::NOTDIR) => {
-            return Err(Error::Insecure {
-                path: state_path,
-                reason: "not a directory (a symlink or a file stands there)".into(),
-            });
+            return Err(Error::insecure(
+                state_path,
+                "not a directory (a symlink or a file stands there)",
+            ));
         }
         Err(e) => return Err(Error::io("list", &state_path, e)),
     };
@@ -850,7 +924,7 @@ mod tests {
     use super::*;
 
     fn open(run: &Path, aid: u16, options: &Options) -> AidDir {
-        let state = Arc::new(StateDir::open(run, options.durable).unwrap());
+        let state = Arc::new(StateDir::open(run, options).unwrap());
         AidDir::open(state, Aid::new(aid).unwrap(), options).unwrap()
     }
 
@@ -900,6 +974,24 @@ mod tests {
                 0o600
             );
         }
+    }
+
+    #[test]
+    fn a_save_into_a_removed_directory_fails_and_keeps_the_cheap_way() {
+        let run = tempfile::tempdir_in("/dev/shm").unwrap();
+        let dir = open(run.path(), 1, &Options::new());
+        std::fs::remove_dir_all(dir.path()).unwrap();
+        assert!(!dir.is_current());
+        let saved = dir.save(InstanceId::random(), b"entry");
+        assert!(
+            matches!(&saved, Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound),
+            "{saved:?}"
+        );
+        assert_eq!(
+            Publish::from_u8(dir.publish.load(Ordering::Relaxed)),
+            Publish::EmptyPath,
+            "a removed directory is not a reason to give up linkat"
+        );
     }
 
     #[test]

@@ -1,54 +1,56 @@
-//! Lazy streams that fill batches as blocking work: one call per batch, never per file,
-//! and at most one batch in memory.
+//! Lazy streams over a held aid, read in steps: one call into the aid directory per step,
+//! never per file, and at most one step's files in memory. Steps run where `blocking.rs`
+//! says: small ones in place with a pause between them, larger ones on the pool.
 
 use std::ops::Range;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures::stream::{self, Stream, StreamExt};
 use serde::de::DeserializeOwned;
 
 use crate::aid_dir::{self, AidDir, Scan};
+use crate::blocking::{self, IN_PLACE_MAX_BYTES, Step};
 use crate::hold::Hold;
-use crate::{Error, InstanceId, State};
+use crate::{Error, InstanceId, Liveness, State, liveness};
 
-/// Entry files read per hop at most.
-const BATCH_FILES: usize = 128;
-/// Bytes read per hop at most, so large entries make smaller batches.
-const BATCH_BYTES: usize = 512 << 10;
-/// The largest entry a stream decodes on the consumer's thread, in tens of microseconds at
-/// most. Larger ones (up to any size, under a raised size cap) are decoded with the batch's
-/// blocking work, so that decoding never stalls a runtime thread.
-const DECODE_WHEN_TAKEN_MAX: usize = 64 << 10;
-
-/// The work behind one stream of a held aid, run a batch at a time as one of the hold's
+/// The work behind one stream of a held aid, run a step at a time as one of the hold's
 /// operations ([`Hold::run`]).
 pub(crate) trait Batcher: Send + 'static {
     type Item: Send + 'static;
     /// The hold the stream reads under.
     fn hold(&self) -> &Arc<Hold>;
-    /// Appends the next items; returns `false` once there are no more after these.
-    fn fill(&mut self, out: &mut Vec<Result<Self::Item, Error>>) -> bool;
+    /// Appends the next items, as many as `step` allows; returns `false` once there are no
+    /// more after these.
+    fn fill(&mut self, step: Step, out: &mut Vec<Result<Self::Item, Error>>) -> bool;
 }
 
-/// Turns a batcher into a stream. Nothing runs until the stream is polled.
+/// Turns a batcher into a stream. Nothing runs until the stream is polled; dropped, it
+/// stops before its next step.
 pub(crate) fn stream<B: Batcher>(
     op: &'static str,
     batcher: B,
 ) -> impl Stream<Item = Result<B::Item, Error>> + Send + Unpin {
-    stream::unfold(Some(batcher), move |batcher| async move {
-        let mut batcher = batcher?;
-        let hold = batcher.hold().clone();
-        let hop = hold.run(op, move |_| {
-            let mut out = Vec::new();
-            let more = batcher.fill(&mut out);
-            Ok((batcher, out, more))
-        });
-        match hop.await {
-            Ok((batcher, out, more)) => Some((out, more.then_some(batcher))),
-            Err(e) => Some((vec![Err(e)], None)),
-        }
-    })
+    stream::unfold(
+        (Some(batcher), false),
+        move |(batcher, started)| async move {
+            let mut batcher = batcher?;
+            let hold = batcher.hold().clone();
+            if started {
+                blocking::pause(hold.in_place()).await;
+            }
+            let hop = hold.run(op, false, move |_, step| {
+                let mut out = Vec::new();
+                let more = batcher.fill(step, &mut out);
+                Ok((batcher, out, more))
+            });
+            match hop.await {
+                Ok((batcher, out, more)) => Some((out, (more.then_some(batcher), true))),
+                Err(e) => Some((vec![Err(e)], (None, true))),
+            }
+        },
+    )
     .flat_map(stream::iter)
     // Boxed so callers can poll it without pinning it first.
     .boxed()
@@ -98,10 +100,10 @@ impl Batcher for Ids {
         &self.0.hold
     }
 
-    fn fill(&mut self, out: &mut Vec<Result<InstanceId, Error>>) -> bool {
-        // Names cost little to list, so a batch holds more of them than of entries.
+    fn fill(&mut self, step: Step, out: &mut Vec<Result<InstanceId, Error>>) -> bool {
+        // Names cost little to list, so a step holds more of them than of entries.
         self.0.fill_with(out, |dir, scan, out| {
-            while out.len() < BATCH_FILES * 8 {
+            while out.len() < step.files * 64 {
                 let Some(id) = scan.next_id(dir.path()) else {
                     break;
                 };
@@ -111,10 +113,98 @@ impl Batcher for Ids {
     }
 }
 
-/// Streams the entries of one held aid, decoded. Files are read in batches, as one of the
-/// hold's operations each, and decoded one at a time as they are taken (see
-/// [`AidDir::read_raw_batch`] for why), but for large ones. The hold is let go with the last
-/// batch.
+/// Removes temporary files that a killed process left, one directory buffer a step; its
+/// items are only the error that ended it, if any.
+pub(crate) struct SweepSteps {
+    pub(crate) hold: Arc<Hold>,
+    pub(crate) sweep: Option<aid_dir::Sweep>,
+}
+
+impl Batcher for SweepSteps {
+    type Item = std::convert::Infallible;
+
+    fn hold(&self) -> &Arc<Hold> {
+        &self.hold
+    }
+
+    fn fill(&mut self, _: Step, out: &mut Vec<Result<Self::Item, Error>>) -> bool {
+        let dir = self.hold.dir();
+        let step = match self.sweep.take().map_or_else(|| dir.sweep(), Ok) {
+            Ok(sweep) => dir.sweep_step(self.sweep.insert(sweep)),
+            Err(e) => Err(e),
+        };
+        match step {
+            Ok(more) => more,
+            Err(e) => {
+                out.push(Err(e));
+                false
+            }
+        }
+    }
+}
+
+/// Removes the entries of dead processes, a step at a time; its items are the entries
+/// removed, or the error that ended the pass. Corrupt files are not entries of dead
+/// processes, and are left alone.
+pub(crate) struct Prune<C> {
+    pub(crate) listing: Listing,
+    /// Raised once whoever would be told of what is removed has gone: remove no more.
+    pub(crate) gone: Arc<AtomicBool>,
+    pub(crate) _config: std::marker::PhantomData<fn() -> C>,
+}
+
+impl<C: DeserializeOwned + Send + 'static> Batcher for Prune<C> {
+    type Item = State<C>;
+
+    fn hold(&self) -> &Arc<Hold> {
+        &self.listing.hold
+    }
+
+    fn fill(&mut self, step: Step, out: &mut Vec<Result<State<C>, Error>>) -> bool {
+        let gone = self.gone.clone();
+        let aid = self.listing.hold.aid();
+        let mut failed = false;
+        let more = self.listing.fill_with(out, |dir, scan, out| {
+            let mut buf = Vec::new();
+            for _ in 0..step.files {
+                let Some(entry) = dir.next_entry::<C>(scan, &mut buf) else {
+                    break;
+                };
+                let Ok(state) = entry else { continue };
+                if gone.load(Ordering::Acquire) {
+                    break;
+                }
+                let proc_root = dir.options().proc_dir();
+                if liveness::check(proc_root, state.pid, state.process.as_ref()) != Liveness::Dead {
+                    continue;
+                }
+                match dir.destroy(state.id) {
+                    Ok(true) => {
+                        tracing::info!(
+                            %aid,
+                            id = %state.id,
+                            pid = state.pid,
+                            "pruned the entry of a dead process"
+                        );
+                        out.push(Ok(state));
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        out.push(Err(e));
+                        failed = true;
+                        break;
+                    }
+                }
+            }
+        });
+        more && !failed && !gone.load(Ordering::Acquire)
+    }
+}
+
+/// Streams the entries of one held aid, decoded. Files are read a step at a time, as one of
+/// the hold's operations each, and decoded one at a time as they are taken (see
+/// [`AidDir::read_raw_batch`] for why): small ones on the polling thread, large ones on the
+/// blocking pool. The hold is let go with the last step.
 pub(crate) fn entries<C>(
     listing: Listing,
 ) -> impl Stream<Item = Result<State<C>, Error>> + Send + Unpin
@@ -126,6 +216,8 @@ where
         listing: Some(listing),
         bytes: Vec::new(),
         items: Vec::new().into_iter(),
+        stepped: false,
+        big: false,
     };
     stream::unfold(start, |mut raw| {
         async move {
@@ -136,25 +228,38 @@ where
                         let decoded = aid_dir::decode_entry(&raw.dir, id, &raw.bytes[at]);
                         return Some((decoded, raw));
                     }
+                    Some(Taken::Big(id, at)) => {
+                        let decoded = decode_on_pool(&raw.dir, id, &raw.bytes[at]).await;
+                        return Some((decoded, raw));
+                    }
                     None => {}
                 }
                 let mut listing = raw.listing.take()?;
                 let hold = listing.hold.clone();
-                // The byte buffer goes to the blocking work and comes back, to be reused.
+                if std::mem::replace(&mut raw.stepped, true) {
+                    blocking::pause(hold.in_place()).await;
+                }
+                // The byte buffer goes to the step and comes back, to be reused.
                 let mut bytes = std::mem::take(&mut raw.bytes);
-                let hop = hold.run("entries", move |hold| {
+                // Once large entries have shown up, the rest is read on the pool.
+                let hop = hold.run("entries", raw.big, move |hold, step| {
                     bytes.clear();
                     let mut read = Vec::new();
                     let more = listing.fill_with(&mut read, |dir, scan, out| {
-                        dir.read_raw_batch(scan, BATCH_FILES, BATCH_BYTES, &mut bytes, out)
+                        dir.read_raw_batch(scan, step.files, step.bytes, &mut bytes, out)
                     });
+                    let on_pool = step.files > Step::IN_PLACE.files;
                     let items: Vec<Taken<C>> = read
                         .into_iter()
                         .map(|item| match item {
-                            Ok((id, at)) if at.len() > DECODE_WHEN_TAKEN_MAX => Taken::Ready(
-                                aid_dir::decode_entry(hold.dir().path(), id, &bytes[at]),
-                            ),
-                            Ok((id, at)) => Taken::Bytes(id, at),
+                            Ok((id, at)) if at.len() <= IN_PLACE_MAX_BYTES => Taken::Bytes(id, at),
+                            // Already on the pool: decoded here, with the step.
+                            Ok((id, at)) if on_pool => Taken::Ready(aid_dir::decode_entry(
+                                hold.dir().path(),
+                                id,
+                                &bytes[at],
+                            )),
+                            Ok((id, at)) => Taken::Big(id, at),
                             Err(e) => Taken::Ready(Err(e)),
                         })
                         .collect();
@@ -162,6 +267,7 @@ where
                 });
                 match hop.await {
                     Ok((listing, bytes, items)) => {
+                        raw.big |= items.iter().any(|t| matches!(t, Taken::Big(..)));
                         raw.listing = listing;
                         raw.bytes = bytes;
                         raw.items = items.into_iter();
@@ -175,21 +281,40 @@ where
     .boxed()
 }
 
+/// Decodes a large entry on the blocking pool: tens of milliseconds for the largest.
+pub(crate) async fn decode_on_pool<C>(
+    dir: &Path,
+    id: InstanceId,
+    bytes: &[u8],
+) -> Result<State<C>, Error>
+where
+    C: DeserializeOwned + Send + 'static,
+{
+    let (dir, bytes) = (dir.to_owned(), bytes.to_vec());
+    blocking::on_pool("decode", move || aid_dir::decode_entry(&dir, id, &bytes)).await?
+}
+
 /// Where a stream of entries stands: the listing if there is more, and what is left of the
-/// batch read last.
+/// step read last.
 struct RawEntries<C> {
     /// The aid directory, for the paths in errors.
     dir: PathBuf,
     listing: Option<Listing>,
     bytes: Vec<u8>,
     items: std::vec::IntoIter<Taken<C>>,
+    /// Whether a step has run: the next one pauses first.
+    stepped: bool,
+    /// Whether a large entry has been met: the remaining steps go to the pool.
+    big: bool,
 }
 
-/// One item of a batch of entries, as the blocking side left it.
+/// One item of a step of entries, as the step left it.
 enum Taken<C> {
-    /// An entry's bytes, at this range of the batch's buffer, to decode when taken.
+    /// A small entry's bytes, at this range of the step's buffer, to decode when taken.
     Bytes(InstanceId, Range<usize>),
-    /// An error, or a large entry decoded on the blocking side.
+    /// A large entry's bytes, read in place, to decode on the pool when taken.
+    Big(InstanceId, Range<usize>),
+    /// An error, or a large entry decoded with its step on the pool.
     Ready(Result<State<C>, Error>),
 }
 
@@ -201,7 +326,7 @@ mod tests {
     use futures::TryStreamExt;
     use serde::{Deserialize, Deserializer, Serialize};
 
-    use super::DECODE_WHEN_TAKEN_MAX;
+    use crate::blocking::IN_PLACE_MAX_BYTES as DECODE_WHEN_TAKEN_MAX;
     use crate::{Aid, AsyncStore, Error, InstanceId, State};
 
     /// Where each config of a given length was decoded.

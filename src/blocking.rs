@@ -1,27 +1,54 @@
-//! Running file work where it cannot stall the runtime.
+//! Where the store's work runs.
 //!
-//! Every store operation is one call here with the whole logical operation (or one batch of
-//! a stream) as a plain synchronous closure. File operations are short but may sleep: on a
-//! directory lock held by another process, or on a disk for a durable store. So they never
-//! run on a runtime thread as if they were cheap:
+//! File work on tmpfs (`/run`, `/dev/shm`: the store's normal home) never waits on a
+//! device: making, writing, linking, reading and unlinking a small file there is CPU work,
+//! like copying that many bytes. So short, bounded work on tmpfs runs in place, on the
+//! task's own thread, with no thread hop (a `spawn_blocking` round trip costs more than a
+//! save there). Everything that can wait goes to the blocking pool with `spawn_blocking`:
+//! any other file system, a durable store's `fsync`, an entry over [`IN_PLACE_MAX_BYTES`],
+//! and a store whose [`Options::work_on_pool`](crate::Options::work_on_pool) says so.
 //!
-//! - On a multi-thread runtime they run in place through `tokio::task::block_in_place`,
-//!   which first hands this worker's other tasks to another thread, so nothing waits behind
-//!   them. That saves the round trip to the blocking pool and back, which on a small VM costs
-//!   more than the operation itself (17-35 us measured here, against 5-25 us for a save).
-//! - On a current-thread runtime, where `block_in_place` is not allowed, they go to the
-//!   blocking pool with `spawn_blocking`.
+//! Long operations (streams, `load_all`, `len`, `prune_dead`) run in steps of at most
+//! [`Step::IN_PLACE`] files in place, and give the runtime back between steps
+//! ([`pause`]), so that no single poll holds a thread for long and a dropped future stops
+//! at its next step. On the pool a step is larger ([`Step::ON_POOL`]): the hop is paid once
+//! per step, not per file.
 //!
-//! Waiting for a lock another process holds does not come here but to a thread of its own
-//! (`flock_wait.rs`): the wait can be long, and its waiter must stay free to give up. Only
-//! its fallback, a polling wait, runs on the pool ([`on_pool`]).
+//! Waiting for a lock another process holds comes neither here nor to the pool but to a
+//! thread of its own (`flock_wait.rs`): the wait can be long, and its waiter must stay free
+//! to give up. Only its fallback, a polling wait, runs on the pool ([`on_pool`]).
 
-use std::cell::Cell;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
-use tokio::runtime::{Handle, RuntimeFlavor};
+use tokio::runtime::Handle;
 
 use crate::Error;
+
+/// The largest entry written or decoded in place; larger ones go to the pool.
+pub(crate) const IN_PLACE_MAX_BYTES: usize = 64 << 10;
+
+/// How much one step of a long operation may do. A step reads at least one file whatever
+/// its size (up to the store's entry size cap).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Step {
+    /// Files read at most.
+    pub(crate) files: usize,
+    /// Bytes read at most, so large entries make smaller steps.
+    pub(crate) bytes: usize,
+}
+
+impl Step {
+    /// A step done in place: tens of microseconds on tmpfs.
+    pub(crate) const IN_PLACE: Step = Step {
+        files: 8,
+        bytes: 32 << 10,
+    };
+    /// A step done on the blocking pool, where the hop costs about as much as a few files.
+    pub(crate) const ON_POOL: Step = Step {
+        files: 128,
+        bytes: 512 << 10,
+    };
+}
 
 /// Runs `f` on the blocking pool. A panic or cancellation there becomes [`Error::Blocking`].
 /// Outside any runtime there is no pool (and no runtime thread to keep free): `f` runs in
@@ -32,8 +59,7 @@ where
     F: FnOnce() -> T + Send + 'static,
 {
     if Handle::try_current().is_err() {
-        return catch_unwind(AssertUnwindSafe(f))
-            .map_err(|_| Error::Blocking { op, panicked: true });
+        return in_place(op, f);
     }
     tokio::task::spawn_blocking(f)
         .await
@@ -43,56 +69,30 @@ where
         })
 }
 
-/// Runs `f`, a short file operation, in place on a multi-thread runtime and on the blocking
-/// pool otherwise. A panic in `f` becomes [`Error::Blocking`] either way.
-pub(crate) async fn run<T, F>(op: &'static str, f: F) -> Result<T, Error>
+/// Runs one step of work, `f`, right here when `here` says so (or outside any runtime), and
+/// on the blocking pool otherwise; `f` is told how large a step it may make.
+pub(crate) async fn run<T, F>(op: &'static str, here: bool, f: F) -> Result<T, Error>
 where
     T: Send + 'static,
-    F: FnOnce() -> Result<T, Error> + Send + 'static,
+    F: FnOnce(Step) -> Result<T, Error> + Send + 'static,
 {
-    if !in_place_allowed() {
-        return on_pool(op, f).await?;
+    if here {
+        return in_place(op, || f(Step::IN_PLACE))?;
     }
-    let mut work = Some(f);
-    // Unwinding stops here, as it would at the blocking pool's edge: the closure only holds
-    // values it owns, and they are dropped on the way out.
-    let ran = catch_unwind(AssertUnwindSafe(|| {
-        tokio::task::block_in_place(|| work.take().map(|f| f()))
-    }));
-    match (ran, work) {
-        (Ok(Some(done)), _) => done,
-        // block_in_place refused before running the work: this thread runs a `LocalSet`
-        // (tokio says so with a panic, printed once per thread, and fatal where panics
-        // abort; see the crate docs). The pool serves it instead.
-        (Err(_), Some(f)) => {
-            REFUSED_HERE.with(|refused| refused.set(true));
-            on_pool(op, f).await?
-        }
-        (Err(_), None) | (Ok(None), _) => Err(Error::Blocking { op, panicked: true }),
+    on_pool(op, move || f(Step::ON_POOL)).await?
+}
+
+/// Runs `f` on this thread. A panic in the store's own work becomes [`Error::Blocking`], as
+/// it would at the pool's edge; `f` only holds values it owns, dropped on the way out.
+fn in_place<T>(op: &'static str, f: impl FnOnce() -> T) -> Result<T, Error> {
+    catch_unwind(AssertUnwindSafe(f)).map_err(|_| Error::Blocking { op, panicked: true })
+}
+
+/// Gives the runtime back between two steps of work done in place, so that the task's other
+/// futures (a `select!` arm, a ticker) and other tasks run. Nothing to do after a step on
+/// the pool, whose await has already yielded.
+pub(crate) async fn pause(here: bool) {
+    if here {
+        tokio::task::yield_now().await;
     }
-}
-
-thread_local! {
-    /// Set on a thread where `block_in_place` has refused to run, so that it is not asked
-    /// (and its panic not printed) again.
-    static REFUSED_HERE: Cell<bool> = const { Cell::new(false) };
-}
-
-/// [`run`] for work that cannot fail.
-pub(crate) async fn run_infallible<T, F>(op: &'static str, f: F) -> Result<T, Error>
-where
-    T: Send + 'static,
-    F: FnOnce() -> T + Send + 'static,
-{
-    run(op, move || Ok(f())).await
-}
-
-/// Whether `block_in_place` may be called here: only on a multi-thread runtime (it panics on
-/// a current-thread one). Outside any runtime there is no runtime thread to protect, but
-/// the pool is not there either, so such callers also run in place.
-fn in_place_allowed() -> bool {
-    !REFUSED_HERE.with(Cell::get)
-        && Handle::try_current().map_or(true, |handle| {
-            handle.runtime_flavor() == RuntimeFlavor::MultiThread
-        })
 }

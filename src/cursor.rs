@@ -4,15 +4,15 @@ use std::collections::BTreeMap;
 use std::marker::PhantomData;
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
-use futures::Stream;
+use futures::{Stream, StreamExt, TryStreamExt, future};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::batch::{self, Listing};
+use crate::blocking::IN_PLACE_MAX_BYTES;
 use crate::hold::{GoneOnDrop, Hold};
-use crate::{Aid, Error, InstanceId, Liveness, State, format, liveness};
+use crate::{Aid, Error, InstanceId, State, aid_dir, format};
 
 /// Read access to one aid's entries while its lock is held, shared or exclusive.
 ///
@@ -108,9 +108,10 @@ where
         self.last_len = config.len();
         let (id, pid, time) = (state.id, state.pid, state.time);
         let process = state.process.clone();
+        let big = config.len() > IN_PLACE_MAX_BYTES;
         self.read
             .hold
-            .run("save", move |hold| {
+            .run("save", big, move |hold, _| {
                 let dir = hold.dir();
                 let mut bytes = Vec::with_capacity(config.len() + 128);
                 format::encode_record(id, pid, time, process.as_ref(), &config, &mut bytes)
@@ -217,39 +218,31 @@ where
         }
     }
 
-    /// Removes the dead entries: what it removed, and the error that stopped it, if any.
+    /// Removes the dead entries, a step at a time: what it removed, and the error that
+    /// stopped it, if any.
     async fn prune(&mut self) -> Result<(Vec<State<C>>, Option<Error>), Error> {
         let waiter = GoneOnDrop::default();
-        let gone = waiter.0.clone();
-        self.read
-            .hold
-            .run("prune", move |hold| {
-                let dir = hold.dir();
-                let proc_root = dir.options().proc_dir();
-                let mut dead = Vec::new();
-                let pass = dir.read_all::<C>(|state| {
-                    // Not an entry, so not an entry of a dead process: left alone.
-                    let Ok(state) = state else { return Ok(()) };
-                    // Whoever would be told of what is removed has gone: remove no more.
-                    if gone.load(Ordering::Acquire) {
-                        return Ok(());
-                    }
-                    let liveness = liveness::check(proc_root, state.pid, state.process.as_ref());
-                    if liveness == Liveness::Dead && dir.destroy(state.id)? {
-                        dead.push(state);
-                    }
-                    Ok(())
-                });
-                Ok((dead, pass.err()))
-            })
-            .await
+        let pass = batch::Prune::<C> {
+            listing: Listing::new(self.read.hold.clone()),
+            gone: waiter.0.clone(),
+            _config: PhantomData,
+        };
+        let mut removed = Vec::new();
+        let mut steps = batch::stream("prune", pass);
+        while let Some(item) = steps.next().await {
+            match item {
+                Ok(state) => removed.push(state),
+                Err(e) => return Ok((removed, Some(e))),
+            }
+        }
+        Ok((removed, None))
     }
 
     /// Removes the entry of `id`. Returns whether it existed.
     pub async fn destroy(&mut self, id: InstanceId) -> Result<bool, Error> {
         self.read
             .hold
-            .run("destroy", move |hold| hold.dir().destroy(id))
+            .run("destroy", false, move |hold, _| hold.dir().destroy(id))
             .await
     }
 }
@@ -272,23 +265,24 @@ where
 
     /// Reads the entry of `id`, or `None` if there is none.
     pub async fn load(&mut self, id: InstanceId) -> Result<Option<State<C>>, Error> {
-        self.hold
-            .run("load", move |hold| hold.dir().load(id, &mut Vec::new()))
-            .await
+        let read = self.hold.run("load", false, move |hold, _| {
+            let mut bytes = Vec::new();
+            Ok(hold.dir().read_entry(id, &mut bytes)?.then_some(bytes))
+        });
+        let Some(bytes) = read.await? else {
+            return Ok(None);
+        };
+        let dir = self.hold.dir().path();
+        match bytes.len() > IN_PLACE_MAX_BYTES {
+            true => batch::decode_on_pool(dir, id, &bytes).await.map(Some),
+            false => aid_dir::decode_entry(dir, id, &bytes).map(Some),
+        }
     }
 
     /// Counts the entries by their file names, without reading them.
     pub async fn len(&mut self) -> Result<usize, Error> {
-        self.hold
-            .run("len", |hold| {
-                let mut scan = hold.dir().scan()?;
-                let mut n = 0;
-                while let Some(id) = scan.next_id(hold.dir().path()) {
-                    id?;
-                    n += 1;
-                }
-                Ok(n)
-            })
+        self.ids()
+            .try_fold(0, |n, _| future::ready(Ok(n + 1)))
             .await
     }
 
@@ -337,16 +331,11 @@ where
 
     /// Reads every entry, or fails with the first error.
     pub async fn load_all(&mut self) -> Result<BTreeMap<InstanceId, State<C>>, Error> {
-        self.hold
-            .run("load_all", |hold| {
-                let mut all = BTreeMap::new();
-                hold.dir().read_all::<C>(|state| {
-                    let state = state?;
-                    all.insert(state.id, state);
-                    Ok(())
-                })?;
-                Ok(all)
-            })
-            .await
+        let mut all = BTreeMap::new();
+        let mut entries = self.entries();
+        while let Some(state) = entries.try_next().await? {
+            all.insert(state.id, state);
+        }
+        Ok(all)
     }
 }

@@ -183,11 +183,19 @@ impl Error {
         }
     }
 
+    /// A file that cannot be an entry; said to the operator too, since a listing goes on
+    /// past it and the caller may not look.
     pub(crate) fn corrupt(path: impl Into<PathBuf>, kind: CorruptKind) -> Self {
-        Error::Corrupt {
-            path: path.into(),
-            kind,
-        }
+        let path = path.into();
+        tracing::warn!(path = %path.display(), %kind, "corrupt entry");
+        Error::Corrupt { path, kind }
+    }
+
+    /// A store directory or file refused as unsafe; said to the operator too.
+    pub(crate) fn insecure(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
+        let (path, reason) = (path.into(), reason.into());
+        tracing::warn!(path = %path.display(), %reason, "refusing an insecure store file");
+        Error::Insecure { path, reason }
     }
 }
 

@@ -18,14 +18,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{
-    OwnedMutexGuard, OwnedRwLockReadGuard, OwnedRwLockWriteGuard, RwLock, oneshot,
-};
+use tokio::sync::{OwnedMutexGuard, OwnedRwLockReadGuard, OwnedRwLockWriteGuard, RwLock, oneshot};
 
 use crate::aid_dir::{AidDir, StateDir};
+use futures::StreamExt;
+
+use crate::batch::{self, SweepSteps};
+use crate::blocking::{self, Step};
 use crate::flock_wait::Granted;
 use crate::lock::LockFile;
-use crate::{Aid, Error, Options, blocking};
+use crate::{Aid, Error, Options};
 
 /// Whether a holder excludes everyone or only exclusive holders.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -128,19 +130,30 @@ impl Hold {
         &self.claim.dir
     }
 
-    /// Runs `f`, one logical operation on the held aid, as blocking work
-    /// ([`blocking::run`]), after every earlier operation of this hold has finished. The
-    /// work keeps the hold alive, so the lock outlives a dropped future until it is done.
-    pub(crate) async fn run<T, F>(self: &Arc<Self>, op: &'static str, f: F) -> Result<T, Error>
+    /// Whether short work on this aid runs in place (see `blocking.rs`).
+    pub(crate) fn in_place(&self) -> bool {
+        self.claim.dir.in_place()
+    }
+
+    /// Runs `f`, one logical operation (or one step of a long one) on the held aid, after
+    /// every earlier operation of this hold has finished: in place when the store's files
+    /// allow it and the work is not `big`, on the blocking pool otherwise. The work keeps the
+    /// hold alive, so the lock outlives a dropped future until it is done.
+    pub(crate) async fn run<T, F>(
+        self: &Arc<Self>,
+        op: &'static str,
+        big: bool,
+        f: F,
+    ) -> Result<T, Error>
     where
         T: Send + 'static,
-        F: FnOnce(&Hold) -> Result<T, Error> + Send + 'static,
+        F: FnOnce(&Hold, Step) -> Result<T, Error> + Send + 'static,
     {
         let turn = self.ops.clone().lock_owned().await;
         let hold = self.clone();
-        blocking::run(op, move || {
+        blocking::run(op, !big && self.in_place(), move |step| {
             let _turn = turn;
-            f(&hold)
+            f(&hold, step)
         })
         .await
     }
@@ -170,6 +183,9 @@ impl Drop for GoneOnDrop {
         self.0.store(true, Ordering::Release);
     }
 }
+
+/// A wait for another process's lock longer than this is worth telling the operator of.
+const SLOW_LOCK: Duration = Duration::from_secs(1);
 
 /// How many times a holder opens an aid's files again after finding them removed.
 const MAX_REOPENS: u32 = 8;
@@ -232,11 +248,13 @@ impl Locks {
             return Ok(dir.clone());
         }
         let state = lock(&self.state_dir).clone();
+        // Until the state directory is open, its file system is unknown: the pool.
+        let here = state.as_ref().is_some_and(|s| s.in_place());
         let (run_dir, options) = (self.run_dir.clone(), self.options.clone());
-        let (state, dir) = blocking::run("open", move || {
+        let (state, dir) = blocking::run("open", here, move |_| {
             let state = match state {
                 Some(state) => state,
-                None => Arc::new(StateDir::open(&run_dir, options.durable)?),
+                None => Arc::new(StateDir::open(&run_dir, &options)?),
             };
             let dir = AidDir::open(state.clone(), aid, &options)?;
             Ok((state, dir))
@@ -273,7 +291,9 @@ impl Locks {
         let mut looked = 0;
         while open.len() > self.options.open_aids && looked < 2 * open.len() {
             looked += 1;
-            let Some(oldest) = open.pop_front() else { break };
+            let Some(oldest) = open.pop_front() else {
+                break;
+            };
             let slot = self.slot(oldest);
             let evicted = !slot.used.swap(false, Ordering::Relaxed)
                 && slot.dir.try_lock().is_ok_and(|mut dir| {
@@ -334,14 +354,23 @@ impl Locks {
         // keeps removing the directory.
         let mut reopened = 0;
         let hold = loop {
+            let asked = Instant::now();
             let hold = match mode {
                 Mode::Exclusive => Self::flock_exclusive(claim, wait).await?,
                 Mode::Shared => Self::flock_shared(claim, &slot, wait).await?,
             };
+            let waited = asked.elapsed();
+            if waited > SLOW_LOCK {
+                tracing::info!(%aid, ?mode, ?waited, "waited for another process's lock");
+            }
             if hold.claim.dir.is_current() {
                 break hold;
             }
-            let Hold { flock, claim: stale, .. } = hold;
+            let Hold {
+                flock,
+                claim: stale,
+                ..
+            } = hold;
             drop(flock);
             reopened += 1;
             if reopened > MAX_REOPENS {
@@ -364,7 +393,14 @@ impl Locks {
         let hold = Arc::new(hold);
         if mode == Mode::Exclusive && !slot.swept.load(Ordering::Acquire) {
             // The first exclusive holder in this store clears what a killed process left.
-            hold.run("sweep", |hold| hold.dir().sweep_temps()).await?;
+            // A whole listing of the directory, once per aid and store: in steps.
+            let sweep = SweepSteps {
+                hold: hold.clone(),
+                sweep: None,
+            };
+            if let Some(Err(e)) = batch::stream("sweep", sweep).next().await {
+                return Err(e);
+            }
             slot.swept.store(true, Ordering::Release);
         }
         Ok(hold)

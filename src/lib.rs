@@ -65,21 +65,19 @@
 //!
 //! # Runtime
 //!
-//! The store works on current-thread and multi-thread tokio runtimes, and its futures are
-//! `Send`. File work never runs on a runtime thread as if it were free: on a multi-thread
-//! runtime each operation runs in place through `tokio::task::block_in_place` (tokio first
-//! hands the worker's other tasks to another thread), and on a current-thread runtime it runs
-//! on the blocking pool. Waiting for a lock another process holds happens in the kernel, on a
-//! thread of its own (the process's, shared by its stores) that a waiter that gives up can
-//! leave behind (a thread of
-//! tokio's blocking pool could not be left: the runtime's shutdown waits for every one). The
-//! `*_timeout` methods need tokio's timer, as `tokio::time` does.
-//!
-//! Inside a `tokio::task::LocalSet` on a multi-thread runtime, tokio refuses
-//! `block_in_place` with a panic; the store catches it, once per thread, and uses the
-//! blocking pool there from then on. A custom panic hook sees that one panic, and where panics
-//! abort (`panic = "abort"`), it ends the process: with aborting panics, use the store inside
-//! a `LocalSet` only on a current-thread runtime.
+//! The store works the same on current-thread and multi-thread tokio runtimes and inside a
+//! `LocalSet`, and its futures are `Send`. File work on tmpfs or ramfs (the store's normal
+//! home, such as `/run`) never waits on a device, so short operations run in place on the
+//! task's thread, and long ones (streams, `load_all`, `len`, `prune_dead`) in steps of a
+//! few files with a yield between steps: no poll holds a thread for long, and a dropped
+//! future stops at its next step. Everything that can wait goes to the blocking pool
+//! (`spawn_blocking`): other file systems, a durable store's fsyncs, entries over 64 KiB,
+//! and every file operation under [`Options::work_on_pool`]. Waiting for a lock another
+//! process holds happens in the kernel, on a thread of its own (the process's, shared by
+//! its stores) that a waiter that gives up can leave behind (a thread of tokio's blocking
+//! pool could not be left: the runtime's shutdown waits for every one). Nothing panics on
+//! purpose, so the store also works where panics abort. The `*_timeout` methods need
+//! tokio's timer, as `tokio::time` does.
 //!
 //! See the README for the on-disk layout and format and for the guarantees and what they
 //! rest on.

@@ -18,6 +18,7 @@ pub struct Options {
     pub(crate) max_entry_size: u64,
     pub(crate) proc_root: PathBuf,
     pub(crate) open_aids: usize,
+    pub(crate) on_pool: bool,
 }
 
 impl Options {
@@ -34,6 +35,7 @@ impl Options {
             max_entry_size: Self::DEFAULT_MAX_ENTRY_SIZE,
             proc_root: PathBuf::from("/proc"),
             open_aids: Self::DEFAULT_OPEN_AIDS,
+            on_pool: false,
         }
     }
 
@@ -82,6 +84,27 @@ impl Options {
     /// How many unheld aids keep their files open; see [`Options::open_aids`].
     pub fn open_aid_limit(&self) -> usize {
         self.open_aids
+    }
+
+    /// With `true`, every file operation runs on tokio's blocking pool (`spawn_blocking`),
+    /// even on tmpfs. Off by default: on tmpfs or ramfs, short file work never waits on a
+    /// device, so the store runs it in place on the task's thread, in steps of tens of
+    /// microseconds, and saves the hop to the pool, which costs more than a save (see
+    /// README's Performance section). Other file systems, durable stores and large entries
+    /// use the pool whatever this says.
+    ///
+    /// ```
+    /// use runstate::Options;
+    /// assert!(Options::new().work_on_pool(true).is_work_on_pool());
+    /// ```
+    pub fn work_on_pool(mut self, on: bool) -> Options {
+        self.on_pool = on;
+        self
+    }
+
+    /// Whether all file work goes to the blocking pool; see [`Options::work_on_pool`].
+    pub fn is_work_on_pool(&self) -> bool {
+        self.on_pool
     }
 
     /// Whether saves and destroys are fsynced.

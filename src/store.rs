@@ -14,7 +14,8 @@ use serde::de::DeserializeOwned;
 use crate::batch::{self, Listing};
 use crate::hold::{Locks, Mode, Wait};
 use crate::{
-    Aid, Cursor, Error, InstanceId, Liveness, Options, ReadCursor, State, aid_dir, blocking, liveness,
+    Aid, Cursor, Error, InstanceId, Liveness, Options, ReadCursor, State, aid_dir, blocking,
+    liveness,
 };
 
 /// A store of running instances under one run directory, shared by every task and process
@@ -349,7 +350,8 @@ where
     pub async fn aids(&self) -> Result<Vec<Aid>, Error> {
         let _open = self.locks.enter()?;
         let run_dir = self.locks.run_dir.clone();
-        blocking::run("aids", move || aid_dir::list_aids(&run_dir)).await
+        // A listing of up to 10,000 names in one go: on the pool.
+        blocking::on_pool("aids", move || aid_dir::list_aids(&run_dir)).await?
     }
 
     /// Streams every entry of every aid, in aid order, holding each aid's lock shared while it
@@ -422,8 +424,8 @@ where
     }
 
     /// Whether the process of `state` is still running: [`Liveness::Alive`] only when its pid
-    /// exists with the recorded start time in the same boot. Reads `/proc` off the runtime's
-    /// workers; anything it cannot read makes the answer [`Liveness::Unknown`].
+    /// exists with the recorded start time in the same boot. Reads `/proc` (procfs: CPU work,
+    /// done in place); anything it cannot read makes the answer [`Liveness::Unknown`].
     ///
     /// The answer rests on `state.process`, the identity [`State::new`] took when the state
     /// was built; a state without one ([`State::unidentified`]) is always `Unknown`.
@@ -444,16 +446,12 @@ where
     /// # Ok(()) }
     /// ```
     pub async fn liveness(&self, state: &State<C>) -> Liveness {
-        let (proc_root, pid, process) = (
-            self.locks.options.proc_root.clone(),
+        // A few small procfs reads, which never wait on a device: in place.
+        liveness::check(
+            &self.locks.options.proc_root,
             state.pid,
-            state.process.clone(),
-        );
-        blocking::run_infallible("liveness", move || {
-            liveness::check(&proc_root, pid, process.as_ref())
-        })
-        .await
-        .unwrap_or(Liveness::Unknown)
+            state.process.as_ref(),
+        )
     }
 
     /// Removes, in every aid, the entries whose process is [`Liveness::Dead`], and returns
