@@ -363,14 +363,11 @@ both_runtimes!(waiter_on_a_removed_lock_file_moves_to_the_new_one);
 /// be linked into a removed directory), but its error must name the entry being saved, as
 /// every other failed save does, and leave no temporary-file mark on the lock file.
 ///
-/// Today `AidDir::save_tmpfile` (src/aid_dir.rs) takes the `ENOENT` of `linkat` into the
-/// removed directory for "this way of publishing is unsupported", falls back to the
-/// `/proc` link and then to a named temporary file, whose `openat` fails too: the error
-/// names `state/<aid>/.tmp-<random>`, a file that never existed, and the fallback has
-/// marked the lock file (one byte) as if a temporary file might be left.
+/// Before 21eaed2, `linkat`'s `ENOENT` in the removed directory was taken for "this way of
+/// publishing is unsupported": the save fell back to a named temporary file, failed there,
+/// named `state/<aid>/.tmp-<random>` (a file that never existed) and left the lock file
+/// marked.
 #[test]
-#[ignore = "src/aid_dir.rs save_tmpfile: ENOENT from linkat into a removed directory is taken as \
-            'unsupported'; the error names a temporary file that never existed"]
 fn a_save_into_a_removed_directory_names_the_entry() {
     common::run_current_thread(async {
         let tmp = run_dir();
