@@ -12,8 +12,14 @@ use rustix::fs::{
 };
 use rustix::io::Errno;
 
-use super::common::{self, Decoded, Entry};
+use std::hint::black_box;
+
 use runstate::InstanceId;
+use tokio::runtime::Runtime;
+
+use crate::common::{self, Decoded, Entry};
+use crate::measure::Timing;
+use crate::workloads::{AID, Imp};
 
 fn open_flags() -> OFlags {
     OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY
@@ -235,4 +241,117 @@ pub fn populate(run_dir: &Path, aid: u16, ids: &[InstanceId], template: &Entry) 
         a.save_as(&state, process.as_ref())?;
     }
     Ok(())
+}
+
+/// The floor as an implementation: everything on the calling thread, no runtime.
+pub struct Floor;
+
+impl Imp for Floor {
+    fn name(&self) -> &'static str {
+        "floor"
+    }
+
+    fn saves(
+        &self,
+        _rt: &Runtime,
+        t: &mut Timing,
+        dir: &Path,
+        template: &Entry,
+        ids: &[InstanceId],
+        each: bool,
+    ) {
+        let mut st = template.clone();
+        let mut a = FloorAid::open(dir, AID).expect("open");
+        t.start();
+        if !each {
+            a.lock();
+        }
+        for &id in ids {
+            st.id = id;
+            if each {
+                a.lock();
+            }
+            a.save(&st).expect("save");
+            if each {
+                a.unlock();
+            }
+        }
+        if !each {
+            a.unlock();
+        }
+        t.stop();
+    }
+
+    fn read_all(&self, _rt: &Runtime, t: &mut Timing, dir: &Path) -> usize {
+        let mut a = FloorAid::open(dir, AID).expect("open");
+        t.start();
+        a.lock();
+        let got = a
+            .entries(|s| {
+                black_box(s);
+            })
+            .expect("entries");
+        a.unlock();
+        t.stop();
+        got
+    }
+
+    fn len(&self, _rt: &Runtime, t: &mut Timing, dir: &Path) -> usize {
+        let a = FloorAid::open(dir, AID).expect("open");
+        t.start();
+        a.lock();
+        let got = a.len().expect("len");
+        a.unlock();
+        t.stop();
+        got
+    }
+
+    fn destroys(&self, _rt: &Runtime, t: &mut Timing, dir: &Path, ids: &[InstanceId]) {
+        let a = FloorAid::open(dir, AID).expect("open");
+        t.start();
+        a.lock();
+        for &id in ids {
+            assert!(a.destroy(id).expect("destroy"));
+        }
+        a.unlock();
+        t.stop();
+    }
+
+    fn empty_holds(&self, _rt: &Runtime, t: &mut Timing, dir: &Path, holds: usize) {
+        let a = FloorAid::open(dir, AID).expect("open");
+        t.start();
+        for _ in 0..holds {
+            a.lock();
+            a.unlock();
+        }
+        t.stop();
+    }
+
+    fn aids(&self, _rt: &Runtime, t: &mut Timing, dir: &Path) -> usize {
+        t.start();
+        let got = aids(dir).expect("aids").len();
+        t.stop();
+        got
+    }
+
+    fn contended(
+        &self,
+        _rt: &Runtime,
+        t: &mut Timing,
+        dir: &Path,
+        states: Vec<Entry>,
+        rounds: usize,
+    ) {
+        let mut a = FloorAid::open(dir, AID).expect("open");
+        t.start();
+        for _ in 0..rounds {
+            for st in &states {
+                a.lock();
+                a.save(st).expect("save");
+                assert!(a.destroy(st.id).expect("destroy"));
+                a.unlock();
+            }
+        }
+        t.stop();
+    }
 }

@@ -15,8 +15,14 @@ use std::pin::Pin;
 use tokio::io::AsyncWrite;
 use tokio::sync::{Mutex, MutexGuard};
 
-use super::common::{self, Decoded, Entry};
+use std::hint::black_box;
+
 use runstate::InstanceId;
+use tokio::runtime::Runtime;
+
+use crate::common::{self, Decoded, Entry};
+use crate::measure::Timing;
+use crate::workloads::{AID, Imp};
 
 pub struct TfsAid {
     dir: PathBuf,
@@ -167,4 +173,138 @@ pub async fn aids(run_dir: &Path) -> io::Result<Vec<u16>> {
     }
     out.sort_unstable();
     Ok(out)
+}
+
+/// The hand-written `tokio::fs` store as an implementation.
+pub struct TokioFs;
+
+impl Imp for TokioFs {
+    fn name(&self) -> &'static str {
+        "tokio-fs"
+    }
+
+    fn saves(
+        &self,
+        rt: &Runtime,
+        t: &mut Timing,
+        dir: &Path,
+        template: &Entry,
+        ids: &[InstanceId],
+        each: bool,
+    ) {
+        let mut st = template.clone();
+        rt.block_on(async {
+            let a = TfsAid::open(dir, AID).expect("open");
+            t.start();
+            if each {
+                for &id in ids {
+                    st.id = id;
+                    let _h = a.hold().await;
+                    a.save(&st).await.expect("save");
+                }
+            } else {
+                let _h = a.hold().await;
+                for &id in ids {
+                    st.id = id;
+                    a.save(&st).await.expect("save");
+                }
+            }
+            t.stop();
+        });
+    }
+
+    fn read_all(&self, rt: &Runtime, t: &mut Timing, dir: &Path) -> usize {
+        rt.block_on(async {
+            let a = TfsAid::open(dir, AID).expect("open");
+            t.start();
+            let got = {
+                let _h = a.hold().await;
+                a.entries(|s| {
+                    black_box(s);
+                })
+                .await
+                .expect("entries")
+            };
+            t.stop();
+            got
+        })
+    }
+
+    fn len(&self, rt: &Runtime, t: &mut Timing, dir: &Path) -> usize {
+        rt.block_on(async {
+            let a = TfsAid::open(dir, AID).expect("open");
+            t.start();
+            let got = {
+                let _h = a.hold().await;
+                a.len().await.expect("len")
+            };
+            t.stop();
+            got
+        })
+    }
+
+    fn destroys(&self, rt: &Runtime, t: &mut Timing, dir: &Path, ids: &[InstanceId]) {
+        rt.block_on(async {
+            let a = TfsAid::open(dir, AID).expect("open");
+            t.start();
+            {
+                let _h = a.hold().await;
+                for &id in ids {
+                    assert!(a.destroy(id).await.expect("destroy"));
+                }
+            }
+            t.stop();
+        });
+    }
+
+    fn empty_holds(&self, rt: &Runtime, t: &mut Timing, dir: &Path, holds: usize) {
+        rt.block_on(async {
+            let a = TfsAid::open(dir, AID).expect("open");
+            t.start();
+            for _ in 0..holds {
+                drop(black_box(a.hold().await));
+            }
+            t.stop();
+        });
+    }
+
+    fn aids(&self, rt: &Runtime, t: &mut Timing, dir: &Path) -> usize {
+        rt.block_on(async {
+            t.start();
+            let got = aids(dir).await.expect("aids").len();
+            t.stop();
+            got
+        })
+    }
+
+    fn contended(
+        &self,
+        rt: &Runtime,
+        t: &mut Timing,
+        dir: &Path,
+        states: Vec<Entry>,
+        rounds: usize,
+    ) {
+        rt.block_on(async {
+            let a = TfsAid::open(dir, AID).expect("open");
+            t.start();
+            let tasks: Vec<_> = states
+                .into_iter()
+                .map(|st| {
+                    let a = a.clone();
+                    tokio::spawn(async move {
+                        for _ in 0..rounds {
+                            let _h = a.hold().await;
+                            a.save(&st).await.expect("save");
+                            assert!(a.destroy(st.id).await.expect("destroy"));
+                        }
+                    })
+                })
+                .collect();
+            for task in tasks {
+                task.await.expect("task");
+            }
+            t.stop();
+        });
+    }
 }

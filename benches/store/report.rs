@@ -1,0 +1,316 @@
+//! The report: the header (what was measured, and how), the table, the side measurements,
+//! the targets (reported, never fatal), and the JSON of medians.
+
+use std::fmt::Write as _;
+
+use crate::config::{self, Ctx, Flavor};
+use crate::measure::{Stats, median_u64};
+use crate::probes::Responsiveness;
+use crate::workloads::Row;
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// What was measured before the workloads, for the header.
+pub struct Setup {
+    /// The encoded entry's size, checked equal to the crate's.
+    pub entry_size: usize,
+    /// Identifying the recorded process, the floor's way and with `std::fs::read`, in ns.
+    pub identify: (f64, f64),
+    /// One blocking-pool round trip, in ns.
+    pub hop: f64,
+}
+
+/// Everything the run measured.
+pub struct Results {
+    pub rows: Vec<Row>,
+    pub r: Responsiveness,
+}
+
+impl Results {
+    fn row(&self, key: &str, flavor: Flavor) -> Option<&Row> {
+        self.rows
+            .iter()
+            .find(|r| r.key == key && r.flavor == flavor)
+    }
+
+    /// The median and range of `imp` in workload `key` on `flavor`'s runtime, if it ran.
+    fn stats(&self, key: &str, flavor: Flavor, imp: &str) -> Option<Stats> {
+        self.row(key, flavor)?.stats(imp)
+    }
+
+    /// The median RSS growth of `imp` in W9.
+    fn growth(&self, imp: &str) -> Option<u64> {
+        median_u64(&self.row("W9", Flavor::Multi)?.series(imp)?.rss)
+    }
+
+    fn worst(&self) -> Option<u64> {
+        median_u64(&self.r.busy)
+    }
+}
+
+fn fmt_ns(ns: f64) -> String {
+    if ns >= 100.0 {
+        format!("{ns:.0}")
+    } else {
+        format!("{ns:.1}")
+    }
+}
+
+fn cell(s: Option<Stats>) -> String {
+    s.map_or_else(
+        || "-".into(),
+        |s| format!("{} ({}-{})", fmt_ns(s.median), fmt_ns(s.min), fmt_ns(s.max)),
+    )
+}
+
+/// `a / b` of two medians, when both ran.
+fn ratio(a: Option<Stats>, b: Option<Stats>) -> Option<f64> {
+    Some(a?.median / b?.median)
+}
+
+fn fmt_ratio(r: Option<f64>) -> String {
+    r.map_or_else(|| "-".into(), |r| format!("{r:.2}x"))
+}
+
+fn list(v: impl IntoIterator<Item = f64>) -> String {
+    v.into_iter()
+        .map(|x| format!("{x:.2}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+pub fn header(ctx: &Ctx, setup: &Setup) {
+    let quick = ctx.quick;
+    println!(
+        "runstate store benchmark{}",
+        if quick { " (quick mode)" } else { "" }
+    );
+    println!("machine: {}", config::machine());
+    println!("dir:     {} ({})", ctx.scratch.root.display(), ctx.fs_kind);
+    println!("load:    {} (at start)", config::loadavg());
+    println!(
+        "runtime: runstate and tokio-fs on a tokio multi-thread runtime, 2 workers; \
+         floor on the main thread, no runtime; R on a current-thread runtime"
+    );
+    println!(
+        "entry:   {} bytes encoded (same bytes as the crate: checked); \
+         {} repetitions per figure, W9 {} with {} entries{}",
+        setup.entry_size,
+        ctx.reps,
+        ctx.w9_reps,
+        ctx.w9_n,
+        if quick {
+            " (quick mode: fewer than the full 100,000)"
+        } else {
+            ""
+        }
+    );
+    println!(
+        "saves:   entries record a live `sleep` child; each save identifies it from /proc \
+         (stat + boot_id): {} ns the floor's way (openat+read+close x2), {} ns with \
+         std::fs::read x2 (as src/liveness.rs reads them now)",
+        fmt_ns(setup.identify.0),
+        fmt_ns(setup.identify.1)
+    );
+    println!(
+        "hop:     one spawn_blocking round trip (empty closure) on the 2-worker runtime: {} ns",
+        fmt_ns(setup.hop)
+    );
+    println!(
+        "setup:   not timed; each repetition gets a fresh directory, and runstate a store \
+         whose aid was opened by one untimed hold"
+    );
+}
+
+pub fn print(ctx: &Ctx, res: &Results) {
+    table(res);
+    rss(ctx, res);
+    responsiveness(ctx, res);
+    targets(res);
+    println!();
+    println!("load:    {} (at end)", config::loadavg());
+}
+
+fn table(res: &Results) {
+    println!();
+    println!(
+        "{:<17} {:<10} {:>26} {:>26} {:>26} {:>9} {:>9}",
+        "workload", "unit", "runstate", "floor", "tokio-fs", "rs/floor", "tfs/floor"
+    );
+    for row in res.rows.iter().filter(|r| r.flavor == Flavor::Multi) {
+        let (rs, fl, tf) = (
+            row.stats("runstate"),
+            row.stats("floor"),
+            row.stats("tokio-fs"),
+        );
+        println!(
+            "{:<17} {:<10} {:>26} {:>26} {:>26} {:>9} {:>9}",
+            row.title,
+            row.unit,
+            cell(rs),
+            cell(fl),
+            cell(tf),
+            fmt_ratio(ratio(rs, fl)),
+            fmt_ratio(ratio(tf, fl)),
+        );
+    }
+    if let Some(w9) = res.row("W9", Flavor::Multi) {
+        let load_all = w9.stats("load_all");
+        println!(
+            "{:<17} {:<10} {:>26} {:>26} {:>26} {:>9}",
+            "W9 load_all",
+            "ns/entry",
+            cell(load_all),
+            "",
+            "",
+            fmt_ratio(ratio(load_all, w9.stats("floor")))
+        );
+    }
+    println!("(median over repetitions, min-max in parentheses; ratios of medians)");
+}
+
+fn rss(ctx: &Ctx, res: &Results) {
+    let Some(w9) = res.row("W9", Flavor::Multi) else {
+        return;
+    };
+    println!();
+    println!(
+        "W9 peak RSS growth over {} entries (median; VmHWM after clear_refs):",
+        ctx.w9_n
+    );
+    for (name, series) in &w9.series {
+        let Some(g) = median_u64(&series.rss) else {
+            continue;
+        };
+        let mut all = series.rss.clone();
+        all.sort_unstable();
+        println!(
+            "  {:<9} {:>8.2} MiB   (runs: {})",
+            name,
+            g as f64 / MIB,
+            list(all.iter().map(|b| *b as f64 / MIB))
+        );
+    }
+}
+
+fn responsiveness(ctx: &Ctx, res: &Results) {
+    let Some(worst) = res.worst() else {
+        return;
+    };
+    let r = &res.r;
+    println!();
+    println!(
+        "R worst lateness of a 1 ms ticker on a current-thread runtime during W1 + W2 + \
+         W9 stream ({} entries): median {:.2} ms (runs: {}); the same ticker with \
+         nothing else to do: median {:.2} ms (runs: {})",
+        ctx.w9_n,
+        worst as f64 / 1e6,
+        list(r.busy.iter().map(|n| *n as f64 / 1e6)),
+        median_u64(&r.idle).unwrap_or(0) as f64 / 1e6,
+        list(r.idle.iter().map(|n| *n as f64 / 1e6)),
+    );
+}
+
+fn verdict(ok: Option<bool>) -> &'static str {
+    match ok {
+        Some(true) => "PASS",
+        Some(false) => "MISS",
+        None => "-",
+    }
+}
+
+fn targets(res: &Results) {
+    println!();
+    println!("targets (reported, never fatal):");
+    let m = Flavor::Multi;
+    for (k, limit) in [
+        ("W1", 1.25),
+        ("W2", 1.25),
+        ("W3", 1.25),
+        ("W4", 1.25),
+        ("W7", 1.5),
+        ("W8", 1.5),
+    ] {
+        let r = ratio(res.stats(k, m, "runstate"), res.stats(k, m, "floor"));
+        println!(
+            "  {k} runstate/floor    {:>7} <= {limit:.2}x   {}",
+            fmt_ratio(r),
+            verdict(r.map(|r| r <= limit))
+        );
+    }
+    let w5 = res.stats("W5", m, "runstate").map(|s| s.median / 1000.0);
+    println!(
+        "  W5 runstate          {:>7} us/hold <= 1.50 us   {}",
+        w5.map_or_else(|| "-".into(), |w| format!("{w:.2}")),
+        verdict(w5.map(|w| w <= 1.5))
+    );
+    for row in res.rows.iter().filter(|r| r.flavor == m) {
+        let speedup = ratio(row.stats("tokio-fs"), row.stats("runstate"));
+        let need = if matches!(row.key, "W2" | "W9") {
+            3.0
+        } else {
+            1.0
+        };
+        println!(
+            "  {} tokio-fs/runstate {:>7} {} {need:.0}x   {}",
+            row.key,
+            fmt_ratio(speedup),
+            if need > 1.0 { ">=" } else { "> " },
+            verdict(speedup.map(|s| if need > 1.0 { s >= need } else { s > 1.0 }))
+        );
+    }
+    let g = res.growth("runstate");
+    println!(
+        "  W9 runstate RSS growth {:>7} MiB < 16 MiB   {}",
+        g.map_or_else(|| "-".into(), |g| format!("{:.2}", g as f64 / MIB)),
+        verdict(g.map(|g| g < 16 << 20))
+    );
+    let worst = res.worst();
+    println!(
+        "  R worst lateness       {:>7} ms < 5 ms      {}",
+        worst.map_or_else(|| "-".into(), |w| format!("{:.2}", w as f64 / 1e6)),
+        verdict(worst.map(|w| w < 5_000_000))
+    );
+}
+
+/// Writes the medians to `target/runstate-bench.json`, unless a knob left something out.
+pub fn json(ctx: &Ctx, res: &Results) {
+    if ctx.filtered() {
+        println!("(RUNSTATE_BENCH_ONLY / RUNSTATE_BENCH_IMPL set: no JSON written)");
+        return;
+    }
+    let m = |s: Option<Stats>| s.map_or(0.0, |s| s.median);
+    let mut json = String::from("{\n");
+    for row in res.rows.iter().filter(|r| r.flavor == Flavor::Multi) {
+        let _ = write!(
+            json,
+            "  \"{}\": {{\"runstate\": {:.1}, \"floor\": {:.1}, \"tokio-fs\": {:.1}",
+            row.key,
+            m(row.stats("runstate")),
+            m(row.stats("floor")),
+            m(row.stats("tokio-fs"))
+        );
+        if row.key == "W9" {
+            let _ = write!(
+                json,
+                ", \"load_all\": {:.1}, \"runstate_rss_growth_bytes\": {}, \
+                 \"load_all_rss_growth_bytes\": {}",
+                m(row.stats("load_all")),
+                res.growth("runstate").unwrap_or(0),
+                res.growth("load_all").unwrap_or(0)
+            );
+        }
+        json.push_str("},\n");
+    }
+    let _ = writeln!(
+        json,
+        "  \"R\": {{\"worst_lateness_ns\": {}}}\n}}",
+        res.worst().unwrap_or(0)
+    );
+    let target = config::target_dir();
+    let path = target.join("runstate-bench.json");
+    match std::fs::create_dir_all(&target).and_then(|()| std::fs::write(&path, &json)) {
+        Ok(()) => println!("medians written to {}", path.display()),
+        Err(e) => eprintln!("could not write {}: {e}", path.display()),
+    }
+}

@@ -1,0 +1,220 @@
+//! `runstate`: the crate's public API, on the runtime the workload gives it.
+
+use std::hint::black_box;
+use std::path::Path;
+use std::pin::pin;
+
+use futures::StreamExt;
+use runstate::{Aid, AsyncStore, Error, InstanceId};
+use tokio::runtime::Runtime;
+
+use crate::common::{Entry, LaunchConfig};
+use crate::measure::Timing;
+use crate::workloads::{AID, Imp};
+
+pub type Store = AsyncStore<LaunchConfig>;
+
+pub fn aid(n: u16) -> Aid {
+    Aid::new(n).expect("valid aid")
+}
+
+/// A store whose aids are already open (directory made, lock file open, temporaries swept),
+/// so the timed section measures steady-state holds, not the first open.
+pub async fn warm_store(dir: &Path, aids: &[u16]) -> Store {
+    let store = Store::new(dir);
+    for &a in aids {
+        store
+            .with_aid(aid(a), async |_| Ok::<_, Error>(()))
+            .await
+            .expect("warm-up hold");
+    }
+    store
+}
+
+/// How [`Imp::read_all`] reads an aid.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Read {
+    /// `Cursor::entries`, one entry at a time.
+    Stream,
+    /// `Cursor::load_all`, the whole aid into one map.
+    LoadAll,
+}
+
+/// The crate itself.
+#[derive(Clone)]
+pub struct Runstate {
+    read: Read,
+}
+
+impl Runstate {
+    /// The crate, reading with a stream: "runstate" in the report.
+    pub const STREAM: Runstate = Runstate { read: Read::Stream };
+    /// The crate, reading with `load_all` (W9 only): "load_all" in the report.
+    pub const LOAD_ALL: Runstate = Runstate {
+        read: Read::LoadAll,
+    };
+}
+
+impl Imp for Runstate {
+    fn name(&self) -> &'static str {
+        match self.read {
+            Read::Stream => "runstate",
+            Read::LoadAll => "load_all",
+        }
+    }
+
+    fn saves(
+        &self,
+        rt: &Runtime,
+        t: &mut Timing,
+        dir: &Path,
+        template: &Entry,
+        ids: &[InstanceId],
+        each: bool,
+    ) {
+        let mut st = template.clone();
+        rt.block_on(async {
+            let store = warm_store(dir, &[AID]).await;
+            t.start();
+            if each {
+                for &id in ids {
+                    st.id = id;
+                    store
+                        .with_aid(aid(AID), async |c| c.save(&st).await)
+                        .await
+                        .expect("save");
+                }
+            } else {
+                store
+                    .with_aid(aid(AID), async |c| {
+                        for &id in ids {
+                            st.id = id;
+                            c.save(&st).await?;
+                        }
+                        Ok::<_, Error>(())
+                    })
+                    .await
+                    .expect("save");
+            }
+            t.stop();
+            store.close().await.expect("close");
+        });
+    }
+
+    fn read_all(&self, rt: &Runtime, t: &mut Timing, dir: &Path) -> usize {
+        let whole = self.read == Read::LoadAll;
+        rt.block_on(async {
+            let store = warm_store(dir, &[AID]).await;
+            t.start();
+            let got = store
+                .with_aid(aid(AID), async |c| {
+                    if whole {
+                        let all = c.load_all().await?;
+                        return Ok::<_, Error>(black_box(all).len());
+                    }
+                    let mut entries = pin!(c.entries());
+                    let mut got = 0;
+                    while let Some(state) = entries.next().await {
+                        black_box(state?);
+                        got += 1;
+                    }
+                    Ok(got)
+                })
+                .await
+                .expect("entries");
+            t.stop();
+            store.close().await.expect("close");
+            got
+        })
+    }
+
+    fn len(&self, rt: &Runtime, t: &mut Timing, dir: &Path) -> usize {
+        rt.block_on(async {
+            let store = warm_store(dir, &[AID]).await;
+            t.start();
+            let got = store
+                .with_aid(aid(AID), async |c| c.len().await)
+                .await
+                .expect("len");
+            t.stop();
+            got
+        })
+    }
+
+    fn destroys(&self, rt: &Runtime, t: &mut Timing, dir: &Path, ids: &[InstanceId]) {
+        rt.block_on(async {
+            let store = warm_store(dir, &[AID]).await;
+            t.start();
+            store
+                .with_aid(aid(AID), async |c| {
+                    for &id in ids {
+                        assert!(c.destroy(id).await?);
+                    }
+                    Ok::<_, Error>(())
+                })
+                .await
+                .expect("destroy");
+            t.stop();
+        });
+    }
+
+    fn empty_holds(&self, rt: &Runtime, t: &mut Timing, dir: &Path, holds: usize) {
+        rt.block_on(async {
+            let store = warm_store(dir, &[AID]).await;
+            t.start();
+            for _ in 0..holds {
+                store
+                    .with_aid(aid(AID), async |_| Ok::<_, Error>(()))
+                    .await
+                    .expect("hold");
+            }
+            t.stop();
+        });
+    }
+
+    fn aids(&self, rt: &Runtime, t: &mut Timing, dir: &Path) -> usize {
+        rt.block_on(async {
+            let store = Store::new(dir);
+            t.start();
+            let got = store.aids().await.expect("aids").len();
+            t.stop();
+            got
+        })
+    }
+
+    fn contended(
+        &self,
+        rt: &Runtime,
+        t: &mut Timing,
+        dir: &Path,
+        states: Vec<Entry>,
+        rounds: usize,
+    ) {
+        rt.block_on(async {
+            let store = warm_store(dir, &[AID]).await;
+            t.start();
+            let tasks: Vec<_> = states
+                .into_iter()
+                .map(|st| {
+                    let store = store.clone();
+                    tokio::spawn(async move {
+                        for _ in 0..rounds {
+                            store
+                                .with_aid(aid(AID), async |c| {
+                                    c.save(&st).await?;
+                                    assert!(c.destroy(st.id).await?);
+                                    Ok::<_, Error>(())
+                                })
+                                .await
+                                .expect("hold");
+                        }
+                    })
+                })
+                .collect();
+            for task in tasks {
+                task.await.expect("task");
+            }
+            t.stop();
+        });
+    }
+}
