@@ -82,10 +82,10 @@ impl FloorAid {
         flock(&self.lock, FlockOperation::Unlock).expect("unlock");
     }
 
-    /// Identifies the process from /proc, encodes and publishes an entry: O_TMPFILE,
-    /// write, linkat, close.
+    /// Identifies the process from /proc (unless the state carries its identity), encodes
+    /// and publishes an entry: O_TMPFILE, write, linkat, close.
     pub fn save(&mut self, state: &Entry) -> io::Result<()> {
-        let process = identify(state.pid);
+        let process = common::identity(state, identify);
         self.save_as(state, process.as_ref())
     }
 
@@ -235,7 +235,7 @@ pub fn aids(run_dir: &Path) -> io::Result<Vec<u16>> {
 pub fn populate(run_dir: &Path, aid: u16, ids: &[InstanceId], template: &Entry) -> io::Result<()> {
     let mut a = FloorAid::open(run_dir, aid)?;
     let mut state = template.clone();
-    let process = identify(state.pid);
+    let process = common::identity(&state, identify);
     for &id in ids {
         state.id = id;
         a.save_as(&state, process.as_ref())?;

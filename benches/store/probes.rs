@@ -40,7 +40,7 @@ pub fn check_encoding(ctx: &Ctx) -> usize {
     )
     .expect("read the crate's entry");
     let mut ours = Vec::new();
-    let process = floor::identify(st.pid);
+    let process = common::identity(&st, floor::identify);
     assert!(process.is_some(), "/proc shows this process");
     common::encode(&st, process.as_ref(), &mut ours);
     assert!(

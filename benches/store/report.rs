@@ -105,10 +105,14 @@ pub fn header(ctx: &Ctx, setup: &Setup) {
             ""
         }
     );
+    let who = if ctx.template.process.is_some() {
+        "State::new captured its identity, so saves store it as given"
+    } else {
+        "State::new left its identity out, so each save identifies it from /proc"
+    };
     println!(
-        "saves:   entries record a live `sleep` child; each save identifies it from /proc \
-         (stat + boot_id): {} ns the floor's way (openat+read+close x2), {} ns with \
-         std::fs::read x2 (as src/liveness.rs reads them now)",
+        "saves:   entries record a live `sleep` child; {who}. Identifying it (stat + boot_id) \
+         costs {} ns the floor's way (openat+read+close x2), {} ns with std::fs::read x2",
         fmt_ns(setup.identify.0),
         fmt_ns(setup.identify.1)
     );

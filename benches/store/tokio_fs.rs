@@ -86,13 +86,19 @@ impl TfsAid {
     /// Identifies the process, then: create_new a temporary file, write_all, flush, hard_link to the final name (which,
     /// unlike rename, refuses to overwrite), remove the temporary name.
     ///
-    /// The process identity comes first, as two more `tokio::fs::read`s.
+    /// The process identity comes first, as two more `tokio::fs::read`s, unless the state
+    /// carries it.
     pub async fn save(&self, state: &Entry) -> io::Result<()> {
-        let stat = tokio::fs::read(format!("/proc/{}/stat", state.pid)).await;
-        let boot = tokio::fs::read(common::BOOT_ID).await;
-        let process = match (stat, boot) {
-            (Ok(stat), Ok(boot)) => common::ident(&stat, &boot),
-            _ => None,
+        let process = match &state.process {
+            Some(p) => Some(p.into()),
+            None => {
+                let stat = tokio::fs::read(format!("/proc/{}/stat", state.pid)).await;
+                let boot = tokio::fs::read(common::BOOT_ID).await;
+                match (stat, boot) {
+                    (Ok(stat), Ok(boot)) => common::ident(&stat, &boot),
+                    _ => None,
+                }
+            }
         };
         let mut bytes = Vec::new();
         common::encode(state, process.as_ref(), &mut bytes);
