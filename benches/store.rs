@@ -1,6 +1,7 @@
 //! `cargo bench --bench store`: every workload against three implementations, side by side.
 //!
-//! - `runstate`: the crate's public API on a tokio multi-thread runtime with 2 workers.
+//! - `runstate`: the crate's public API on a tokio multi-thread runtime with 2 workers, and
+//!   again on a current-thread runtime (the `CT` figures).
 //! - `floor`: the same on-disk work (names, encoding, O_TMPFILE + linkat publish, one flock
 //!   per hold) as plain synchronous rustix code on one thread: the cost of the system calls
 //!   and the encoding by themselves.
@@ -56,7 +57,9 @@ fn main() {
     eprintln!("running ...");
     let mut rows = Vec::new();
     for w in workloads::all(&ctx).iter().filter(|w| ctx.wants(w.key)) {
-        rows.push(workloads::run(&ctx, w, Flavor::Multi));
+        for flavor in Flavor::ALL {
+            rows.push(workloads::run(&ctx, w, flavor));
+        }
     }
     let results = report::Results {
         rows,

@@ -18,6 +18,10 @@ pub enum Flavor {
     Current,
 }
 
+impl Flavor {
+    pub const ALL: [Flavor; 2] = [Flavor::Multi, Flavor::Current];
+}
+
 /// The multi-thread runtime's workers, in every workload that uses one.
 pub const WORKERS: usize = 2;
 

@@ -90,7 +90,8 @@ pub fn header(ctx: &Ctx, setup: &Setup) {
     println!("load:    {} (at start)", config::loadavg());
     println!(
         "runtime: runstate and tokio-fs on a tokio multi-thread runtime, 2 workers; \
-         floor on the main thread, no runtime; R on a current-thread runtime"
+         floor on the main thread, no runtime; R on a current-thread runtime; then runstate \
+         on a current-thread runtime, with the floor measured again beside it (CT)"
     );
     println!(
         "entry:   {} bytes encoded (same bytes as the crate: checked); \
@@ -171,6 +172,42 @@ fn table(res: &Results) {
         );
     }
     println!("(median over repetitions, min-max in parentheses; ratios of medians)");
+    current_thread_table(res);
+}
+
+/// The same workloads with runstate on a current-thread runtime; the floor, which uses no
+/// runtime, measured again beside it so the ratio comes from one stretch of time.
+fn current_thread_table(res: &Results) {
+    let mut rows = res
+        .rows
+        .iter()
+        .filter(|r| r.flavor == Flavor::Current)
+        .peekable();
+    if rows.peek().is_none() {
+        return;
+    }
+    println!();
+    println!("current-thread runtime (CT):");
+    println!(
+        "{:<17} {:<10} {:>26} {:>26} {:>9} {:>9}",
+        "workload", "unit", "runstate CT", "floor", "rs/floor", "CT/multi"
+    );
+    for row in rows {
+        let (rs, fl) = (row.stats("runstate"), row.stats("floor"));
+        let multi = res.stats(row.key, Flavor::Multi, "runstate");
+        println!(
+            "{:<17} {:<10} {:>26} {:>26} {:>9} {:>9}",
+            row.title,
+            row.unit,
+            cell(rs),
+            cell(fl),
+            fmt_ratio(ratio(rs, fl)),
+            fmt_ratio(ratio(rs, multi)),
+        );
+    }
+    println!(
+        "(CT/multi: runstate's median on the current-thread runtime over its multi-thread one)"
+    );
 }
 
 fn rss(ctx: &Ctx, res: &Results) {
@@ -306,6 +343,20 @@ pub fn json(ctx: &Ctx, res: &Results) {
         }
         json.push_str("},\n");
     }
+    let ct: Vec<String> = res
+        .rows
+        .iter()
+        .filter(|r| r.flavor == Flavor::Current)
+        .map(|row| {
+            format!(
+                "    \"{}\": {{\"runstate\": {:.1}, \"floor\": {:.1}}}",
+                row.key,
+                m(row.stats("runstate")),
+                m(row.stats("floor"))
+            )
+        })
+        .collect();
+    let _ = writeln!(json, "  \"CT\": {{\n{}\n  }},", ct.join(",\n"));
     let _ = writeln!(
         json,
         "  \"R\": {{\"worst_lateness_ns\": {}}}\n}}",
