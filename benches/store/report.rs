@@ -43,8 +43,14 @@ impl Results {
         median_u64(&self.row("W9", Flavor::Multi)?.series(imp)?.rss)
     }
 
+    /// R's worst lateness under load (median over repetitions).
     fn worst(&self) -> Option<u64> {
         median_u64(&self.r.busy)
+    }
+
+    /// R's worst lateness with nothing else running (median over repetitions).
+    fn idle(&self) -> Option<u64> {
+        median_u64(&self.r.idle)
     }
 }
 
@@ -247,7 +253,7 @@ fn responsiveness(ctx: &Ctx, res: &Results) {
         ctx.w9_n,
         worst as f64 / 1e6,
         list(r.busy.iter().map(|n| *n as f64 / 1e6)),
-        median_u64(&r.idle).unwrap_or(0) as f64 / 1e6,
+        res.idle().unwrap_or(0) as f64 / 1e6,
         list(r.idle.iter().map(|n| *n as f64 / 1e6)),
     );
 }
@@ -359,8 +365,9 @@ pub fn json(ctx: &Ctx, res: &Results) {
     let _ = writeln!(json, "  \"CT\": {{\n{}\n  }},", ct.join(",\n"));
     let _ = writeln!(
         json,
-        "  \"R\": {{\"worst_lateness_ns\": {}}}\n}}",
-        res.worst().unwrap_or(0)
+        "  \"R\": {{\"worst_lateness_ns\": {}, \"idle_worst_lateness_ns\": {}}}\n}}",
+        res.worst().unwrap_or(0),
+        res.idle().unwrap_or(0)
     );
     let target = config::target_dir();
     let path = target.join("runstate-bench.json");
