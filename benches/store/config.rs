@@ -133,6 +133,7 @@ impl Ctx {
                 std::process::exit(2);
             }
         };
+        raise_open_files_limit();
         // The instance every entry records: a real, single-threaded child, as a launcher's is.
         let child = Child(
             std::process::Command::new("sleep")
@@ -177,6 +178,19 @@ impl Ctx {
     /// Whether a knob left something out (then no JSON is written).
     pub fn filtered(&self) -> bool {
         !self.only.is_empty() || !self.impls.is_empty()
+    }
+}
+
+/// Raises the soft limit of open files to the hard limit: the threads probe and W10 to W12
+/// hold hundreds to thousands of aids, and a store may keep two descriptors per aid.
+fn raise_open_files_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        limit.current = limit.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, limit) {
+            eprintln!("warning: could not raise the open files limit: {e}");
+        }
     }
 }
 

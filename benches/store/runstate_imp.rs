@@ -12,6 +12,9 @@ use crate::common::{Entry, LaunchConfig};
 use crate::measure::Timing;
 use crate::workloads::{AID, Imp};
 
+/// An aid no workload uses, held once to open a fresh store's state directory untimed.
+const OUTSIDE: u16 = 9999;
+
 pub type Store = AsyncStore<LaunchConfig>;
 
 pub fn aid(n: u16) -> Aid {
@@ -180,6 +183,29 @@ impl Imp for Runstate {
             t.stop();
             got
         })
+    }
+
+    /// A fresh store, its state directory opened by one untimed hold of an aid outside
+    /// `aids`; with `warm`, one untimed pass through `aids` first.
+    fn holds_in_turn(&self, rt: &Runtime, t: &mut Timing, dir: &Path, aids: &[u16], warm: bool) {
+        rt.block_on(async {
+            let store = warm_store(dir, &[OUTSIDE]).await;
+            let pass = async || {
+                for &a in aids {
+                    store
+                        .with_aid(aid(a), async |_| Ok::<_, Error>(()))
+                        .await
+                        .expect("hold");
+                }
+            };
+            if warm {
+                pass().await;
+            }
+            t.start();
+            pass().await;
+            t.stop();
+            store.close().await.expect("close");
+        });
     }
 
     fn contended(

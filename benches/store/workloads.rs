@@ -56,6 +56,11 @@ pub trait Imp: Sync {
     /// W6: lists the aids that have a directory; returns how many.
     fn aids(&self, rt: &Runtime, t: &mut Timing, dir: &Path) -> usize;
 
+    /// W10 to W12: one empty hold of each of `aids` in turn, on a store (or whatever the
+    /// implementation keeps) that has not held them yet; with `warm`, after one untimed
+    /// pass through them all.
+    fn holds_in_turn(&self, rt: &Runtime, t: &mut Timing, dir: &Path, aids: &[u16], warm: bool);
+
     /// W8: one task per state, each making `rounds` holds of [`AID`] that save its state
     /// and destroy it again (an implementation without tasks makes them in turn).
     fn contended(
@@ -146,6 +151,33 @@ pub fn contended(ctx: &Ctx, rt: &Runtime, imp: &dyn Imp, dir: &Path) -> Sample {
     t.sample()
 }
 
+/// W10 to W12: one hold of each of this many aids in turn, far more than any small cache of
+/// open aids keeps, so that with one each hold opens its aid again.
+pub const COLD_AIDS: usize = 2000;
+
+/// W10 (`made`: every aid's directory and lock file made in the setup, so the hold reopens
+/// them), W11 (not `made`: the hold creates them) and W12 (`made` and `warm`: one untimed
+/// pass first, so a store that keeps every aid open finds them open and one with a small
+/// cache has evicted them).
+pub fn holds_in_turn(rt: &Runtime, imp: &dyn Imp, dir: &Path, made: bool, warm: bool) -> Sample {
+    let aids: Vec<u16> = (0..COLD_AIDS as u16).collect();
+    if made {
+        let state = floor::state_dir(dir).expect("state dir");
+        for &a in &aids {
+            FloorAid::open_in(&state, a).expect("make aid");
+        }
+    }
+    let mut t = Timing::new(false);
+    imp.holds_in_turn(rt, &mut t, dir, &aids, warm);
+    let listed = floor::aids(dir).expect("aids");
+    let ours = listed
+        .iter()
+        .filter(|&&a| usize::from(a) < COLD_AIDS)
+        .count();
+    assert_eq!(ours, COLD_AIDS, "{} made or kept every aid", imp.name());
+    t.sample()
+}
+
 /// What a workload does; [`Workload::once`] runs it.
 #[derive(Clone, Copy)]
 enum Kind {
@@ -158,6 +190,9 @@ enum Kind {
     SaveEach,
     Contended,
     BigStream,
+    ColdHold,
+    FirstHold,
+    CycledHold,
 }
 
 /// A workload as the report shows it, and how to run it once.
@@ -184,6 +219,9 @@ impl Workload {
             Kind::SaveEach => saves(ctx, rt, imp, dir, true),
             Kind::Contended => contended(ctx, rt, imp, dir),
             Kind::BigStream => read_all(ctx, rt, imp, dir, ctx.w9_n, true),
+            Kind::ColdHold => holds_in_turn(rt, imp, dir, true, false),
+            Kind::FirstHold => holds_in_turn(rt, imp, dir, false, false),
+            Kind::CycledHold => holds_in_turn(rt, imp, dir, true, true),
         }
     }
 }
@@ -217,6 +255,21 @@ pub fn all(ctx: &Ctx) -> Vec<Workload> {
             reps: ctx.w9_reps,
             ..w("W9", "W9 big stream", "ns/entry", ctx.w9_n, Kind::BigStream)
         },
+        w("W10", "W10 cold hold", "ns/hold", COLD_AIDS, Kind::ColdHold),
+        w(
+            "W11",
+            "W11 first hold",
+            "ns/hold",
+            COLD_AIDS,
+            Kind::FirstHold,
+        ),
+        w(
+            "W12",
+            "W12 cycled hold",
+            "ns/hold",
+            COLD_AIDS,
+            Kind::CycledHold,
+        ),
     ]
 }
 
