@@ -13,7 +13,7 @@
 //! Prints a table and writes the medians to `target/runstate-bench.json`.
 //!
 //! For profiling: `RUNSTATE_BENCH_ONLY=W1,W4` runs only those workloads (`R` for the
-//! responsiveness test), `RUNSTATE_BENCH_IMPL=runstate` only that implementation (no JSON is
+//! responsiveness test, `threads` for the peak thread count), `RUNSTATE_BENCH_IMPL=runstate` only that implementation (no JSON is
 //! written then), and `RUNSTATE_BENCH_MARK=1` makes every timed section start and end with a
 //! failing `faccessat2("/runstate-bench-mark/{start,end}")`, so an `strace -f` log can be cut
 //! to the timed sections to count system calls per operation.
@@ -48,6 +48,8 @@ use config::{Ctx, Flavor};
 
 fn main() {
     let ctx = Ctx::from_env();
+    // First: the blocking pool of the bench's runtime must not have idle threads yet.
+    let threads = probes::threads(&ctx);
     let setup = report::Setup {
         entry_size: probes::check_encoding(&ctx),
         identify: probes::identify_cost(ctx.template.pid),
@@ -64,6 +66,7 @@ fn main() {
     let results = report::Results {
         rows,
         r: probes::responsiveness(&ctx),
+        threads,
     };
     report::print(&ctx, &results);
     report::json(&ctx, &results);

@@ -1,12 +1,12 @@
 //! Measurements beside the workload table: the floor's encoding check, what identifying a
-//! process and one blocking-pool round trip cost, and R, the responsiveness of a runtime
-//! while the store works on it.
+//! process and one blocking-pool round trip cost, R (the responsiveness of a runtime while
+//! the store works on it), and the peak thread count of many tasks holding many aids.
 
 use std::hint::black_box;
 use std::path::Path;
 use std::pin::pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -14,7 +14,7 @@ use runstate::{Error, InstanceId};
 use tokio::runtime::Runtime;
 
 use crate::common;
-use crate::config::{Ctx, Flavor};
+use crate::config::{self, Ctx, Flavor};
 use crate::floor;
 use crate::runstate_imp::{Store, aid, warm_store};
 use crate::workloads::{AID, N};
@@ -175,4 +175,110 @@ pub fn responsiveness(ctx: &Ctx) -> Responsiveness {
         started.elapsed().as_secs_f64()
     );
     Responsiveness { idle, busy }
+}
+
+/// Tasks in the threads probe, each with its own aid.
+const THREAD_TASKS: usize = 400;
+/// Holds per task in the threads probe.
+const THREAD_HOLDS: usize = 20;
+
+/// The threads probe: the process's thread count before the probe's runtime was built
+/// (main thread, sampler, the bench's own runtimes), its peak while the probe ran, and how
+/// long the probe took.
+pub struct Threads {
+    pub before: usize,
+    pub peak: usize,
+    pub elapsed: Duration,
+}
+
+impl Threads {
+    /// The peak's threads beyond those that were there before: the probe runtime's workers
+    /// and whatever it added.
+    pub fn added(&self) -> usize {
+        self.peak.saturating_sub(self.before)
+    }
+}
+
+/// The process's thread count, from /proc/self/status.
+fn thread_count() -> usize {
+    crate::measure::status_value("Threads:") as usize
+}
+
+/// 400 tasks on a fresh multi-thread runtime (2 workers), each making 20 holds of its own
+/// aid (save, a 200 us sleep inside the hold, destroy), while a thread samples the process's
+/// thread count every half millisecond. Run it before anything else has used the blocking
+/// pool of the bench's own runtime, whose idle threads would otherwise count as "before"
+/// and then leave during the probe.
+pub fn threads(ctx: &Ctx) -> Option<Threads> {
+    if !ctx.wants("threads") || !ctx.runs("runstate") {
+        return None;
+    }
+    let dir = ctx.scratch.fresh("threads");
+    let states: Vec<_> = common::ids(THREAD_TASKS)
+        .into_iter()
+        .map(|id| {
+            let mut s = ctx.template.clone();
+            s.id = id;
+            s
+        })
+        .collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    let sampler = {
+        let (stop, peak) = (stop.clone(), peak.clone());
+        std::thread::spawn(move || {
+            let _ = started_tx.send(());
+            loop {
+                peak.fetch_max(thread_count(), Ordering::Relaxed);
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_micros(500));
+            }
+        })
+    };
+    started_rx.recv().expect("the sampler started");
+    let before = thread_count();
+    let started = Instant::now();
+    let rt = config::multi_thread_runtime();
+    rt.block_on(async {
+        let store = Store::new(&dir);
+        let tasks: Vec<_> = states
+            .into_iter()
+            .enumerate()
+            .map(|(i, st)| {
+                let store = store.clone();
+                let a = aid(i as u16);
+                tokio::spawn(async move {
+                    for _ in 0..THREAD_HOLDS {
+                        store
+                            .with_aid(a, async |c| {
+                                c.save(&st).await?;
+                                tokio::time::sleep(Duration::from_micros(200)).await;
+                                assert!(c.destroy(st.id).await?);
+                                Ok::<_, Error>(())
+                            })
+                            .await
+                            .expect("hold");
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.expect("task");
+        }
+        store.close().await.expect("close");
+    });
+    let elapsed = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    sampler.join().expect("sampler");
+    drop(rt);
+    std::fs::remove_dir_all(&dir).expect("clean up");
+    eprintln!("  threads: 1 run in {:.1} s", elapsed.as_secs_f64());
+    Some(Threads {
+        before,
+        peak: peak.load(Ordering::Relaxed),
+        elapsed,
+    })
 }

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use crate::config::{self, Ctx, Flavor};
 use crate::measure::{Stats, median_u64};
-use crate::probes::Responsiveness;
+use crate::probes::{Responsiveness, Threads};
 use crate::workloads::{COLD_AIDS, Row};
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -24,6 +24,7 @@ pub struct Setup {
 pub struct Results {
     pub rows: Vec<Row>,
     pub r: Responsiveness,
+    pub threads: Option<Threads>,
 }
 
 impl Results {
@@ -137,6 +138,7 @@ pub fn print(ctx: &Ctx, res: &Results) {
     table(res);
     rss(ctx, res);
     responsiveness(ctx, res);
+    threads(res);
     targets(res);
     println!();
     println!("load:    {} (at end)", config::loadavg());
@@ -271,6 +273,23 @@ fn responsiveness(ctx: &Ctx, res: &Results) {
     );
 }
 
+fn threads(res: &Results) {
+    let Some(t) = &res.threads else {
+        return;
+    };
+    println!();
+    println!(
+        "threads: peak {} in the process while 400 tasks on a fresh 2-worker multi-thread \
+         runtime each made 20 holds of their own aid (save, 200 us sleep, destroy): {} before \
+         that runtime was built (main, sampler, the bench's runtimes), so {} added by it; \
+         the run took {:.0} ms",
+        t.peak,
+        t.before,
+        t.added(),
+        t.elapsed.as_secs_f64() * 1e3
+    );
+}
+
 fn verdict(ok: Option<bool>) -> &'static str {
     match ok {
         Some(true) => "PASS",
@@ -376,6 +395,15 @@ pub fn json(ctx: &Ctx, res: &Results) {
         })
         .collect();
     let _ = writeln!(json, "  \"CT\": {{\n{}\n  }},", ct.join(",\n"));
+    if let Some(t) = &res.threads {
+        let _ = writeln!(
+            json,
+            "  \"threads\": {{\"peak\": {}, \"before\": {}, \"added\": {}}},",
+            t.peak,
+            t.before,
+            t.added()
+        );
+    }
     let _ = writeln!(
         json,
         "  \"R\": {{\"worst_lateness_ns\": {}, \"idle_worst_lateness_ns\": {}}}\n}}",
