@@ -13,7 +13,7 @@
 //! Prints a table and writes the medians to `target/runstate-bench.json`.
 //!
 //! For profiling: `RUNSTATE_BENCH_ONLY=W1,W4` runs only those workloads (`R` for the
-//! responsiveness test, `threads` for the peak thread count), `RUNSTATE_BENCH_IMPL=runstate` only that implementation (no JSON is
+//! responsiveness test, `threads` for the peak thread count, `stall` for the poll times), `RUNSTATE_BENCH_IMPL=runstate` only that implementation (no JSON is
 //! written then), and `RUNSTATE_BENCH_MARK=1` makes every timed section start and end with a
 //! failing `faccessat2("/runstate-bench-mark/{start,end}")`, so an `strace -f` log can be cut
 //! to the timed sections to count system calls per operation.
@@ -65,6 +65,7 @@ fn main() {
     }
     let results = report::Results {
         rows,
+        stall: probes::stall(&ctx),
         r: probes::responsiveness(&ctx),
         threads,
     };

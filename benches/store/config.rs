@@ -20,6 +20,13 @@ pub enum Flavor {
 
 impl Flavor {
     pub const ALL: [Flavor; 2] = [Flavor::Multi, Flavor::Current];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Flavor::Multi => "multi-thread",
+            Flavor::Current => "current-thread",
+        }
+    }
 }
 
 /// The multi-thread runtime's workers, in every workload that uses one.

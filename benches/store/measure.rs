@@ -179,3 +179,75 @@ fn rss_begin() -> u64 {
 fn rss_peak() -> u64 {
     status_value("VmHWM:") * 1024
 }
+
+/// The durations of single polls, in ns, from every [`Timed`] future that shares it.
+#[derive(Default)]
+pub struct PollLog(std::sync::Mutex<Vec<u64>>);
+
+impl PollLog {
+    fn push(&self, ns: u64) {
+        self.0.lock().expect("poll log").push(ns);
+    }
+
+    pub fn take(&self) -> Vec<u64> {
+        std::mem::take(&mut *self.0.lock().expect("poll log"))
+    }
+}
+
+/// A future that logs how long each of its `poll`s holds the thread: wrapped around a
+/// store's future, the time the store (and the closure that only calls the store) keeps a
+/// runtime's thread from every other task between two awaits.
+pub struct Timed<F> {
+    inner: std::pin::Pin<Box<F>>,
+    log: std::sync::Arc<PollLog>,
+}
+
+impl<F: Future> Timed<F> {
+    pub fn new(inner: F, log: std::sync::Arc<PollLog>) -> Timed<F> {
+        Timed {
+            inner: Box::pin(inner),
+            log,
+        }
+    }
+}
+
+impl<F: Future> Future for Timed<F> {
+    type Output = F::Output;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        let this = self.get_mut();
+        let began = Instant::now();
+        let out = this.inner.as_mut().poll(cx);
+        this.log.push(began.elapsed().as_nanos() as u64);
+        out
+    }
+}
+
+/// Percentiles of single polls, in ns.
+pub struct PollStats {
+    pub polls: usize,
+    pub p99: u64,
+    pub p999: u64,
+    pub worst: u64,
+}
+
+impl PollStats {
+    pub fn of(polls: impl IntoIterator<Item = u64>) -> Option<PollStats> {
+        let mut v: Vec<u64> = polls.into_iter().collect();
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_unstable();
+        // The smallest value that at least `q` of the polls do not exceed.
+        let at = |q: f64| v[((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1];
+        Some(PollStats {
+            polls: v.len(),
+            p99: at(0.99),
+            p999: at(0.999),
+            worst: v[v.len() - 1],
+        })
+    }
+}

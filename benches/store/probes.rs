@@ -1,6 +1,7 @@
 //! Measurements beside the workload table: the floor's encoding check, what identifying a
 //! process and one blocking-pool round trip cost, R (the responsiveness of a runtime while
-//! the store works on it), and the peak thread count of many tasks holding many aids.
+//! the store works on it), the peak thread count of many tasks holding many aids, and how
+//! long single polls of the store's futures hold a thread.
 
 use std::hint::black_box;
 use std::path::Path;
@@ -16,8 +17,9 @@ use tokio::runtime::Runtime;
 use crate::common;
 use crate::config::{self, Ctx, Flavor};
 use crate::floor;
-use crate::runstate_imp::{Store, aid, warm_store};
-use crate::workloads::{AID, N};
+use crate::measure::{PollLog, PollStats};
+use crate::runstate_imp::{Runstate, Store, aid, warm_store};
+use crate::workloads::{self, AID, N};
 
 /// Checks that the floor writer produces exactly the crate's bytes, so both do the same work;
 /// returns the entry's size.
@@ -281,4 +283,57 @@ pub fn threads(ctx: &Ctx) -> Option<Threads> {
         peak: peak.load(Ordering::Relaxed),
         elapsed,
     })
+}
+
+/// The workloads whose polls the stall probe times.
+pub const STALL_KEYS: [&str; 5] = ["W1", "W2", "W7", "W8", "W9"];
+
+/// The stall probe: for each runtime and workload, the duration of every poll of every
+/// hold's future, in ns.
+pub struct Stall {
+    pub polls: Vec<(Flavor, &'static str, Vec<u64>)>,
+}
+
+impl Stall {
+    /// The percentiles over every workload's polls on `flavor`'s runtime.
+    pub fn stats(&self, flavor: Flavor) -> Option<PollStats> {
+        PollStats::of(
+            self.polls
+                .iter()
+                .filter(|(f, _, _)| *f == flavor)
+                .flat_map(|(_, _, v)| v.iter().copied()),
+        )
+    }
+}
+
+/// Runs W1, W2, W7, W8 and W9 once more for runstate on each runtime, untimed, with every
+/// hold's future wrapped in [`Timed`]: how long single polls of the store's futures hold
+/// the thread. (Each poll of a `with_aid` future includes its closure and the streams the
+/// closure polls; the closures only call the store.)
+pub fn stall(ctx: &Ctx) -> Option<Stall> {
+    if !ctx.wants("stall") || !ctx.runs("runstate") {
+        return None;
+    }
+    let started = Instant::now();
+    let mut polls = Vec::new();
+    let workloads = workloads::all(ctx);
+    for flavor in Flavor::ALL {
+        for w in workloads.iter().filter(|w| STALL_KEYS.contains(&w.key)) {
+            let log = Arc::new(PollLog::default());
+            let dir = ctx.scratch.fresh("stall");
+            w.once(
+                ctx,
+                ctx.rt(flavor),
+                &Runstate::logging_polls(log.clone()),
+                &dir,
+            );
+            std::fs::remove_dir_all(&dir).expect("clean up");
+            polls.push((flavor, w.key, log.take()));
+        }
+    }
+    eprintln!(
+        "  stall: 1 run each in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Some(Stall { polls })
 }

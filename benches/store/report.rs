@@ -4,8 +4,9 @@
 use std::fmt::Write as _;
 
 use crate::config::{self, Ctx, Flavor};
+use crate::measure::PollStats;
 use crate::measure::{Stats, median_u64};
-use crate::probes::{Responsiveness, Threads};
+use crate::probes::{Responsiveness, STALL_KEYS, Stall, Threads};
 use crate::workloads::{COLD_AIDS, Row};
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -25,6 +26,7 @@ pub struct Results {
     pub rows: Vec<Row>,
     pub r: Responsiveness,
     pub threads: Option<Threads>,
+    pub stall: Option<Stall>,
 }
 
 impl Results {
@@ -139,6 +141,7 @@ pub fn print(ctx: &Ctx, res: &Results) {
     rss(ctx, res);
     responsiveness(ctx, res);
     threads(res);
+    stall(res);
     targets(res);
     println!();
     println!("load:    {} (at end)", config::loadavg());
@@ -290,6 +293,45 @@ fn threads(res: &Results) {
     );
 }
 
+fn us(ns: u64) -> String {
+    format!("{:.1}", ns as f64 / 1e3)
+}
+
+fn stall(res: &Results) {
+    let Some(stall) = &res.stall else {
+        return;
+    };
+    println!();
+    println!(
+        "stall: how long single polls of runstate's hold futures held the thread (each poll \
+         includes the closure and the streams it polls), over {} once each:",
+        STALL_KEYS.join(", ")
+    );
+    for flavor in Flavor::ALL {
+        let Some(s) = stall.stats(flavor) else {
+            continue;
+        };
+        let worst: Vec<String> = stall
+            .polls
+            .iter()
+            .filter(|(f, _, _)| *f == flavor)
+            .map(|(_, key, v)| {
+                let worst = v.iter().max().copied().unwrap_or(0);
+                format!("{key} {} us in {} polls", us(worst), v.len())
+            })
+            .collect();
+        println!(
+            "  {:<15} {} polls: p99 {} us, p99.9 {} us, worst {} us (worst by workload: {})",
+            flavor.name(),
+            s.polls,
+            us(s.p99),
+            us(s.p999),
+            us(s.worst),
+            worst.join(", ")
+        );
+    }
+}
+
 fn verdict(ok: Option<bool>) -> &'static str {
     match ok {
         Some(true) => "PASS",
@@ -402,6 +444,22 @@ pub fn json(ctx: &Ctx, res: &Results) {
             t.peak,
             t.before,
             t.added()
+        );
+    }
+    if let Some(stall) = &res.stall {
+        let fields = |s: Option<PollStats>| {
+            s.map_or_else(String::new, |s| {
+                format!(
+                    "\"p99_ns\": {}, \"p999_ns\": {}, \"worst_ns\": {}, \"polls\": {}",
+                    s.p99, s.p999, s.worst, s.polls
+                )
+            })
+        };
+        let _ = writeln!(
+            json,
+            "  \"stall\": {{{}, \"CT\": {{{}}}}},",
+            fields(stall.stats(Flavor::Multi)),
+            fields(stall.stats(Flavor::Current))
         );
     }
     let _ = writeln!(

@@ -5,11 +5,13 @@ use std::path::Path;
 use std::pin::pin;
 
 use futures::StreamExt;
-use runstate::{Aid, AsyncStore, Error, InstanceId};
+use std::sync::Arc;
+
+use runstate::{Aid, AsyncStore, Cursor, Error, InstanceId};
 use tokio::runtime::Runtime;
 
 use crate::common::{Entry, LaunchConfig};
-use crate::measure::Timing;
+use crate::measure::{PollLog, Timed, Timing};
 use crate::workloads::{AID, Imp};
 
 /// An aid no workload uses, held once to open a fresh store's state directory untimed.
@@ -47,15 +49,44 @@ enum Read {
 #[derive(Clone)]
 pub struct Runstate {
     read: Read,
+    /// Where to log the time of each poll of each hold's future (the stall probe).
+    polls: Option<Arc<PollLog>>,
 }
 
 impl Runstate {
     /// The crate, reading with a stream: "runstate" in the report.
-    pub const STREAM: Runstate = Runstate { read: Read::Stream };
+    pub const STREAM: Runstate = Runstate {
+        read: Read::Stream,
+        polls: None,
+    };
     /// The crate, reading with `load_all` (W9 only): "load_all" in the report.
     pub const LOAD_ALL: Runstate = Runstate {
         read: Read::LoadAll,
+        polls: None,
     };
+
+    /// The crate, reading with a stream, logging how long each poll of each hold's future
+    /// takes. The closures only call the store, so a poll's time is the store's.
+    pub fn logging_polls(log: Arc<PollLog>) -> Runstate {
+        Runstate {
+            read: Read::Stream,
+            polls: Some(log),
+        }
+    }
+
+    /// `with_aid`, its polls timed when logging.
+    async fn hold<T>(
+        &self,
+        store: &Store,
+        a: u16,
+        f: impl AsyncFnOnce(&mut Cursor<LaunchConfig>) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        let held = store.with_aid(aid(a), f);
+        match &self.polls {
+            None => held.await,
+            Some(log) => Timed::new(held, log.clone()).await,
+        }
+    }
 }
 
 impl Imp for Runstate {
@@ -82,22 +113,20 @@ impl Imp for Runstate {
             if each {
                 for &id in ids {
                     st.id = id;
-                    store
-                        .with_aid(aid(AID), async |c| c.save(&st).await)
+                    self.hold(&store, AID, async |c| c.save(&st).await)
                         .await
                         .expect("save");
                 }
             } else {
-                store
-                    .with_aid(aid(AID), async |c| {
-                        for &id in ids {
-                            st.id = id;
-                            c.save(&st).await?;
-                        }
-                        Ok::<_, Error>(())
-                    })
-                    .await
-                    .expect("save");
+                self.hold(&store, AID, async |c| {
+                    for &id in ids {
+                        st.id = id;
+                        c.save(&st).await?;
+                    }
+                    Ok::<_, Error>(())
+                })
+                .await
+                .expect("save");
             }
             t.stop();
             store.close().await.expect("close");
@@ -109,8 +138,8 @@ impl Imp for Runstate {
         rt.block_on(async {
             let store = warm_store(dir, &[AID]).await;
             t.start();
-            let got = store
-                .with_aid(aid(AID), async |c| {
+            let got = self
+                .hold(&store, AID, async |c| {
                     if whole {
                         let all = c.load_all().await?;
                         return Ok::<_, Error>(black_box(all).len());
@@ -135,8 +164,8 @@ impl Imp for Runstate {
         rt.block_on(async {
             let store = warm_store(dir, &[AID]).await;
             t.start();
-            let got = store
-                .with_aid(aid(AID), async |c| c.len().await)
+            let got = self
+                .hold(&store, AID, async |c| c.len().await)
                 .await
                 .expect("len");
             t.stop();
@@ -148,15 +177,14 @@ impl Imp for Runstate {
         rt.block_on(async {
             let store = warm_store(dir, &[AID]).await;
             t.start();
-            store
-                .with_aid(aid(AID), async |c| {
-                    for &id in ids {
-                        assert!(c.destroy(id).await?);
-                    }
-                    Ok::<_, Error>(())
-                })
-                .await
-                .expect("destroy");
+            self.hold(&store, AID, async |c| {
+                for &id in ids {
+                    assert!(c.destroy(id).await?);
+                }
+                Ok::<_, Error>(())
+            })
+            .await
+            .expect("destroy");
             t.stop();
         });
     }
@@ -166,8 +194,7 @@ impl Imp for Runstate {
             let store = warm_store(dir, &[AID]).await;
             t.start();
             for _ in 0..holds {
-                store
-                    .with_aid(aid(AID), async |_| Ok::<_, Error>(()))
+                self.hold(&store, AID, async |_| Ok::<_, Error>(()))
                     .await
                     .expect("hold");
             }
@@ -192,8 +219,7 @@ impl Imp for Runstate {
             let store = warm_store(dir, &[OUTSIDE]).await;
             let pass = async || {
                 for &a in aids {
-                    store
-                        .with_aid(aid(a), async |_| Ok::<_, Error>(()))
+                    self.hold(&store, a, async |_| Ok::<_, Error>(()))
                         .await
                         .expect("hold");
                 }
@@ -222,17 +248,16 @@ impl Imp for Runstate {
             let tasks: Vec<_> = states
                 .into_iter()
                 .map(|st| {
-                    let store = store.clone();
+                    let (store, me) = (store.clone(), self.clone());
                     tokio::spawn(async move {
                         for _ in 0..rounds {
-                            store
-                                .with_aid(aid(AID), async |c| {
-                                    c.save(&st).await?;
-                                    assert!(c.destroy(st.id).await?);
-                                    Ok::<_, Error>(())
-                                })
-                                .await
-                                .expect("hold");
+                            me.hold(&store, AID, async |c| {
+                                c.save(&st).await?;
+                                assert!(c.destroy(st.id).await?);
+                                Ok::<_, Error>(())
+                            })
+                            .await
+                            .expect("hold");
                         }
                     })
                 })

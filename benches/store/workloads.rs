@@ -208,7 +208,7 @@ pub struct Workload {
 
 impl Workload {
     /// One run of `imp` in `dir`, on `rt`.
-    fn once(&self, ctx: &Ctx, rt: &Runtime, imp: &dyn Imp, dir: &Path) -> Sample {
+    pub fn once(&self, ctx: &Ctx, rt: &Runtime, imp: &dyn Imp, dir: &Path) -> Sample {
         match self.kind {
             Kind::SaveBatch => saves(ctx, rt, imp, dir, false),
             Kind::Stream1k => read_all(ctx, rt, imp, dir, N, false),
