@@ -149,6 +149,18 @@ pub fn template(pid: u32) -> Entry {
     State::new(InstanceId::from_bytes([0; 16]), pid, launch_config())
 }
 
+/// `n` states from `template`, each with a fresh id.
+pub fn states(template: &Entry, n: usize) -> Vec<Entry> {
+    ids(n)
+        .into_iter()
+        .map(|id| {
+            let mut s = template.clone();
+            s.id = id;
+            s
+        })
+        .collect()
+}
+
 /// The crate's `ProcessIdentity` on the wire: `{start_time, boot_id}`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ProcIdent {

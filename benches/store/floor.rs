@@ -58,20 +58,9 @@ pub struct FloorAid {
 }
 
 impl FloorAid {
+    /// Opens an aid (made if missing) under `run_dir`.
     pub fn open(run_dir: &Path, aid: u16) -> io::Result<FloorAid> {
-        let state = state_dir(run_dir)?;
-        let dir = mkdir_open(&state, &aid.to_string())?;
-        let lock = openat(
-            &state,
-            format!("{aid}.lock"),
-            OFlags::RDWR | OFlags::CREATE | open_flags(),
-            Mode::from_raw_mode(0o600),
-        )?;
-        Ok(FloorAid {
-            dir,
-            lock,
-            buf: Vec::new(),
-        })
+        FloorAid::open_in(&state_dir(run_dir)?, aid)
     }
 
     /// Opens an aid in an open state directory as cheaply as the kernel allows: one

@@ -216,14 +216,7 @@ pub fn threads(ctx: &Ctx) -> Option<Threads> {
         return None;
     }
     let dir = ctx.scratch.fresh("threads");
-    let states: Vec<_> = common::ids(THREAD_TASKS)
-        .into_iter()
-        .map(|id| {
-            let mut s = ctx.template.clone();
-            s.id = id;
-            s
-        })
-        .collect();
+    let states = common::states(&ctx.template, THREAD_TASKS);
     let stop = Arc::new(AtomicBool::new(false));
     let peak = Arc::new(AtomicUsize::new(0));
     let (started_tx, started_rx) = std::sync::mpsc::channel();

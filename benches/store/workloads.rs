@@ -137,14 +137,7 @@ pub fn aids(rt: &Runtime, imp: &dyn Imp, dir: &Path) -> Sample {
 /// W8: 8 tasks x 1000 holds on one aid, each saving then destroying its own entry
 /// (floor: 8000 sequential holds doing the same).
 pub fn contended(ctx: &Ctx, rt: &Runtime, imp: &dyn Imp, dir: &Path) -> Sample {
-    let states: Vec<Entry> = common::ids(TASKS)
-        .into_iter()
-        .map(|id| {
-            let mut s = ctx.template.clone();
-            s.id = id;
-            s
-        })
-        .collect();
+    let states = common::states(&ctx.template, TASKS);
     let mut t = Timing::new(false);
     imp.contended(rt, &mut t, dir, states, N);
     assert_eq!(count_entries(dir, AID), 0, "{} left nothing", imp.name());
