@@ -4,8 +4,7 @@
 use std::fmt::Write as _;
 
 use crate::config::{self, Ctx, Flavor};
-use crate::measure::PollStats;
-use crate::measure::{Stats, median_u64};
+use crate::measure::{PollStats, Stats, median_u64};
 use crate::probes::{Responsiveness, STALL_KEYS, Stall, Threads};
 use crate::workloads::{COLD_AIDS, Row};
 
@@ -491,13 +490,13 @@ pub fn json(ctx: &Ctx, res: &Results) {
         );
     }
     if let Some(stall) = &res.stall {
+        // Zeros where nothing was polled, as the other keys have for what did not run.
         let fields = |s: Option<PollStats>| {
-            s.map_or_else(String::new, |s| {
-                format!(
-                    "\"p99_ns\": {}, \"p999_ns\": {}, \"worst_ns\": {}, \"polls\": {}",
-                    s.p99, s.p999, s.worst, s.polls
-                )
-            })
+            let (p99, p999, worst, polls) =
+                s.map_or((0, 0, 0, 0), |s| (s.p99, s.p999, s.worst, s.polls));
+            format!(
+                "\"p99_ns\": {p99}, \"p999_ns\": {p999}, \"worst_ns\": {worst}, \"polls\": {polls}"
+            )
         };
         let _ = writeln!(
             json,
