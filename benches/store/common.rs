@@ -141,10 +141,24 @@ pub fn launch_config() -> LaunchConfig {
 pub type Entry = State<LaunchConfig>;
 
 /// The template every save starts from; only `id` changes between saves. Its pid is a live
-/// child's, as a launcher's would be, and `process` is left `None`, so `Cursor::save`
-/// identifies the process from `/proc` on every save, and so do the others.
+/// child's, as a launcher's would be. Whatever `State::new` puts in `process` stays: if it is
+/// `None`, `Cursor::save` (as of this writing) identifies the process from `/proc` on every
+/// save, and so do the others; if `State::new` captured the identity, every implementation
+/// stores it as given (see [`identity`]).
 pub fn template(pid: u32) -> Entry {
     State::new(InstanceId::from_bytes([0; 16]), pid, launch_config())
+}
+
+/// `n` states from `template`, each with a fresh id.
+pub fn states(template: &Entry, n: usize) -> Vec<Entry> {
+    ids(n)
+        .into_iter()
+        .map(|id| {
+            let mut s = template.clone();
+            s.id = id;
+            s
+        })
+        .collect()
 }
 
 /// The crate's `ProcessIdentity` on the wire: `{start_time, boot_id}`.
@@ -152,6 +166,27 @@ pub fn template(pid: u32) -> Entry {
 pub struct ProcIdent {
     pub start_time: u64,
     pub boot_id: String,
+}
+
+impl From<&runstate::ProcessIdentity> for ProcIdent {
+    fn from(p: &runstate::ProcessIdentity) -> ProcIdent {
+        ProcIdent {
+            start_time: p.start_time,
+            boot_id: p.boot_id.clone(),
+        }
+    }
+}
+
+/// The identity a save of `state` records, as the crate's save decides it: the state's own,
+/// or else the one `identify` reads from `/proc` (the crate fills it in when it is `None`).
+pub fn identity(
+    state: &Entry,
+    identify: impl FnOnce(u32) -> Option<ProcIdent>,
+) -> Option<ProcIdent> {
+    match &state.process {
+        Some(p) => Some(p.into()),
+        None => identify(state.pid),
+    }
 }
 
 /// Field 22 of a `/proc/<pid>/stat` line, counted from the last `)` (as the crate does).

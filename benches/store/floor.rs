@@ -12,8 +12,14 @@ use rustix::fs::{
 };
 use rustix::io::Errno;
 
-use super::common::{self, Decoded, Entry};
+use std::hint::black_box;
+
 use runstate::InstanceId;
+use tokio::runtime::Runtime;
+
+use crate::common::{self, Decoded, Entry};
+use crate::measure::Timing;
+use crate::workloads::{AID, Imp};
 
 fn open_flags() -> OFlags {
     OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY
@@ -52,11 +58,23 @@ pub struct FloorAid {
 }
 
 impl FloorAid {
+    /// Opens an aid (made if missing) under `run_dir`.
     pub fn open(run_dir: &Path, aid: u16) -> io::Result<FloorAid> {
-        let state = state_dir(run_dir)?;
-        let dir = mkdir_open(&state, &aid.to_string())?;
+        FloorAid::open_in(&state_dir(run_dir)?, aid)
+    }
+
+    /// Opens an aid in an open state directory as cheaply as the kernel allows: one
+    /// `openat` of the directory if it exists (else `mkdirat` first) and one of the lock
+    /// file (made if missing).
+    pub fn open_in(state: &OwnedFd, aid: u16) -> io::Result<FloorAid> {
+        let name = aid.to_string();
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | open_flags();
+        let dir = match openat(state, &name, flags, Mode::empty()) {
+            Err(Errno::NOENT) => mkdir_open(state, &name)?,
+            dir => dir?,
+        };
         let lock = openat(
-            &state,
+            state,
             format!("{aid}.lock"),
             OFlags::RDWR | OFlags::CREATE | open_flags(),
             Mode::from_raw_mode(0o600),
@@ -76,10 +94,10 @@ impl FloorAid {
         flock(&self.lock, FlockOperation::Unlock).expect("unlock");
     }
 
-    /// Identifies the process from /proc, encodes and publishes an entry: O_TMPFILE,
-    /// write, linkat, close.
+    /// Identifies the process from /proc (unless the state carries its identity), encodes
+    /// and publishes an entry: O_TMPFILE, write, linkat, close.
     pub fn save(&mut self, state: &Entry) -> io::Result<()> {
-        let process = identify(state.pid);
+        let process = common::identity(state, identify);
         self.save_as(state, process.as_ref())
     }
 
@@ -229,10 +247,135 @@ pub fn aids(run_dir: &Path) -> io::Result<Vec<u16>> {
 pub fn populate(run_dir: &Path, aid: u16, ids: &[InstanceId], template: &Entry) -> io::Result<()> {
     let mut a = FloorAid::open(run_dir, aid)?;
     let mut state = template.clone();
-    let process = identify(state.pid);
+    let process = common::identity(&state, identify);
     for &id in ids {
         state.id = id;
         a.save_as(&state, process.as_ref())?;
     }
     Ok(())
+}
+
+/// The floor as an implementation: everything on the calling thread, no runtime.
+pub struct Floor;
+
+impl Imp for Floor {
+    fn name(&self) -> &'static str {
+        "floor"
+    }
+
+    fn saves(
+        &self,
+        _rt: &Runtime,
+        t: &mut Timing,
+        dir: &Path,
+        template: &Entry,
+        ids: &[InstanceId],
+        each: bool,
+    ) {
+        let mut st = template.clone();
+        let mut a = FloorAid::open(dir, AID).expect("open");
+        t.start();
+        if !each {
+            a.lock();
+        }
+        for &id in ids {
+            st.id = id;
+            if each {
+                a.lock();
+            }
+            a.save(&st).expect("save");
+            if each {
+                a.unlock();
+            }
+        }
+        if !each {
+            a.unlock();
+        }
+        t.stop();
+    }
+
+    fn read_all(&self, _rt: &Runtime, t: &mut Timing, dir: &Path) -> usize {
+        let mut a = FloorAid::open(dir, AID).expect("open");
+        t.start();
+        a.lock();
+        let got = a
+            .entries(|s| {
+                black_box(s);
+            })
+            .expect("entries");
+        a.unlock();
+        t.stop();
+        got
+    }
+
+    fn len(&self, _rt: &Runtime, t: &mut Timing, dir: &Path) -> usize {
+        let a = FloorAid::open(dir, AID).expect("open");
+        t.start();
+        a.lock();
+        let got = a.len().expect("len");
+        a.unlock();
+        t.stop();
+        got
+    }
+
+    fn destroys(&self, _rt: &Runtime, t: &mut Timing, dir: &Path, ids: &[InstanceId]) {
+        let a = FloorAid::open(dir, AID).expect("open");
+        t.start();
+        a.lock();
+        for &id in ids {
+            assert!(a.destroy(id).expect("destroy"));
+        }
+        a.unlock();
+        t.stop();
+    }
+
+    fn empty_holds(&self, _rt: &Runtime, t: &mut Timing, dir: &Path, holds: usize) {
+        let a = FloorAid::open(dir, AID).expect("open");
+        t.start();
+        for _ in 0..holds {
+            a.lock();
+            a.unlock();
+        }
+        t.stop();
+    }
+
+    fn aids(&self, _rt: &Runtime, t: &mut Timing, dir: &Path) -> usize {
+        t.start();
+        let got = aids(dir).expect("aids").len();
+        t.stop();
+        got
+    }
+
+    /// Keeps nothing between holds (no cache to warm): open, flock, unlock, close.
+    fn holds_in_turn(&self, _rt: &Runtime, t: &mut Timing, dir: &Path, aids: &[u16], _warm: bool) {
+        let state = state_dir(dir).expect("state dir");
+        t.start();
+        for &a in aids {
+            let aid = FloorAid::open_in(&state, a).expect("open");
+            aid.lock();
+            aid.unlock();
+        }
+        t.stop();
+    }
+
+    fn contended(
+        &self,
+        _rt: &Runtime,
+        t: &mut Timing,
+        dir: &Path,
+        states: Vec<Entry>,
+        rounds: usize,
+    ) {
+        let mut a = FloorAid::open(dir, AID).expect("open");
+        t.start();
+        for _ in 0..rounds {
+            for st in &states {
+                a.lock();
+                a.save(st).expect("save");
+                assert!(a.destroy(st.id).expect("destroy"));
+                a.unlock();
+            }
+        }
+        t.stop();
+    }
 }

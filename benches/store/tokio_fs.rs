@@ -15,8 +15,14 @@ use std::pin::Pin;
 use tokio::io::AsyncWrite;
 use tokio::sync::{Mutex, MutexGuard};
 
-use super::common::{self, Decoded, Entry};
+use std::hint::black_box;
+
 use runstate::InstanceId;
+use tokio::runtime::Runtime;
+
+use crate::common::{self, Decoded, Entry};
+use crate::measure::Timing;
+use crate::workloads::{AID, Imp};
 
 pub struct TfsAid {
     dir: PathBuf,
@@ -60,6 +66,30 @@ impl TfsAid {
         }))
     }
 
+    /// Opens an aid the `tokio::fs` way, making its directory and lock file if missing.
+    pub async fn open_async(run_dir: &Path, aid: u16) -> io::Result<TfsAid> {
+        let state = run_dir.join("state");
+        let dir = state.join(aid.to_string());
+        tokio::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .await?;
+        let lock = tokio::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(state.join(format!("{aid}.lock")))
+            .await?;
+        Ok(TfsAid {
+            dir,
+            turn: Mutex::new(()),
+            lock: Arc::new(lock.into_std().await),
+        })
+    }
+
     pub async fn hold(&self) -> TfsHold<'_> {
         let turn = self.turn.lock().await;
         let lock = self.lock.clone();
@@ -80,13 +110,19 @@ impl TfsAid {
     /// Identifies the process, then: create_new a temporary file, write_all, flush, hard_link to the final name (which,
     /// unlike rename, refuses to overwrite), remove the temporary name.
     ///
-    /// The process identity comes first, as two more `tokio::fs::read`s.
+    /// The process identity comes first, as two more `tokio::fs::read`s, unless the state
+    /// carries it.
     pub async fn save(&self, state: &Entry) -> io::Result<()> {
-        let stat = tokio::fs::read(format!("/proc/{}/stat", state.pid)).await;
-        let boot = tokio::fs::read(common::BOOT_ID).await;
-        let process = match (stat, boot) {
-            (Ok(stat), Ok(boot)) => common::ident(&stat, &boot),
-            _ => None,
+        let process = match &state.process {
+            Some(p) => Some(p.into()),
+            None => {
+                let stat = tokio::fs::read(format!("/proc/{}/stat", state.pid)).await;
+                let boot = tokio::fs::read(common::BOOT_ID).await;
+                match (stat, boot) {
+                    (Ok(stat), Ok(boot)) => common::ident(&stat, &boot),
+                    _ => None,
+                }
+            }
         };
         let mut bytes = Vec::new();
         common::encode(state, process.as_ref(), &mut bytes);
@@ -167,4 +203,150 @@ pub async fn aids(run_dir: &Path) -> io::Result<Vec<u16>> {
     }
     out.sort_unstable();
     Ok(out)
+}
+
+/// The hand-written `tokio::fs` store as an implementation.
+pub struct TokioFs;
+
+impl Imp for TokioFs {
+    fn name(&self) -> &'static str {
+        "tokio-fs"
+    }
+
+    fn saves(
+        &self,
+        rt: &Runtime,
+        t: &mut Timing,
+        dir: &Path,
+        template: &Entry,
+        ids: &[InstanceId],
+        each: bool,
+    ) {
+        let mut st = template.clone();
+        rt.block_on(async {
+            let a = TfsAid::open(dir, AID).expect("open");
+            t.start();
+            if each {
+                for &id in ids {
+                    st.id = id;
+                    let _h = a.hold().await;
+                    a.save(&st).await.expect("save");
+                }
+            } else {
+                let _h = a.hold().await;
+                for &id in ids {
+                    st.id = id;
+                    a.save(&st).await.expect("save");
+                }
+            }
+            t.stop();
+        });
+    }
+
+    fn read_all(&self, rt: &Runtime, t: &mut Timing, dir: &Path) -> usize {
+        rt.block_on(async {
+            let a = TfsAid::open(dir, AID).expect("open");
+            t.start();
+            let got = {
+                let _h = a.hold().await;
+                a.entries(|s| {
+                    black_box(s);
+                })
+                .await
+                .expect("entries")
+            };
+            t.stop();
+            got
+        })
+    }
+
+    fn len(&self, rt: &Runtime, t: &mut Timing, dir: &Path) -> usize {
+        rt.block_on(async {
+            let a = TfsAid::open(dir, AID).expect("open");
+            t.start();
+            let got = {
+                let _h = a.hold().await;
+                a.len().await.expect("len")
+            };
+            t.stop();
+            got
+        })
+    }
+
+    fn destroys(&self, rt: &Runtime, t: &mut Timing, dir: &Path, ids: &[InstanceId]) {
+        rt.block_on(async {
+            let a = TfsAid::open(dir, AID).expect("open");
+            t.start();
+            {
+                let _h = a.hold().await;
+                for &id in ids {
+                    assert!(a.destroy(id).await.expect("destroy"));
+                }
+            }
+            t.stop();
+        });
+    }
+
+    fn empty_holds(&self, rt: &Runtime, t: &mut Timing, dir: &Path, holds: usize) {
+        rt.block_on(async {
+            let a = TfsAid::open(dir, AID).expect("open");
+            t.start();
+            for _ in 0..holds {
+                drop(black_box(a.hold().await));
+            }
+            t.stop();
+        });
+    }
+
+    fn aids(&self, rt: &Runtime, t: &mut Timing, dir: &Path) -> usize {
+        rt.block_on(async {
+            t.start();
+            let got = aids(dir).await.expect("aids").len();
+            t.stop();
+            got
+        })
+    }
+
+    /// Keeps nothing between holds (no cache to warm): open, flock, unlock, close.
+    fn holds_in_turn(&self, rt: &Runtime, t: &mut Timing, dir: &Path, aids: &[u16], _warm: bool) {
+        rt.block_on(async {
+            t.start();
+            for &a in aids {
+                let aid = TfsAid::open_async(dir, a).await.expect("open");
+                drop(black_box(aid.hold().await));
+            }
+            t.stop();
+        });
+    }
+
+    fn contended(
+        &self,
+        rt: &Runtime,
+        t: &mut Timing,
+        dir: &Path,
+        states: Vec<Entry>,
+        rounds: usize,
+    ) {
+        rt.block_on(async {
+            let a = TfsAid::open(dir, AID).expect("open");
+            t.start();
+            let tasks: Vec<_> = states
+                .into_iter()
+                .map(|st| {
+                    let a = a.clone();
+                    tokio::spawn(async move {
+                        for _ in 0..rounds {
+                            let _h = a.hold().await;
+                            a.save(&st).await.expect("save");
+                            assert!(a.destroy(st.id).await.expect("destroy"));
+                        }
+                    })
+                })
+                .collect();
+            for task in tasks {
+                task.await.expect("task");
+            }
+            t.stop();
+        });
+    }
 }

@@ -1,0 +1,253 @@
+//! How things are measured: the timed section, repetitions in rotating order, medians, and
+//! the peak RSS.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::config::Ctx;
+use crate::workloads::Imp;
+
+/// One timed run: its duration and, where measured, the growth of peak RSS.
+pub struct Sample {
+    pub elapsed: Duration,
+    pub rss: Option<u64>,
+}
+
+/// The repetitions of one implementation in one workload: ns per op, RSS growth in bytes.
+#[derive(Default, Clone)]
+pub struct Series {
+    pub ns: Vec<f64>,
+    pub rss: Vec<u64>,
+}
+
+impl Series {
+    pub fn stats(&self) -> Option<Stats> {
+        stats(&self.ns)
+    }
+}
+
+#[derive(Clone, Copy)]
+pub struct Stats {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+pub fn stats(v: &[f64]) -> Option<Stats> {
+    if v.is_empty() {
+        return None;
+    }
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    let median = if v.len() % 2 == 1 {
+        v[v.len() / 2]
+    } else {
+        (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0
+    };
+    Some(Stats {
+        median,
+        min: v[0],
+        max: v[v.len() - 1],
+    })
+}
+
+pub fn median_u64(v: &[u64]) -> Option<u64> {
+    let mut v = v.to_vec();
+    v.sort_unstable();
+    v.get(v.len() / 2).copied()
+}
+
+/// The timed section of one run, started and stopped by the implementation around exactly
+/// the work it measures (setup such as opening a store stays outside).
+///
+/// With `RUNSTATE_BENCH_MARK=1`, its start and end also make a failing `faccessat2` on
+/// `/runstate-bench-mark/{start,end}`, so that `strace -f` output can be cut to the timed
+/// sections (to count system calls per operation). With `rss`, starting also resets the
+/// peak RSS, and the sample carries its growth.
+pub struct Timing {
+    rss: bool,
+    rss_start: Option<u64>,
+    began: Option<Instant>,
+    elapsed: Option<Duration>,
+}
+
+fn mark(path: &std::ffi::CStr) {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if *ON.get_or_init(|| crate::config::env_on("RUNSTATE_BENCH_MARK")) {
+        let _ = rustix::fs::access(path, rustix::fs::Access::EXISTS);
+    }
+}
+
+impl Timing {
+    pub fn new(rss: bool) -> Timing {
+        Timing {
+            rss,
+            rss_start: None,
+            began: None,
+            elapsed: None,
+        }
+    }
+
+    pub fn start(&mut self) {
+        self.rss_start = self.rss.then(rss_begin);
+        mark(c"/runstate-bench-mark/start");
+        self.began = Some(Instant::now());
+    }
+
+    pub fn stop(&mut self) {
+        let began = self
+            .began
+            .expect("the timed section started before it stopped");
+        self.elapsed = Some(began.elapsed());
+        mark(c"/runstate-bench-mark/end");
+    }
+
+    /// The run's sample; reads the peak RSS now, so call it right after the run.
+    pub fn sample(self) -> Sample {
+        Sample {
+            elapsed: self.elapsed.expect("the implementation timed its section"),
+            rss: self.rss_start.map(|s| rss_peak().saturating_sub(s)),
+        }
+    }
+}
+
+/// Runs `f` for every implementation in `imps` that the knobs let run, `reps` times, in
+/// rotating order, each time in a fresh directory; returns each implementation's name with
+/// its ns per op (and RSS growth where measured).
+pub fn bench(
+    ctx: &Ctx,
+    label: &str,
+    imps: &[&dyn Imp],
+    reps: usize,
+    ops: usize,
+    mut f: impl FnMut(&dyn Imp, &Path) -> Sample,
+) -> Vec<(&'static str, Series)> {
+    let mut out: Vec<_> = imps.iter().map(|i| (i.name(), Series::default())).collect();
+    let started = Instant::now();
+    for rep in 0..reps {
+        for k in 0..imps.len() {
+            let i = (k + rep) % imps.len();
+            if !ctx.runs(imps[i].name()) {
+                continue;
+            }
+            let dir = ctx.scratch.fresh(label);
+            let s = f(imps[i], &dir);
+            std::fs::remove_dir_all(&dir).expect("clean up");
+            out[i].1.ns.push(s.elapsed.as_nanos() as f64 / ops as f64);
+            out[i].1.rss.extend(s.rss);
+        }
+    }
+    eprintln!(
+        "  {label}: {reps} reps in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    out
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn trim_heap() {
+    unsafe extern "C" {
+        fn malloc_trim(pad: usize) -> std::ffi::c_int;
+    }
+    // SAFETY: malloc_trim only returns free heap memory to the kernel.
+    unsafe {
+        malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn trim_heap() {}
+
+/// A `key:` line of /proc/self/status, as a number (the unit, if any, dropped).
+pub fn status_value(key: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in /proc/self/status"))
+}
+
+/// Starts a phase: returns freed heap to the kernel (so earlier phases' memory cannot be
+/// reused unseen), resets the peak RSS to the current RSS, and returns the RSS now.
+fn rss_begin() -> u64 {
+    trim_heap();
+    std::fs::write("/proc/self/clear_refs", "5").expect("reset peak RSS via /proc/self/clear_refs");
+    status_value("VmRSS:") * 1024
+}
+
+fn rss_peak() -> u64 {
+    status_value("VmHWM:") * 1024
+}
+
+/// The durations of single polls, in ns, from every [`Timed`] future that shares it.
+#[derive(Default)]
+pub struct PollLog(std::sync::Mutex<Vec<u64>>);
+
+impl PollLog {
+    fn push(&self, ns: u64) {
+        self.0.lock().expect("poll log").push(ns);
+    }
+
+    pub fn take(&self) -> Vec<u64> {
+        std::mem::take(&mut *self.0.lock().expect("poll log"))
+    }
+}
+
+/// A future that logs how long each of its `poll`s holds the thread: wrapped around a
+/// store's future, the time the store (and the closure that only calls the store) keeps a
+/// runtime's thread from every other task between two awaits.
+pub struct Timed<F> {
+    inner: std::pin::Pin<Box<F>>,
+    log: std::sync::Arc<PollLog>,
+}
+
+impl<F: Future> Timed<F> {
+    pub fn new(inner: F, log: std::sync::Arc<PollLog>) -> Timed<F> {
+        Timed {
+            inner: Box::pin(inner),
+            log,
+        }
+    }
+}
+
+impl<F: Future> Future for Timed<F> {
+    type Output = F::Output;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        let this = self.get_mut();
+        let began = Instant::now();
+        let out = this.inner.as_mut().poll(cx);
+        this.log.push(began.elapsed().as_nanos() as u64);
+        out
+    }
+}
+
+/// Percentiles of single polls, in ns.
+pub struct PollStats {
+    pub polls: usize,
+    pub p99: u64,
+    pub p999: u64,
+    pub worst: u64,
+}
+
+impl PollStats {
+    pub fn of(polls: impl IntoIterator<Item = u64>) -> Option<PollStats> {
+        let mut v: Vec<u64> = polls.into_iter().collect();
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_unstable();
+        // The smallest value that at least `q` of the polls do not exceed.
+        let at = |q: f64| v[((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1];
+        Some(PollStats {
+            polls: v.len(),
+            p99: at(0.99),
+            p999: at(0.999),
+            worst: v[v.len() - 1],
+        })
+    }
+}
