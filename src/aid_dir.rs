@@ -32,9 +32,6 @@ use crate::{Aid, Error, InstanceId, Options, State, format};
 pub(crate) struct AidDir {
     path: PathBuf,
     dir: OwnedFd,
-    /// The lock file's name in the state directory, and the file it named when opened.
-    lock_name: String,
-    lock_id: (u64, u64),
     state_dir: Arc<StateDir>,
     pub(crate) lock: LockFile,
     options: Options,
@@ -239,7 +236,7 @@ impl AidDir {
         };
         // Tracked, so that no forked child keeps the lock (see fork_guard.rs).
         let lock_fd = TrackedFd::open(open_lock, |e| Error::io("track lock file", &lock_path, e))?;
-        let lock_st = check_private(&lock_fd, &lock_path, FileType::RegularFile)?;
+        check_private(&lock_fd, &lock_path, FileType::RegularFile)?;
 
         let name = aid.to_string();
         let path = state_path.join(&name);
@@ -248,8 +245,6 @@ impl AidDir {
         Ok(AidDir {
             path,
             dir,
-            lock_name,
-            lock_id: (lock_st.st_dev, lock_st.st_ino),
             state_dir,
             lock: LockFile::new(lock_fd, lock_path),
             options: options.clone(),
@@ -257,18 +252,13 @@ impl AidDir {
         })
     }
 
-    /// Whether the lock file and the directory opened are still the ones at their paths.
-    /// Locking a lock file that was removed would exclude nobody who opens the new one, so a
-    /// holder checks this once it has the lock, and opens them again if not.
+    /// Whether the lock file and the directory opened are still linked. Locking a lock file
+    /// that was removed would exclude nobody who opens the new one, so a holder checks this
+    /// once it has the lock, and opens them again if not. Two `fstat` calls: a removal, or a
+    /// file renamed over, unlinks the old inode (a file renamed away keeps its link and is
+    /// not noticed; nothing in the store does that).
     pub(crate) fn is_current(&self) -> bool {
-        let Ok(named) = statat(
-            &self.state_dir.fd,
-            self.lock_name.as_str(),
-            AtFlags::SYMLINK_NOFOLLOW,
-        ) else {
-            return false;
-        };
-        (named.st_dev, named.st_ino) == self.lock_id && self.is_linked()
+        self.lock.is_linked() && self.is_linked()
     }
 
     /// Whether the directory is still linked: entries published into a removed one are lost.
@@ -282,8 +272,8 @@ impl AidDir {
     }
 
     /// The lock file's path, for messages.
-    pub(crate) fn lock_path(&self) -> PathBuf {
-        self.state_dir.path.join(&self.lock_name)
+    pub(crate) fn lock_path(&self) -> &Path {
+        self.lock.path()
     }
 
     /// The store's options.

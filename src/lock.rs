@@ -8,7 +8,7 @@
 //! waited for comes on a descriptor of its own (`flock_wait.rs`), which then stands for the
 //! store's until it is released.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -46,6 +46,17 @@ impl LockFile {
             readers: Mutex::new(0),
             granted: Mutex::new(None),
         }
+    }
+
+    /// The lock file's path, for messages.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether the file is still linked: one removed while open locks nothing that anyone
+    /// who opens its path again would see.
+    pub(crate) fn is_linked(&self) -> bool {
+        rustix::fs::fstat(&self.fd).is_ok_and(|st| st.st_nlink > 0)
     }
 
     fn readers(&self) -> std::sync::MutexGuard<'_, usize> {
