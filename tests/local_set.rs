@@ -224,11 +224,12 @@ async fn every_operation(dir: PathBuf, on_pool: bool) {
         .unwrap();
     let other = Store::new(&dir);
     let (held_tx, held_rx) = oneshot::channel();
+    let (go_tx, go_rx) = oneshot::channel::<()>();
     let holder = tokio::task::spawn_local(async move {
         other
             .with_aid(a, async |_| {
                 held_tx.send(()).unwrap();
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                go_rx.await.unwrap();
                 Ok::<_, Error>(())
             })
             .await
@@ -238,11 +239,15 @@ async fn every_operation(dir: PathBuf, on_pool: bool) {
         .with_aid_timeout(a, Duration::from_millis(5), async |cur| cur.len().await)
         .await;
     assert!(matches!(late, Err(Error::Timeout { .. })), "{late:?}");
-    let n = store
-        .with_aid_timeout(a, Duration::from_secs(20), async |cur| cur.len().await)
-        .await
-        .unwrap();
-    assert_eq!(n, 1);
+    // Waiting (in the kernel, most likely) when the other lets go.
+    let (waited, ()) = tokio::join!(
+        store.with_aid_timeout(a, Duration::from_secs(20), async |cur| cur.len().await),
+        async {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            go_tx.send(()).unwrap();
+        },
+    );
+    assert_eq!(waited.unwrap(), 1);
     holder.await.unwrap().unwrap();
 
     // Local tasks contending for one aid.
