@@ -1,6 +1,7 @@
 //! Dropping `with_aid` futures at any point: the lock is always released, exclusion holds,
 //! every entry stays whole and no temporary file is left. Every test runs on both tokio
-//! runtimes.
+//! runtimes, with the store on tmpfs (file work in place) and off it (file work on the
+//! blocking pool, where a dropped future's work may still be running).
 
 #[macro_use]
 mod common;
@@ -20,7 +21,7 @@ use tokio::task::yield_now;
 
 type Store = AsyncStore<AppConfig>;
 
-both_runtimes!(
+all_places!(
     thousands_of_dropped_with_aid_futures_leave_the_store_consistent,
     dropped_streams_mid_iteration_leave_things_consistent,
     a_waiter_dropped_while_queued_never_takes_the_aid,

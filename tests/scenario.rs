@@ -1,5 +1,6 @@
 //! The store's basic life cycle, after the Go original's own scenario, and the on-disk layout
-//! and format that other tools rely on. Every test runs on both tokio runtimes.
+//! and format that other tools rely on. Every test runs on both tokio runtimes, with the store
+//! on tmpfs (file work in place) and off it (file work on the blocking pool).
 
 #[macro_use]
 mod common;
@@ -16,7 +17,8 @@ use runstate::{Aid, AsyncStore, Error, InstanceId, State};
 
 type Store = AsyncStore<AppConfig>;
 
-both_runtimes!(
+all_places!(
+    file_work_runs_where_the_place_says,
     go_scenario,
     empty_aid_has_nothing,
     saving_an_existing_id_fails_and_keeps_the_old_entry,
@@ -26,6 +28,67 @@ both_runtimes!(
     entry_file_is_a_messagepack_map_with_named_keys,
     entry_with_an_unknown_key_is_still_read,
 );
+
+/// A config that records which thread decodes it, by tag: a test's own tag keeps its
+/// records apart from those of the tests running beside it.
+#[derive(Debug, serde::Serialize)]
+struct Spot(u64);
+
+static DECODED_ON: std::sync::Mutex<Vec<(u64, std::thread::ThreadId)>> =
+    std::sync::Mutex::new(Vec::new());
+
+impl<'de> serde::Deserialize<'de> for Spot {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Spot, D::Error> {
+        let tag = <u64 as serde::Deserialize>::deserialize(d)?;
+        let me = std::thread::current().id();
+        DECODED_ON.lock().unwrap().push((tag, me));
+        Ok(Spot(tag))
+    }
+}
+
+/// The runner put this store where it meant to, and its file work runs there: in place on
+/// tmpfs, on the blocking pool elsewhere. `prune_dead` decodes each entry inside its step of
+/// file work, so the thread that decodes is the thread that did the step.
+async fn file_work_runs_where_the_place_says() {
+    static TAGS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let dir = run_dir();
+    let in_memory = common::on_memory(dir.path());
+    assert_eq!(in_memory, common::place() == common::Place::Tmpfs);
+    let store = AsyncStore::<Spot>::new(dir.path());
+    let tag = TAGS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    // Entries of processes that have come and gone, for the pass to read and remove.
+    for _ in 0..3 {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let state = State::new(InstanceId::random(), child.id(), Spot(tag));
+        child.wait().unwrap();
+        store.save(aid(1), &state).await.unwrap();
+    }
+    let pruned = store
+        .with_aid(aid(1), async |c| c.prune_dead().await)
+        .await
+        .unwrap();
+    assert_eq!(pruned.len(), 3);
+    let me = std::thread::current().id();
+    let threads: Vec<_> = DECODED_ON
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(t, _)| *t == tag)
+        .map(|(_, thread)| *thread)
+        .collect();
+    assert_eq!(threads.len(), 3, "{threads:?}");
+    if in_memory {
+        assert!(
+            threads.iter().all(|t| *t == me),
+            "not in place: {threads:?}"
+        );
+    } else {
+        assert!(
+            threads.iter().all(|t| *t != me),
+            "not on the pool: {threads:?}"
+        );
+    }
+}
 
 /// The Go original's test, step by step.
 async fn go_scenario() {

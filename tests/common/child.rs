@@ -215,6 +215,19 @@ impl Kid {
         }
     }
 
+    /// Like [`Kid::finish`], and asserts too that the child printed nothing to stderr.
+    pub async fn finish_quietly(mut self) {
+        let (out, err) = self.drain().await;
+        if !self.status.is_some_and(|s| s.success()) || !err.is_empty() {
+            panic!(
+                "{} failed or complained: {:?}\n--- stdout ---\n{}\n{out}\n--- stderr ---\n{err}",
+                self.what,
+                self.status,
+                self.seen.join("\n"),
+            );
+        }
+    }
+
     /// SIGKILLs the child, and asserts that it was still running when it got the signal: a
     /// child that found a broken invariant exits by itself, with a panic.
     pub async fn kill(mut self) {

@@ -2,7 +2,8 @@
 //!
 //! Every test body runs twice, on a current-thread and on a multi-thread tokio runtime:
 //! `both_runtimes!(name);` next to `async fn name()` makes `name::current_thread` and
-//! `name::multi_thread`.
+//! `name::multi_thread`. `all_places!(name);` adds `name::on_disk_current_thread` and
+//! `name::on_disk_multi_thread`, whose [`run_dir`] is off tmpfs: the store's pool path.
 
 #![allow(dead_code)]
 
@@ -22,6 +23,7 @@ pub const DEADLOCK: Duration = Duration::from_secs(20);
 
 /// Makes `#[test]`s running `async fn $name()` on both tokio runtimes. Declare the module
 /// with `#[macro_use] mod common;`.
+#[allow(unused_macros)]
 macro_rules! both_runtimes {
     ($($name:ident),* $(,)?) => {
         $(
@@ -38,6 +40,102 @@ macro_rules! both_runtimes {
             }
         )*
     };
+}
+
+/// Like `both_runtimes!`, and each body runs twice more with [`run_dir`] on a file system
+/// that is not tmpfs ([`Place::Disk`]), where the store sends its file work to the blocking
+/// pool: `name::current_thread`, `name::multi_thread`, `name::on_disk_current_thread` and
+/// `name::on_disk_multi_thread`.
+#[allow(unused_macros)]
+macro_rules! all_places {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[test]
+                fn current_thread() {
+                    $crate::common::run_current_thread(super::$name());
+                }
+
+                #[test]
+                fn multi_thread() {
+                    $crate::common::run_multi_thread(super::$name());
+                }
+
+                #[test]
+                fn on_disk_current_thread() {
+                    $crate::common::on_disk(|| {
+                        $crate::common::run_current_thread(super::$name())
+                    });
+                }
+
+                #[test]
+                fn on_disk_multi_thread() {
+                    $crate::common::on_disk(|| $crate::common::run_multi_thread(super::$name()));
+                }
+            }
+        )*
+    };
+}
+
+/// Where [`run_dir`] makes its directories.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Place {
+    /// On tmpfs (`/dev/shm`), the store's normal home: short file work runs in place.
+    Tmpfs,
+    /// On a file system that is not tmpfs or ramfs: file work runs on the blocking pool.
+    Disk,
+}
+
+thread_local! {
+    static PLACE: std::cell::Cell<Place> = const { std::cell::Cell::new(Place::Tmpfs) };
+}
+
+/// The place of this thread's test body. A runtime's `block_on` polls the body on the
+/// calling thread, so the body (not tasks it spawns) sees the place its runner set.
+pub fn place() -> Place {
+    PLACE.with(|p| p.get())
+}
+
+/// Runs `f` with [`run_dir`] making its directories off tmpfs ([`Place::Disk`]).
+pub fn on_disk<T>(f: impl FnOnce() -> T) -> T {
+    struct Back(Place);
+    impl Drop for Back {
+        fn drop(&mut self) {
+            PLACE.with(|p| p.set(self.0));
+        }
+    }
+    let _back = Back(PLACE.with(|p| p.replace(Place::Disk)));
+    f()
+}
+
+/// Whether `path` is on tmpfs or ramfs, where the store does short file work in place.
+pub fn on_memory(path: &Path) -> bool {
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    const RAMFS_MAGIC: i64 = 0x8584_58f6;
+    let fs = rustix::fs::statfs(path).unwrap_or_else(|e| panic!("statfs {path:?}: {e}"));
+    // f_type's width differs between targets.
+    #[allow(clippy::unnecessary_cast)]
+    let kind = fs.f_type as i64;
+    matches!(kind, TMPFS_MAGIC | RAMFS_MAGIC)
+}
+
+/// A temporary directory on a file system that is not tmpfs or ramfs: cargo's temporary
+/// directory under `target/`, else `/var/tmp`, else the system's temporary directory.
+/// Panics if all of them are in memory: the tests meant for the pool path would not take it.
+pub fn disk_dir() -> tempfile::TempDir {
+    let candidates = [
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")),
+        PathBuf::from("/var/tmp"),
+        std::env::temp_dir(),
+    ];
+    for base in &candidates {
+        if std::fs::create_dir_all(base).is_ok() && !on_memory(base) {
+            if let Ok(dir) = tempfile::tempdir_in(base) {
+                return dir;
+            }
+        }
+    }
+    panic!("no directory off tmpfs among {candidates:?}: the pool path cannot be tested here")
 }
 
 pub fn run_current_thread<F: Future<Output = ()>>(body: F) {
@@ -101,11 +199,15 @@ pub async fn save_all(
         .unwrap();
 }
 
-/// A temporary run directory on tmpfs.
+/// A temporary run directory: on tmpfs, or off it ([`disk_dir`]) where this thread's
+/// [`place`] says so (`all_places!`).
 pub fn run_dir() -> tempfile::TempDir {
-    tempfile::tempdir_in("/dev/shm")
-        .or_else(|_| tempfile::tempdir())
-        .unwrap()
+    match place() {
+        Place::Tmpfs => tempfile::tempdir_in("/dev/shm")
+            .or_else(|_| tempfile::tempdir())
+            .unwrap(),
+        Place::Disk => disk_dir(),
+    }
 }
 
 /// A realistic application config, as a launcher would store it.
