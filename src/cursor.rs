@@ -22,10 +22,11 @@ use crate::{Aid, Error, InstanceId, State, aid_dir, format};
 /// `&mut`: the borrow checker keeps it from escaping, so it cannot be used after the lock is
 /// released.
 ///
-/// Every method is one logical operation whose file work runs off the runtime's workers
-/// (streams: one per batch of files). Dropping its future at any point is safe: the
-/// operation either completes or has no effect, and the lock is released only after it has
-/// finished.
+/// Every method is one logical operation; its file work runs where the crate docs' Runtime
+/// section says (in place on tmpfs, in steps for long ones; on the blocking pool where it can
+/// wait). Dropping its future at any point is safe: a short operation either completes or
+/// has no effect, a long one stops at its next step, and the lock is released only after the
+/// step in flight has finished.
 ///
 /// A read cursor cannot write: the types refuse it.
 ///
@@ -164,7 +165,7 @@ where
 
     /// Removes the entries whose process is [`Liveness::Dead`](crate::Liveness::Dead) and
     /// returns them; see [`AsyncStore::prune_dead`](crate::AsyncStore::prune_dead). One pass
-    /// over the directory as one blocking operation. Corrupt files are left alone.
+    /// over the directory, in steps. Corrupt files are left alone.
     ///
     /// If it fails part way, the entries removed before the failure are not returned: use
     /// [`prune_dead_with`](Cursor::prune_dead_with) where they must not be missed.
@@ -181,10 +182,9 @@ where
     /// fails part way, `f` still gets every entry removed before the failure, and then the
     /// error is returned.
     ///
-    /// The pass is one blocking operation, and `f` runs after it. If this future is dropped
-    /// while the pass runs (possible on a current-thread runtime, where it runs on the
-    /// blocking pool), the pass stops removing entries, but those it had removed are not
-    /// handed to `f`.
+    /// The pass runs in steps, and `f` runs after it. If this future is dropped while the
+    /// pass runs, the pass stops at its next step (a step on the blocking pool stops removing
+    /// entries at once), but those it had removed are not handed to `f`.
     ///
     /// ```
     /// # use runstate::{Aid, AsyncStore, Error, InstanceId, State};
@@ -300,11 +300,11 @@ where
 
     /// Streams the entries, decoded, in directory order.
     ///
-    /// Lazy and bounded in memory: files are read in batches (up to 128 files or 512 KiB, one
-    /// blocking operation each) as the stream is polled, and each entry is decoded when it is
-    /// taken, on the polling thread (entries over 64 KiB are decoded with their batch). A file
-    /// that is not a valid entry is one [`Error::Corrupt`] item naming it, and the stream goes
-    /// on.
+    /// Lazy and bounded in memory: files are read in steps as the stream is polled (in place
+    /// on tmpfs, up to 8 files or 32 KiB a step with a yield between steps; on the blocking
+    /// pool elsewhere, up to 128 files or 512 KiB), and each entry is decoded when it is
+    /// taken, on the polling thread (entries over 64 KiB on the blocking pool). A file that
+    /// is not a valid entry is one [`Error::Corrupt`] item naming it, and the stream goes on.
     ///
     /// The stream borrows the cursor, so other calls on it wait until the stream is dropped:
     /// to destroy some of the entries, collect their ids first.
