@@ -23,7 +23,7 @@ use tokio::sync::{
 };
 
 use crate::aid_dir::AidDir;
-use crate::flock_wait::Granted;
+use crate::flock_wait::{Granted, Kind, Locked};
 use crate::lock::LockFile;
 use crate::{Aid, Error, Options, blocking};
 
@@ -48,7 +48,7 @@ pub(crate) enum Wait {
 #[derive(Debug, Default)]
 struct Slot {
     turn: Arc<RwLock<()>>,
-    /// Serialises the shared holder that takes the first `LOCK_SH` of this process.
+    /// Serialises the shared holders of this process that wait for its first `LOCK_SH`.
     first_reader: Arc<tokio::sync::Mutex<()>>,
     dir: OnceCell<Arc<AidDir>>,
     /// Set once an exclusive holder has removed temporary files a killed process left.
@@ -259,11 +259,17 @@ impl Locks {
         Self::wait_for_flock(claim, wait, false, ()).await
     }
 
-    /// Takes (or joins) this process's shared flock for a claim with a shared turn.
+    /// Takes (or joins) this process's shared flock for a claim with a shared turn. Only a
+    /// writer, holding the aid or queued for it in any process, makes it wait (or with
+    /// `Wait::Never`, fail): readers never wait for one another.
     async fn flock_shared(claim: Claim, slot: &Slot, wait: Wait) -> Result<Hold, Error> {
-        if claim.dir.lock.join_shared() {
+        if claim.dir.lock.try_shared()? {
             return Ok(claim.granted());
         }
+        if let Wait::Never = wait {
+            return Err(Error::WouldBlock { aid: claim.aid });
+        }
+        // One reader of this process waits for the lock; the others wait for it here.
         let first = slot.first_reader.clone();
         let first: OwnedMutexGuard<()> = within(
             claim.aid,
@@ -273,14 +279,15 @@ impl Locks {
         )
         .await?;
         // Another reader may have taken it while we queued.
-        if claim.dir.lock.join_shared() || claim.dir.lock.try_first_shared()? {
+        if claim.dir.lock.try_shared()? {
             return Ok(claim.granted());
         }
         Self::wait_for_flock(claim, wait, true, first).await
     }
 
     /// Waits for the flock that another process keeps from a claim, exclusive or `shared`,
-    /// as `wait` allows, keeping `guard` until then: in the kernel, on a thread of its own
+    /// as `wait` allows, keeping `guard` until then: first at the writers' gate
+    /// ([`crate::gate`]), then for the flock in the kernel, on a thread of its own
     /// ([`crate::flock_wait`]), or where no such thread can be had, by polling on the pool.
     async fn wait_for_flock<G: Send + 'static>(
         claim: Claim,
@@ -291,7 +298,22 @@ impl Locks {
         if let Wait::Never = wait {
             return Err(Error::WouldBlock { aid: claim.aid });
         }
-        match claim.dir.lock.wait(shared) {
+        let gate = Self::at_gate(&claim, wait, shared).await?;
+        // The lock may have come free while we were at the gate.
+        let taken = match shared {
+            true => claim.dir.lock.try_shared()?,
+            false => claim.dir.lock.try_exclusive()?,
+        };
+        if taken {
+            return Ok(claim.granted());
+        }
+        // A writer keeps its place at the gate until it has the flock, or gives up.
+        let guard = (guard, gate);
+        let kind = match shared {
+            true => Kind::Shared,
+            false => Kind::Exclusive,
+        };
+        match claim.dir.lock.wait(kind) {
             Ok(handed) => Self::handed_over(claim, wait, handed, shared, guard).await,
             Err(_) => {
                 let take = match shared {
@@ -301,6 +323,33 @@ impl Locks {
                 Self::poll_for_flock(claim, wait, guard, take).await
             }
         }
+    }
+
+    /// A writer takes its place at the writers' gate, behind the writers there, and gets it
+    /// back to keep while it waits for the flock; a reader waits until no writer is there,
+    /// and keeps nothing. As `wait` allows: given up, it holds nothing (the thread releases
+    /// the gate when it comes). Where no thread can wait for the gate, it goes on without.
+    async fn at_gate(claim: &Claim, wait: Wait, shared: bool) -> Result<Option<Locked>, Error> {
+        if shared && !claim.dir.lock.writer_queued()? {
+            return Ok(None);
+        }
+        let kind = match shared {
+            true => Kind::GatePass,
+            false => Kind::Gate,
+        };
+        let Ok(handed) = claim.dir.lock.wait(kind) else {
+            return Ok(None);
+        };
+        let granted = within(claim.aid, wait, || None, handed)
+            .await?
+            // The thread answers unless it panicked.
+            .map_err(|_| Error::Blocking {
+                op: "lock",
+                panicked: true,
+            })?;
+        let gate = claim.dir.lock.gate_granted(granted)?;
+        // A reader lets go at once: it only had to get past the writers in front.
+        Ok((!shared).then_some(gate))
     }
 
     /// Waits, as `wait` allows and keeping `guard` until then, for the flock that a waiting

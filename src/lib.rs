@@ -100,6 +100,7 @@ mod cursor;
 mod error;
 mod flock_wait;
 mod format;
+mod gate;
 mod hold;
 mod instance_id;
 mod layout;
