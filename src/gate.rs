@@ -6,56 +6,63 @@
 //! second lock on the same lock file: an open-file-description (OFD) lock, `fcntl(2)`
 //! `F_OFD_SETLKW`, on the whole file. On Linux, OFD locks and flocks never conflict with one
 //! another, so the gate and the aid's flock are two independent locks of one file. (On NFS,
-//! where `flock` is emulated with byte-range locks, they would interact; the run directory
+//! where `flock` is emulated with byte-range locks, they may interact; the run directory
 //! belongs on a local filesystem, normally tmpfs.)
 //!
 //! # Protocol
 //!
 //! - A writer first tries `LOCK_EX` without blocking, on the store's descriptor; if it gets
 //!   it, it never touches the gate, so an uncontended exclusive hold costs what it did.
-//! - A writer that must wait does so on a thread of its own (`flock_wait.rs`), on a
-//!   descriptor of its own: it takes the gate exclusively (`F_WRLCK`, waiting behind any
-//!   writer already there), then waits for `LOCK_EX`, and lets go of the gate the moment it
-//!   has it. "A writer is queued" means: some open file description holds the gate.
-//! - A reader, before it takes or joins its process's `LOCK_SH`, asks whether any writer
-//!   holds the gate (`F_OFD_GETLK`, one syscall, taking nothing). If none does, it goes on as
-//!   before; if one does, it does not join, and waits on a thread of its own: it passes the
-//!   gate (takes it shared, `F_RDLCK`, which waits while a writer holds it, and lets go at
-//!   once), then waits for `LOCK_SH`.
+//! - A writer that must wait takes the gate exclusively (`F_WRLCK`), waiting behind any
+//!   writer already there; then it tries `LOCK_EX` once more, and otherwise waits for it.
+//!   It keeps the gate until it has the flock, or gives up, and then lets go at once.
+//!   "A writer is queued" means: some open file description holds the gate.
+//! - A reader, before it joins or takes its process's `LOCK_SH`, asks whether any writer
+//!   holds the gate (`F_OFD_GETLK`: one syscall, taking nothing). If none does, it goes on as
+//!   before. If one does (or `LOCK_SH` is refused), it does not join: with `Wait::Never` it
+//!   fails; otherwise it waits until the gate is open (takes it shared, `F_RDLCK`, which
+//!   waits while a writer holds it, and lets go at once), then tries `LOCK_SH` once more,
+//!   and otherwise waits for it.
+//!
+//! Both waits at the gate run like the waits for the flock (`flock_wait.rs`): in the kernel,
+//! on a thread of its own with a descriptor of its own (a second open of the lock file), which
+//! hands the descriptor, holding the gate, to the waiter. A writer keeps that descriptor in
+//! its future, so a writer dropped or timed out while it waits for the flock releases the
+//! gate as its future is dropped, and one that gives up before the gate comes leaves the
+//! thread to release it when it does. The store's own descriptors never hold the gate; they
+//! only ask (`F_OFD_GETLK`). So the gate adds no long-lived descriptor to the store: only the
+//! waiting threads' descriptors, as the flock waits already had.
 //!
 //! So once a writer anywhere holds the gate, no new shared holder anywhere gets in before it:
 //! only readers that asked before the writer took the gate (at most one per task that was
-//! about to take the aid) can still overtake it. Writers queue among themselves on the gate,
-//! in the kernel's order, and the one in front waits in the kernel's flock queue, where only
-//! the holders of the moment stand before it.
+//! about to take the aid) can still overtake it, and a reader already waiting in the
+//! kernel's flock queue may be granted the flock alongside or before it (at most one such
+//! wait per process and store). Writers queue among themselves on the gate, in the kernel's
+//! order; the one in front waits in the flock queue behind the holders of the moment. A
+//! polling wait (no `/proc` to reopen the file, or no thread to be had) does not queue at the
+//! gate: readers can overtake it.
 //!
 //! # Why it cannot deadlock
 //!
 //! Order the locks: the in-process turn, then the process's first-reader mutex, then the
 //! gate, then the flock. Every wait follows that order:
-//! - The gate is held exclusively only by a writer's waiting thread, which waits for one
-//!   thing, the flock, and holds nothing else (no turn, no mutex: those belong to the task
-//!   that waits for the thread's answer, and the thread never waits for that task).
-//! - The gate is held shared only by a reader's waiting thread, between two calls that do
-//!   not block: a reader never holds the gate while it waits for the flock, nor a writer
-//!   while it waits for another writer.
-//! - A flock is held by holders (a `Hold`), which wait for nothing of the aid; a thread that
-//!   got the flock hands it over or releases it without waiting.
+//! - The gate is held exclusively only by a writer that waits for the flock (or by a
+//!   thread about to hand it over or release it). That writer waits for the flock and for
+//!   nothing else.
+//! - The gate is held shared only for an instant, by a reader that has just passed it and
+//!   releases it without waiting for anything.
+//! - The flock is held by holders (a `Hold`), which wait for nothing of the aid, and by
+//!   threads that got it and hand it over or release it without waiting.
+//! - A reader waiting for the gate, or a writer waiting for it behind another writer, holds
+//!   only locks of its own process, taken before (its turn; a reader, the first-reader
+//!   mutex), and nothing of the flock.
 //!
 //! So a writer at the gate waits only for the flock's holders of the moment, who leave
 //! without waiting for the gate, and a reader at the gate waits only for writers that are
 //! themselves in front. The one cycle left is the user's: a task that holds the aid shared
 //! and takes it shared again (or waits for a task that does) while a writer is queued,
 //! anywhere, waits behind that writer, which waits for the outer hold. That was already so
-//! for a writer queued in the same process; it is documented on `with_aid_shared`.
-//!
-//! A waiting thread whose waiter gave up keeps its place until the flock comes, then lets go
-//! of everything (`flock_wait.rs`); until then, a writer's thread still counts as a queued
-//! writer. Its wait is bounded by the holders of the moment, as a live writer's would be.
-//!
-//! Every gate lock is taken on a waiting thread's own descriptor (a second open of the lock
-//! file), which that thread owns and closes; the store's own descriptors only ever ask
-//! (`F_OFD_GETLK`). So the gate adds no long-lived descriptor to the store.
+//! for a writer queued in the same process; `with_aid_shared` documents it.
 
 use std::os::fd::{AsRawFd, BorrowedFd};
 

@@ -5,6 +5,8 @@
 //! aid's lock file. Across processes, the holder then takes `flock`: first without blocking
 //! on the calling thread, and only if another process has it, by waiting in the kernel on a
 //! thread of its own (`flock_wait.rs`), which a waiter that is dropped simply walks away from.
+//! A waiting writer first queues at the writers' gate (`gate.rs`), which holds back new
+//! readers in every process until it is in.
 //!
 //! A [`Hold`] owns both layers and releases them when dropped. Everything that may still use
 //! the aid keeps an `Arc<Hold>`: the cursor, and every blocking operation in flight. So the
