@@ -13,8 +13,9 @@
 //!
 //! - A writer first tries `LOCK_EX` without blocking, on the store's descriptor; if it gets
 //!   it, it never touches the gate, so an uncontended exclusive hold costs what it did.
-//! - A writer that must wait takes the gate exclusively (`F_WRLCK`), waiting behind any
-//!   writer already there; then it tries `LOCK_EX` once more, and otherwise waits for it.
+//! - A writer that must wait takes the gate exclusively (`F_WRLCK`): at once, on the store's
+//!   descriptor, if no other writer has it; otherwise waiting behind the writers there. Then
+//!   it tries `LOCK_EX` once more, and otherwise waits for it.
 //!   It keeps the gate until it has the flock, or gives up, and then lets go at once.
 //!   "A writer is queued" means: some open file description holds the gate.
 //! - A reader, before it joins or takes its process's `LOCK_SH`, asks whether any writer
@@ -24,14 +25,18 @@
 //!   waits while a writer holds it, and lets go at once), then tries `LOCK_SH` once more,
 //!   and otherwise waits for it.
 //!
-//! Both waits at the gate run like the waits for the flock (`flock_wait.rs`): in the kernel,
-//! on a thread of its own with a descriptor of its own (a second open of the lock file), which
-//! hands the descriptor, holding the gate, to the waiter. A writer keeps that descriptor in
-//! its future, so a writer dropped or timed out while it waits for the flock releases the
-//! gate as its future is dropped, and one that gives up before the gate comes leaves the
-//! thread to release it when it does. The store's own descriptors never hold the gate; they
-//! only ask (`F_OFD_GETLK`). So the gate adds no long-lived descriptor to the store: only the
-//! waiting threads' descriptors, as the flock waits already had.
+//! Waits at the gate run like the waits for the flock (`flock_wait.rs`): in the kernel, on a
+//! thread of its own with a descriptor of its own (a second open of the lock file), which
+//! hands the descriptor, holding the gate, to the waiter. A writer keeps the gate (on the
+//! store's descriptor, or on the one handed over) in its future, so a writer dropped or
+//! timed out while it waits for the flock releases the gate as its future is dropped, and
+//! one that gives up before the gate comes leaves the thread to release it when it does. On
+//! the store's descriptor, the gate is only ever held by the one writer of that store that
+//! is waiting (it has the store's exclusive turn); that store's readers, kept out by that
+//! turn meanwhile, are the only ones its `F_OFD_GETLK` could not see it from. A blocking
+//! wait never uses the store's descriptor: a thread left waiting there would take the gate
+//! after its writer left. So the gate adds no descriptor to the store: only the waiting
+//! threads' own, as the flock waits already had.
 //!
 //! So once a writer anywhere holds the gate, no new shared holder anywhere gets in before it:
 //! only readers that asked before the writer took the gate (at most one per task that was
@@ -83,7 +88,19 @@ pub(crate) fn take(fd: BorrowedFd<'_>) -> Result<(), Errno> {
     fcntl(fd, libc::F_OFD_SETLKW, &mut whole_file(libc::F_WRLCK))
 }
 
-/// Lets go of the gate taken by [`take`] (nothing if this description holds none).
+/// Takes the gate for a writer if no other open file description holds it. Never blocks.
+/// On the store's own descriptor, only the one writer of the store that is waiting (it has
+/// the store's exclusive turn) may take it, so that one release cannot end another's hold.
+pub(crate) fn try_take(fd: BorrowedFd<'_>) -> Result<bool, Errno> {
+    match fcntl(fd, libc::F_OFD_SETLK, &mut whole_file(libc::F_WRLCK)) {
+        Ok(()) => Ok(true),
+        Err(Errno::AGAIN | Errno::ACCESS) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Lets go of the gate taken by [`take`] or [`try_take`] (nothing if this description holds
+/// none).
 pub(crate) fn release(fd: BorrowedFd<'_>) -> Result<(), Errno> {
     fcntl(fd, libc::F_OFD_SETLK, &mut whole_file(libc::F_UNLCK))
 }

@@ -128,6 +128,24 @@ impl Drop for Hold {
     }
 }
 
+/// A waiting writer's place at the writers' gate ([`crate::gate`]), released when dropped.
+#[derive(Debug)]
+enum AtGate {
+    /// Taken on the store's descriptor, which no other holder of this store uses for the
+    /// gate while this writer has the exclusive turn.
+    Store(Arc<AidDir>),
+    /// Handed over by a waiting thread, on that thread's descriptor; released as dropped.
+    Handed(#[allow(dead_code)] Locked),
+}
+
+impl Drop for AtGate {
+    fn drop(&mut self) {
+        if let AtGate::Store(dir) = self {
+            dir.lock.open_gate();
+        }
+    }
+}
+
 /// The per-store table of aids and the gate that `close` shuts.
 #[derive(Debug)]
 pub(crate) struct Locks {
@@ -331,9 +349,13 @@ impl Locks {
     /// back to keep while it waits for the flock; a reader waits until no writer is there,
     /// and keeps nothing. As `wait` allows: given up, it holds nothing (the thread releases
     /// the gate when it comes). Where no thread can wait for the gate, it goes on without.
-    async fn at_gate(claim: &Claim, wait: Wait, shared: bool) -> Result<Option<Locked>, Error> {
+    async fn at_gate(claim: &Claim, wait: Wait, shared: bool) -> Result<Option<AtGate>, Error> {
         if shared && !claim.dir.lock.writer_queued()? {
             return Ok(None);
+        }
+        // On the store's descriptor, without a thread, if no other writer is there.
+        if !shared && claim.dir.lock.try_gate()? {
+            return Ok(Some(AtGate::Store(claim.dir.clone())));
         }
         let kind = match shared {
             true => Kind::GatePass,
@@ -351,7 +373,7 @@ impl Locks {
             })?;
         let gate = claim.dir.lock.gate_granted(granted)?;
         // A reader lets go at once: it only had to get past the writers in front.
-        Ok((!shared).then_some(gate))
+        Ok((!shared).then_some(AtGate::Handed(gate)))
     }
 
     /// Waits, as `wait` allows and keeping `guard` until then, for the flock that a waiting
