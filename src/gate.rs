@@ -43,9 +43,10 @@
 //! about to take the aid) can still overtake it, and a reader already waiting in the
 //! kernel's flock queue may be granted the flock alongside or before it (at most one such
 //! wait per process and store). Writers queue among themselves on the gate, in the kernel's
-//! order; the one in front waits in the flock queue behind the holders of the moment. A
-//! polling wait (no `/proc` to reopen the file, or no thread to be had) does not queue at the
-//! gate: readers can overtake it.
+//! order; the one in front waits in the flock queue behind the holders of the moment.
+//! Where no thread can wait (no `/proc` to reopen the file, or no thread to be had), a
+//! writer that finds the gate taken by another writer goes on without it and polls for the
+//! flock: readers can then overtake it.
 //!
 //! # Why it cannot deadlock
 //!
@@ -54,8 +55,8 @@
 //! - The gate is held exclusively only by a writer that waits for the flock (or by a
 //!   thread about to hand it over or release it). That writer waits for the flock and for
 //!   nothing else.
-//! - The gate is held shared only for an instant, by a reader that has just passed it and
-//!   releases it without waiting for anything.
+//! - The gate is held shared only by a reader that has just passed it, until its task drops
+//!   it, which waits for nothing meanwhile.
 //! - The flock is held by holders (a `Hold`), which wait for nothing of the aid, and by
 //!   threads that got it and hand it over or release it without waiting.
 //! - A reader waiting for the gate, or a writer waiting for it behind another writer, holds

@@ -106,8 +106,8 @@ impl LockFile {
 
     /// Waits for the exclusive lock, without limit (`None`) or until a deadline; `Ok(false)`
     /// if the deadline came first or the waiter is `gone`. Blocks: call it on the blocking
-    /// pool. This polling wait does not queue at the writers' gate: only a wait in the
-    /// kernel ([`LockFile::wait`]) holds new readers back.
+    /// pool. The writers' gate is not waited for here: the caller has it already, or found
+    /// it taken and could not wait for it in the kernel.
     pub(crate) fn exclusive(
         &self,
         until: Option<Instant>,
