@@ -176,6 +176,10 @@ mod tests {
         take(writer.as_fd()).unwrap();
         assert!(writer_queued(store.as_fd()).unwrap());
         assert!(writer_queued(reader.as_fd()).unwrap());
+        assert!(
+            !try_take(store.as_fd()).unwrap(),
+            "two writers at the gate at once"
+        );
         let passed = std::thread::spawn(move || {
             pass_wait(reader.as_fd()).unwrap();
             release(reader.as_fd()).unwrap();
@@ -186,8 +190,14 @@ mod tests {
         release(writer.as_fd()).unwrap();
         let reader = passed.join().unwrap();
         assert!(!writer_queued(store.as_fd()).unwrap());
-        // Passing leaves nothing held: a writer closes the gate again at once.
-        take(writer.as_fd()).unwrap();
+        // Passing leaves nothing held: a writer takes the gate again at once, and releases it.
+        assert!(try_take(store.as_fd()).unwrap());
         assert!(writer_queued(reader.as_fd()).unwrap());
+        assert!(
+            !writer_queued(store.as_fd()).unwrap(),
+            "a description sees its own lock"
+        );
+        release(store.as_fd()).unwrap();
+        assert!(!writer_queued(reader.as_fd()).unwrap());
     }
 }
