@@ -1,4 +1,5 @@
-//! Waiting for a flock that another process holds, in a way a waiter can walk away from.
+//! Waiting for a flock that another process holds, in a way a waiter can walk away from;
+//! and in the same way for the writers' gate (`gate.rs`), an OFD lock of the same file.
 //!
 //! A blocked `flock(2)` cannot be called off: only the grant (or a signal) ends it. So the
 //! wait runs neither on a runtime thread nor on tokio's blocking pool, whose shutdown waits
@@ -16,6 +17,10 @@
 //! together leave one thread each (per lock file and kind, as many as waited at once), and
 //! each keeps its descriptor until the lock comes, even past the store's `close`; then it
 //! holds the lock for an instant before releasing it.
+//!
+//! A writer that must wait makes two such waits, one after the other: for the gate, which it
+//! then keeps in its future, and for the flock. So a writer that gives up while it waits
+//! for the flock lets go of the gate at once, as its future drops it.
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd};
@@ -26,18 +31,60 @@ use rustix::io::Errno;
 use tokio::sync::oneshot;
 
 use crate::fork_guard::TrackedFd;
+use crate::gate;
 
-/// A descriptor that holds a flock, and releases it when dropped: with an explicit
-/// `LOCK_UN`, not only by closing, in case a process that does not run the fork handlers
-/// ([`crate::fork_guard`]) shares the open file description. In a forked child it does
-/// nothing: the descriptor is no longer the parent's.
+/// What a waiting thread waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Kind {
+    /// The flock, `LOCK_SH`.
+    Shared,
+    /// The flock, `LOCK_EX`.
+    Exclusive,
+    /// The writers' gate, shared: granted once no writer holds it.
+    GatePass,
+    /// The writers' gate, exclusive: a writer's place in front of every later reader.
+    Gate,
+}
+
+impl Kind {
+    /// Takes the lock on `fd`, blocking until it is granted.
+    fn take(self, fd: &TrackedFd) -> Result<(), Errno> {
+        let op = match self {
+            Kind::Shared => FlockOperation::LockShared,
+            Kind::Exclusive => FlockOperation::LockExclusive,
+            Kind::GatePass => return gate::pass_wait(fd.as_fd()),
+            Kind::Gate => return gate::take(fd.as_fd()),
+        };
+        loop {
+            match flock(fd, op) {
+                Ok(()) => return Ok(()),
+                Err(Errno::INTR) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// A descriptor that holds a flock (or the gate), and releases it when dropped: with an
+/// explicit `LOCK_UN` (or `F_UNLCK`), not only by closing, in case a process that does not
+/// run the fork handlers ([`crate::fork_guard`]) shares the open file description. In a
+/// forked child it does nothing: the descriptor is no longer the parent's.
 #[derive(Debug)]
-pub(crate) struct Locked(TrackedFd);
+pub(crate) struct Locked(TrackedFd, Kind);
 
 impl Drop for Locked {
     fn drop(&mut self) {
-        if !self.0.inherited() {
-            while let Err(Errno::INTR) = flock(&self.0, FlockOperation::Unlock) {}
+        if self.0.inherited() {
+            return;
+        }
+        match self.1 {
+            Kind::Shared | Kind::Exclusive => {
+                while let Err(Errno::INTR) = flock(&self.0, FlockOperation::Unlock) {}
+            }
+            // Fails only on a bad descriptor; closing it then releases what it holds.
+            Kind::GatePass | Kind::Gate => {
+                let _ = gate::release(self.0.as_fd());
+            }
         }
     }
 }
@@ -48,7 +95,7 @@ pub(crate) type Granted = Result<Locked, Errno>;
 
 /// The threads of this process that are still waiting, by lock file (device and inode) and
 /// kind.
-type Table = HashMap<(u64, u64, bool), Vec<Arc<Mutex<Bell>>>>;
+type Table = HashMap<(u64, u64, Kind), Vec<Arc<Mutex<Bell>>>>;
 
 static WAITING: Mutex<Option<Table>> = Mutex::new(None);
 
@@ -65,16 +112,16 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Starts waiting for the lock on the open lock file `file`, shared or exclusive: takes over
+/// Starts waiting for the lock `kind` on the open lock file `file`: takes over
 /// a thread of this process that waits for it and whose waiter gave up, or starts one on a
 /// new descriptor of that file. (Each store of the process has its own waiters, so several
 /// may wait for one file at once, each with its own thread.) Never blocks. Fails if the file
 /// cannot be opened again (there is no `/proc`) or no thread can be started; the caller then
 /// waits another way.
-pub(crate) fn start(file: impl AsFd, shared: bool) -> std::io::Result<oneshot::Receiver<Granted>> {
+pub(crate) fn start(file: impl AsFd, kind: Kind) -> std::io::Result<oneshot::Receiver<Granted>> {
     let (tx, rx) = oneshot::channel();
     let st = fstat(&file)?;
-    let key = (st.st_dev, st.st_ino, shared);
+    let key = (st.st_dev, st.st_ino, kind);
     let mut waiting = lock(&WAITING);
     let table = waiting.get_or_insert_with(HashMap::new);
     for bell in table.get(&key).into_iter().flatten() {
@@ -87,21 +134,11 @@ pub(crate) fn start(file: impl AsFd, shared: bool) -> std::io::Result<oneshot::R
     let own = reopen(file.as_fd())?;
     let bell = Arc::new(Mutex::new(Bell { waiter: Some(tx) }));
     let ring = bell.clone();
-    let op = match shared {
-        true => FlockOperation::LockShared,
-        false => FlockOperation::LockExclusive,
-    };
     std::thread::Builder::new()
         .name("runstate-flock".into())
         .stack_size(64 << 10)
         .spawn(move || {
-            let got = loop {
-                match flock(&own, op) {
-                    Ok(()) => break Ok(Locked(own)),
-                    Err(Errno::INTR) => continue,
-                    Err(e) => break Err(e),
-                }
-            };
+            let got = kind.take(&own).map(|()| Locked(own, kind));
             // Out of the table first, under its lock, so that no waiter joins a thread that
             // has had its answer.
             let mut waiting = lock(&WAITING);

@@ -5,6 +5,8 @@
 //! aid's lock file. Across processes, the holder then takes `flock`: first without blocking
 //! on the calling thread, and only if another process has it, by waiting in the kernel on a
 //! thread of its own (`flock_wait.rs`), which a waiter that is dropped simply walks away from.
+//! A waiting writer first queues at the writers' gate (`gate.rs`), which holds back new
+//! readers in every process until it is in.
 //!
 //! A [`Hold`] owns both layers and releases them when dropped. Everything that may still use
 //! the aid keeps an `Arc<Hold>`: the cursor, and every blocking operation in flight. So the
@@ -20,12 +22,12 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedMutexGuard, OwnedRwLockReadGuard, OwnedRwLockWriteGuard, RwLock, oneshot};
 
-use crate::aid_dir::{AidDir, StateDir};
 use futures::StreamExt;
 
+use crate::aid_dir::{AidDir, StateDir};
 use crate::batch::{self, SweepSteps};
 use crate::blocking::{self, Step};
-use crate::flock_wait::Granted;
+use crate::flock_wait::{Granted, Kind, Locked};
 use crate::lock::LockFile;
 use crate::{Aid, Error, Options, fork_guard};
 
@@ -50,7 +52,7 @@ pub(crate) enum Wait {
 #[derive(Debug, Default)]
 struct Slot {
     turn: Arc<RwLock<()>>,
-    /// Serialises the shared holder that takes the first `LOCK_SH` of this process.
+    /// Serialises the shared holders of this process that wait for its first `LOCK_SH`.
     first_reader: Arc<tokio::sync::Mutex<()>>,
     /// The aid's open directory and lock file, while it is held or among the recently used
     /// ([`Locks::keep_open`]); closed once it is neither, so that a store that touches every
@@ -156,6 +158,24 @@ impl Hold {
             f(&hold, step)
         })
         .await
+    }
+}
+
+/// A waiting writer's place at the writers' gate ([`crate::gate`]), released when dropped.
+#[derive(Debug)]
+enum AtGate {
+    /// Taken on the store's descriptor, which no other holder of this store uses for the
+    /// gate while this writer has the exclusive turn.
+    Store(Arc<AidDir>),
+    /// Handed over by a waiting thread, on that thread's descriptor; released as dropped.
+    Handed(#[allow(dead_code)] Locked),
+}
+
+impl Drop for AtGate {
+    fn drop(&mut self) {
+        if let AtGate::Store(dir) = self {
+            dir.lock.open_gate();
+        }
     }
 }
 
@@ -420,11 +440,17 @@ impl Locks {
         Self::wait_for_flock(claim, wait, false, ()).await
     }
 
-    /// Takes (or joins) this process's shared flock for a claim with a shared turn.
+    /// Takes (or joins) this process's shared flock for a claim with a shared turn. Only a
+    /// writer, holding the aid or queued for it in any process, makes it wait (or with
+    /// `Wait::Never`, fail): readers never wait for one another.
     async fn flock_shared(claim: Claim, slot: &Slot, wait: Wait) -> Result<Hold, Error> {
-        if claim.dir.lock.join_shared() {
+        if claim.dir.lock.try_shared()? {
             return Ok(claim.granted());
         }
+        if let Wait::Never = wait {
+            return Err(Error::WouldBlock { aid: claim.aid });
+        }
+        // One reader of this process waits for the lock; the others wait for it here.
         let first = slot.first_reader.clone();
         let first: OwnedMutexGuard<()> = within(
             claim.aid,
@@ -434,14 +460,15 @@ impl Locks {
         )
         .await?;
         // Another reader may have taken it while we queued.
-        if claim.dir.lock.join_shared() || claim.dir.lock.try_first_shared()? {
+        if claim.dir.lock.try_shared()? {
             return Ok(claim.granted());
         }
         Self::wait_for_flock(claim, wait, true, first).await
     }
 
     /// Waits for the flock that another process keeps from a claim, exclusive or `shared`,
-    /// as `wait` allows, keeping `guard` until then: in the kernel, on a thread of its own
+    /// as `wait` allows, keeping `guard` until then: first at the writers' gate
+    /// ([`crate::gate`]), then for the flock in the kernel, on a thread of its own
     /// ([`crate::flock_wait`]), or where no such thread can be had, by polling on the pool.
     async fn wait_for_flock<G: Send + 'static>(
         claim: Claim,
@@ -452,7 +479,22 @@ impl Locks {
         if let Wait::Never = wait {
             return Err(Error::WouldBlock { aid: claim.aid });
         }
-        match claim.dir.lock.wait(shared) {
+        let gate = Self::at_gate(&claim, wait, shared).await?;
+        // The lock may have come free while we were at the gate.
+        let taken = match shared {
+            true => claim.dir.lock.try_shared()?,
+            false => claim.dir.lock.try_exclusive()?,
+        };
+        if taken {
+            return Ok(claim.granted());
+        }
+        // A writer keeps its place at the gate until it has the flock, or gives up.
+        let guard = (guard, gate);
+        let kind = match shared {
+            true => Kind::Shared,
+            false => Kind::Exclusive,
+        };
+        match claim.dir.lock.wait(kind) {
             Ok(handed) => Self::handed_over(claim, wait, handed, shared, guard).await,
             Err(_) => {
                 let take = match shared {
@@ -462,6 +504,37 @@ impl Locks {
                 Self::poll_for_flock(claim, wait, guard, take).await
             }
         }
+    }
+
+    /// A writer takes its place at the writers' gate, behind the writers there, and gets it
+    /// back to keep while it waits for the flock; a reader waits until no writer is there,
+    /// and keeps nothing. As `wait` allows: given up, it holds nothing (the thread releases
+    /// the gate when it comes). Where no thread can wait for the gate, it goes on without.
+    async fn at_gate(claim: &Claim, wait: Wait, shared: bool) -> Result<Option<AtGate>, Error> {
+        if shared && !claim.dir.lock.writer_queued()? {
+            return Ok(None);
+        }
+        // On the store's descriptor, without a thread, if no other writer is there.
+        if !shared && claim.dir.lock.try_gate()? {
+            return Ok(Some(AtGate::Store(claim.dir.clone())));
+        }
+        let kind = match shared {
+            true => Kind::GatePass,
+            false => Kind::Gate,
+        };
+        let Ok(handed) = claim.dir.lock.wait(kind) else {
+            return Ok(None);
+        };
+        let granted = within(claim.aid, wait, || None, handed)
+            .await?
+            // The thread answers unless it panicked.
+            .map_err(|_| Error::Blocking {
+                op: "lock",
+                panicked: true,
+            })?;
+        let gate = claim.dir.lock.gate_granted(granted)?;
+        // A reader lets go at once: it only had to get past the writers in front.
+        Ok((!shared).then_some(AtGate::Handed(gate)))
     }
 
     /// Waits, as `wait` allows and keeping `guard` until then, for the flock that a waiting

@@ -100,6 +100,7 @@ mod exit;
 mod flock_wait;
 mod fork_guard;
 mod format;
+mod gate;
 mod hold;
 mod instance_id;
 mod layout;

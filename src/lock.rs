@@ -7,7 +7,12 @@
 //! `LOCK_SH`, counted here, taken by the first and dropped by the last. A lock that had to be
 //! waited for comes on a descriptor of its own (`flock_wait.rs`), which then stands for the
 //! store's until it is released.
+//!
+//! A shared holder joins or takes its process's `LOCK_SH` only while no writer is queued
+//! for the aid anywhere (the writers' gate, `gate.rs`, which also says why the two locks
+//! cannot deadlock); otherwise it waits behind that writer.
 
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,8 +23,9 @@ use rustix::io::{Errno, pread, pwrite};
 use tokio::sync::oneshot;
 
 use crate::Error;
-use crate::flock_wait::{self, Granted, Locked};
+use crate::flock_wait::{self, Granted, Kind, Locked};
 use crate::fork_guard::TrackedFd;
+use crate::gate;
 
 /// An open lock file. The descriptor is close-on-exec and tracked ([`crate::fork_guard`]), so
 /// children never keep the lock, even before they exec.
@@ -77,19 +83,18 @@ impl LockFile {
         }
     }
 
-    /// Repeats a non-blocking attempt with growing pauses until it succeeds, `deadline`
+    /// Repeats a non-blocking `attempt` with growing pauses until it succeeds, `deadline`
     /// passes or `gone` is raised; `Ok(false)` in the last two cases. The fallback for when
     /// a wait in the kernel cannot be set up ([`crate::flock_wait`]): a blocked `flock`
     /// cannot be called off, but a polling one stops when its caller has given up.
-    fn flock_polling(
-        &self,
-        op: FlockOperation,
+    fn polling(
         deadline: Option<Instant>,
         gone: &AtomicBool,
+        mut attempt: impl FnMut() -> Result<bool, Error>,
     ) -> Result<bool, Error> {
         let mut pause = Duration::from_micros(50);
         loop {
-            if self.flock(op)? {
+            if attempt()? {
                 return Ok(true);
             }
             if gone.load(Ordering::Acquire) {
@@ -114,13 +119,14 @@ impl LockFile {
 
     /// Waits for the exclusive lock, without limit (`None`) or until a deadline; `Ok(false)`
     /// if the deadline came first or the waiter is `gone`. Blocks: call it on the blocking
-    /// pool.
+    /// pool. The writers' gate is not waited for here: the caller has it already, or found
+    /// it taken and could not wait for it in the kernel.
     pub(crate) fn exclusive(
         &self,
         until: Option<Instant>,
         gone: &AtomicBool,
     ) -> Result<bool, Error> {
-        self.flock_polling(FlockOperation::NonBlockingLockExclusive, until, gone)
+        Self::polling(until, gone, || self.try_exclusive())
     }
 
     /// Drops the exclusive lock. Never blocks. The only failures of `LOCK_UN` are a bad
@@ -138,11 +144,33 @@ impl LockFile {
         }
     }
 
-    /// Starts waiting, on a thread of its own, for the exclusive lock (or with `shared`, the
-    /// shared lock for this process as its first reader) that another process keeps from us;
-    /// see [`crate::flock_wait`]. Adopt what it grants with [`LockFile::adopt`].
-    pub(crate) fn wait(&self, shared: bool) -> Result<oneshot::Receiver<Granted>, Error> {
-        flock_wait::start(&self.fd, shared).map_err(|e| Error::io("lock", &self.path, e))
+    /// Starts waiting, on a thread of its own, for the exclusive lock (`Kind::Exclusive`),
+    /// the shared lock for this process as its first reader (`Kind::Shared`), or the writers'
+    /// gate (`Kind::Gate`, `Kind::GatePass`), which another process keeps from us; see
+    /// [`crate::flock_wait`]. Adopt a granted flock with [`LockFile::adopt`]; a granted gate
+    /// is held until dropped.
+    pub(crate) fn wait(&self, kind: Kind) -> Result<oneshot::Receiver<Granted>, Error> {
+        flock_wait::start(&self.fd, kind).map_err(|e| Error::io("lock", &self.path, e))
+    }
+
+    /// Takes the writers' gate ([`crate::gate`]) on the store's descriptor, if no other
+    /// writer holds it. Never blocks. Only an exclusive holder waiting for the flock may call
+    /// it (it has this store's exclusive turn), and it releases the gate with
+    /// [`LockFile::open_gate`].
+    pub(crate) fn try_gate(&self) -> Result<bool, Error> {
+        gate::try_take(self.fd.as_fd()).map_err(|e| Error::io("lock", &self.path, e))
+    }
+
+    /// Releases the gate taken by [`LockFile::try_gate`]. Never blocks. It fails only on a
+    /// bad descriptor, whose closing would release it.
+    pub(crate) fn open_gate(&self) {
+        let _ = gate::release(self.fd.as_fd());
+    }
+
+    /// Whether a writer, in any process, is queued for the aid at the writers' gate
+    /// ([`crate::gate`]). Never blocks.
+    pub(crate) fn writer_queued(&self) -> Result<bool, Error> {
+        gate::writer_queued(self.fd.as_fd()).map_err(|e| Error::io("lock", &self.path, e))
     }
 
     /// Makes a descriptor granted by a wait this process's holder of the lock: of the
@@ -151,11 +179,22 @@ impl LockFile {
     pub(crate) fn adopt(&self, granted: Granted, shared: bool) -> Result<(), Error> {
         let fd = granted.map_err(|e| Error::io("lock", &self.path, e))?;
         let mut readers = self.readers();
-        *self.granted.lock().unwrap_or_else(|e| e.into_inner()) = Some(fd);
+        if shared && *readers > 0 {
+            // Readers of this process took the lock without waiting while this one waited:
+            // theirs stands, and one lock of the process is enough.
+            drop(fd);
+        } else {
+            *self.granted.lock().unwrap_or_else(|e| e.into_inner()) = Some(fd);
+        }
         if shared {
             *readers += 1;
         }
         Ok(())
+    }
+
+    /// The writers' gate that a wait ([`LockFile::wait`]) granted, held until dropped.
+    pub(crate) fn gate_granted(&self, granted: Granted) -> Result<Locked, Error> {
+        granted.map_err(|e| Error::io("lock", &self.path, e))
     }
 
     /// Whether a fallback save may have left a temporary file: the lock file's first byte
@@ -181,39 +220,33 @@ impl LockFile {
         done.map_err(|e| Error::io("write lock file", &self.path, e))
     }
 
-    /// Joins the shared lock if this process already owns it.
-    pub(crate) fn join_shared(&self) -> bool {
-        let mut readers = self.readers();
-        if *readers > 0 {
-            *readers += 1;
+    /// Joins this process's shared lock, or takes it for the process, unless a writer, in
+    /// any process, holds the aid or is queued for it at the writers' gate
+    /// ([`crate::gate`]). Never blocks: a shared holder never waits for another shared
+    /// holder, so `Ok(false)` always means a writer.
+    pub(crate) fn try_shared(&self) -> Result<bool, Error> {
+        if self.writer_queued()? {
+            return Ok(false);
         }
-        *readers > 0
+        // Under the count's mutex, so that the first reader's non-blocking flock is not
+        // mistaken for a writer by the readers that come meanwhile: they wait for the call
+        // (not for the lock) and then join.
+        let mut readers = self.readers();
+        if *readers == 0 && !self.flock(FlockOperation::NonBlockingLockShared)? {
+            return Ok(false);
+        }
+        *readers += 1;
+        Ok(true)
     }
 
-    /// Takes the shared lock for this process if no other process holds it exclusively.
-    /// Never blocks. The caller must be the only one trying to take it first.
-    pub(crate) fn try_first_shared(&self) -> Result<bool, Error> {
-        self.first_shared_with(|| self.flock(FlockOperation::NonBlockingLockShared))
-    }
-
-    /// Waits for the shared lock for this process, as [`LockFile::exclusive`] waits. The
-    /// caller must be the only one trying to take it first.
+    /// Waits for the shared lock for this process, as [`LockFile::exclusive`] waits, by
+    /// repeating [`LockFile::try_shared`].
     pub(crate) fn first_shared(
         &self,
         until: Option<Instant>,
         gone: &AtomicBool,
     ) -> Result<bool, Error> {
-        self.first_shared_with(|| {
-            self.flock_polling(FlockOperation::NonBlockingLockShared, until, gone)
-        })
-    }
-
-    fn first_shared_with(&self, take: impl FnOnce() -> Result<bool, Error>) -> Result<bool, Error> {
-        let taken = take()?;
-        if taken {
-            *self.readers() += 1;
-        }
-        Ok(taken)
+        Self::polling(until, gone, || self.try_shared())
     }
 
     /// Leaves the shared lock; the last shared holder of this process drops it.

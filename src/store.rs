@@ -224,15 +224,17 @@ where
     /// Runs `f` with a read-only cursor while holding the aid's lock shared: shared holders
     /// of one aid run together, in this process and across processes, and exclusive holders
     /// ([`with_aid`](AsyncStore::with_aid)) exclude them. Waiting is fair: a queued exclusive
-    /// holder is not overtaken by later shared ones of this process.
+    /// holder is not overtaken by later shared ones, of this process or of any other (a
+    /// shared holder that finds an exclusive one waiting, anywhere, waits behind it).
     ///
     /// [`ReadCursor`] has no `save` or `destroy`: the types keep a shared holder from writing.
     ///
     /// # Deadlocks
     ///
     /// As with [`with_aid`](AsyncStore::with_aid), the lock is not re-entrant: a nested
-    /// shared hold of the same aid gets in only while no exclusive holder is queued, and
-    /// otherwise waits behind it, which waits behind the outer hold, forever.
+    /// shared hold of the same aid gets in only while no exclusive holder is queued (in any
+    /// process), and otherwise waits behind it, which waits behind the outer hold, forever
+    /// (or until the exclusive holder's own time limit).
     ///
     /// ```
     /// # use runstate::{Aid, AsyncStore, Error};
@@ -256,7 +258,8 @@ where
     }
 
     /// Like [`with_aid_shared`](AsyncStore::with_aid_shared), but fails with
-    /// [`Error::WouldBlock`] at once if an exclusive holder has the aid or is queued for it.
+    /// [`Error::WouldBlock`] at once if an exclusive holder has the aid or is queued for it,
+    /// in this process or another; never because of other shared holders.
     pub async fn try_with_aid_shared<T, E>(
         &self,
         aid: Aid,
