@@ -122,6 +122,63 @@ where
             .await
     }
 
+    /// Replaces the entry of `state.id` with `state`, atomically: `Ok(true)` when it replaced
+    /// one, `Ok(false)` when there was none (and nothing was written).
+    ///
+    /// Any reader, at any moment, even one that takes no lock and reads the file directly,
+    /// finds the old entry or the new one, whole, never neither; a crash at any point leaves
+    /// one of the two, and at most a temporary file that listings skip and the next replace
+    /// removes. It stores `state` exactly as given, [`State::process`] included. With
+    /// [`Options::durable`](crate::Options::durable), the new entry is on disk when this
+    /// returns. [`AsyncStore::watch`](crate::AsyncStore::watch) reports it as
+    /// [`Change::Replaced`](crate::Change::Replaced).
+    ///
+    /// ```
+    /// # use runstate::{Aid, AsyncStore, Error, InstanceId, State};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Error> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let store = AsyncStore::<String>::new(dir.path());
+    /// let id = InstanceId::random();
+    /// store
+    ///     .with_aid(Aid::new(2)?, async |cursor| {
+    ///         cursor.save(&State::new(id, 100, "starting".into())).await?;
+    ///         // A status transition, as runc rewrites its state file.
+    ///         assert!(cursor.replace(&State::new(id, 100, "running".into())).await?);
+    ///         assert_eq!(cursor.load(id).await?.map(|s| s.config), Some("running".into()));
+    ///         // No entry, nothing written.
+    ///         assert!(!cursor.replace(&State::new(InstanceId::random(), 1, "x".into())).await?);
+    ///         Ok(())
+    ///     })
+    ///     .await
+    /// # }
+    /// ```
+    pub async fn replace(&mut self, state: &State<C>) -> Result<bool, Error> {
+        let mut config = Vec::with_capacity(self.last_len);
+        let encoded = format::encode_config(&state.config, &mut config)
+            .and_then(|()| format::check_depth(&config, format::MAX_CONFIG_DEPTH));
+        if let Err(reason) = encoded {
+            let path = self.read.hold.dir().path().join(state.id.to_string());
+            return Err(Error::Encode { path, reason });
+        }
+        self.last_len = config.len();
+        let (id, pid, time) = (state.id, state.pid, state.time);
+        let process = state.process.clone();
+        self.read
+            .hold
+            .run("replace", move |hold| {
+                let dir = hold.dir();
+                let mut bytes = Vec::with_capacity(config.len() + 128);
+                format::encode_record(id, pid, time, process.as_ref(), &config, &mut bytes)
+                    .map_err(|reason| Error::Encode {
+                        path: dir.path().join(id.to_string()),
+                        reason,
+                    })?;
+                dir.replace(id, &bytes)
+            })
+            .await
+    }
+
     // The reading methods again, as inherent methods: `Deref` would serve method calls, but
     // a path such as `Cursor::load` and the documentation of `Cursor` need them here.
 
