@@ -409,8 +409,9 @@ where
     /// - inotify cannot watch a directory before it exists, so a new aid's directory is
     ///   watched when the stream, polled, sees it appear, and then listed: the entries it
     ///   holds by then are reported as saved, each once (in directory order), and changes
-    ///   from then on as they come. An entry saved *and destroyed again* in a new aid before the stream saw its
-    ///   directory is not reported; keep polling the stream to keep that moment short.
+    ///   from then on as they come. An entry saved *and destroyed again* in a new aid
+    ///   before the stream saw its directory is not reported; keep polling the stream to
+    ///   keep that moment short.
     /// - Where the kernel's event queue overflows (a consumer that does not keep up with
     ///   `fs.inotify.max_queued_events` changes), the stream yields [`Change::Resync`]:
     ///   changes were lost, list the store again. No change is ever dropped silently.
