@@ -75,6 +75,7 @@ fn main() {
         return child(Path::new(&dir));
     }
     let base = std::env::var("RUNSTATE_BENCH_DIR").unwrap_or_else(|_| "/dev/shm".into());
+    println!("load:    {} (at start)", load());
     println!("watch latency: another process saves one entry at a time; {LATENCY_ROUNDS} saves");
     for multi in [false, true] {
         let dir = tempfile::tempdir_in(&base).expect("a bench directory");
@@ -82,16 +83,17 @@ fn main() {
         let (e50, e99) = (percentile(&from_end, 50), percentile(&from_end, 99));
         let (s50, s99) = (percentile(&from_start, 50), percentile(&from_start, 99));
         println!(
-            "{:<16} from save's end: p50 {:>6.1} us, p99 {:>6.1} us; from its start: p50 {:>6.1} us, p99 {:>6.1} us",
+            "{:<16} from the save's start: median {:>6.1} us, p99 {:>7.1} us; \
+             from its end: median {:>6.1} us, p99 {:>7.1} us",
             if multi {
                 "multi-thread"
             } else {
                 "current-thread"
             },
-            e50,
-            e99,
             s50,
-            s99
+            s99,
+            e50,
+            e99
         );
     }
 
@@ -128,6 +130,7 @@ fn main() {
         let ratio = spread(&replace).0 / spread(&save).0;
         println!("{flavor:<16} replace/save   {ratio:>8.2}x");
     }
+    println!("load:    {} (at end)", load());
 }
 
 /// Latencies in microseconds from the end and from the start of each of the child's saves
@@ -243,6 +246,13 @@ async fn costs(run_dir: &Path) -> Result<(f64, f64, f64), Error> {
             Ok((save, replace, destroy_save))
         })
         .await
+}
+
+/// The load averages, as the machine is shared and the figures depend on it.
+fn load() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 fn percentile(v: &[f64], p: usize) -> f64 {
