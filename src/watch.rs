@@ -110,6 +110,7 @@ impl Change {
 /// watched, say): list again as for [`Change::Resync`]. The stream ends, after an error
 /// item, only if reading inotify fails or the state directory itself is removed.
 #[derive(Debug)]
+#[must_use = "a watch reports nothing unless it is polled"]
 pub struct Watch {
     fd: AsyncFd<OwnedFd>,
     buf: Vec<MaybeUninit<u8>>,
