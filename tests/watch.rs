@@ -380,7 +380,41 @@ async fn foreign_names_never_show() {
     assert_eq!(until_sentinel(&store, &mut watch, aid(1)).await, []);
 }
 
+/// The state directory removed under the stream: its entries' removals, then an error
+/// naming it, then the end.
+async fn a_removed_state_directory_ends_the_stream() {
+    let dir = run_dir();
+    let store = Store::new(dir.path());
+    save(&store, aid(1), id(1)).await;
+    let mut watch = store.watch().await.unwrap();
+    store.close().await.unwrap();
+    std::fs::remove_dir_all(dir.path().join("state")).unwrap();
+    let mut seen = Vec::new();
+    let end = no_deadlock("the end of the stream", async {
+        loop {
+            match watch.next().await.expect("an error before the end") {
+                Ok(change) => seen.push(change),
+                Err(e) => return e,
+            }
+        }
+    })
+    .await;
+    assert!(
+        matches!(&end, Error::Io { path, .. } if path == &dir.path().join("state")),
+        "{end}"
+    );
+    assert_eq!(
+        seen,
+        [Change::Destroyed {
+            aid: aid(1),
+            id: id(1)
+        }]
+    );
+    assert!(watch.next().await.is_none());
+}
+
 both_runtimes!(
+    a_removed_state_directory_ends_the_stream,
     changes_from_another_process,
     new_aids_race_their_watch,
     replace_is_reported_once,
