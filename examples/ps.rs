@@ -4,23 +4,31 @@
 //! cargo run --example ps -- --run-dir DIR           # a table
 //! cargo run --example ps -- --run-dir DIR --json    # one JSON array, for machines
 //! cargo run --example ps -- --run-dir DIR --prune   # remove the entries of dead processes
+//! cargo run --example ps -- --run-dir DIR --watch   # a live table, until interrupted
 //! ```
+//!
+//! `--watch` redraws the table on every change the store reports (`AsyncStore::watch`: no
+//! polling), marking the instance that changed: `+` saved, `~` replaced, `-` gone (shown
+//! once). When stdout is not a terminal it prints the table once, then one line per change
+//! with the same marks, for logs and pipes.
 //!
 //! It reads entries of any config type: configs are decoded as generic MessagePack values, and
 //! a `command` field (an array of strings, as in the examples' `LaunchConfig`, or a string) is
 //! shown when there is one.
 
+use std::collections::BTreeMap;
 use std::error::Error;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::pin::pin;
 use std::time::SystemTime;
 
 use futures::StreamExt;
 use rmpv::Value;
-use runstate::{Aid, AsyncStore, Liveness, State};
+use runstate::{Aid, AsyncStore, Change, InstanceId, Liveness, State};
 
 const USAGE: &str = "\
-usage: ps --run-dir DIR [--json] [--prune]
+usage: ps --run-dir DIR [--json] [--prune] [--watch]
 
 Lists the instances recorded in the runstate store under DIR.
 
@@ -28,6 +36,8 @@ options:
   --run-dir DIR  the store's run directory (entries live under DIR/state)
   --json         print one JSON array of objects instead of a table
   --prune        remove the entries whose process is dead, and say how many
+  --watch        keep running: redraw on every change (one line per change when stdout
+                 is not a terminal), until interrupted
   -h, --help     print this help";
 
 /// Any config: ps does not need to know the launcher's type.
@@ -79,6 +89,10 @@ async fn main() -> Result<(), Box<dyn Error>> {
         }
     }
 
+    if args.watch {
+        return watch(&store).await;
+    }
+
     let mut rows = Vec::new();
     let mut corrupt = 0;
     let mut entries = pin!(store.entries());
@@ -118,21 +132,173 @@ async fn main() -> Result<(), Box<dyn Error>> {
 
 fn print_table(rows: &[Row]) {
     let now = SystemTime::now();
-    println!(
+    println!("{}", header());
+    for row in rows {
+        println!("{}", table_line(now, row));
+    }
+}
+
+fn header() -> String {
+    format!(
         "{:>7} {:>5} {:<7} {:>9}  {:<32}  COMMAND",
         "PID", "AID", "STATUS", "UPTIME", "INSTANCE"
-    );
-    for row in rows {
-        println!(
-            "{:>7} {:>5} {:<7} {:>9}  {}  {}",
-            row.state.pid,
-            row.aid,
-            row.status,
-            uptime(uptime_secs(now, &row.state)),
-            row.state.id,
-            command(&row.state.config).unwrap_or_else(|| "-".into()),
-        );
+    )
+}
+
+fn table_line(now: SystemTime, row: &Row) -> String {
+    format!(
+        "{:>7} {:>5} {:<7} {:>9}  {}  {}",
+        row.state.pid,
+        row.aid,
+        row.status,
+        uptime(uptime_secs(now, &row.state)),
+        row.state.id,
+        command(&row.state.config).unwrap_or_else(|| "-".into()),
+    )
+}
+
+/// Every entry of the store, keyed for the live table; corrupt ones are reported and left
+/// out.
+async fn list_all(store: &Store) -> Result<BTreeMap<(Aid, InstanceId), Row>, Box<dyn Error>> {
+    let mut rows = BTreeMap::new();
+    let mut entries = pin!(store.entries());
+    while let Some(item) = entries.next().await {
+        match item {
+            Ok((aid, state)) => {
+                let status = store.liveness(&state).await;
+                rows.insert((aid, state.id), Row { aid, state, status });
+            }
+            Err(e @ runstate::Error::Corrupt { .. }) => eprintln!("ps: {e}"),
+            Err(e) => return Err(e.into()),
+        }
     }
+    Ok(rows)
+}
+
+/// The live table: the store listed once, then kept up to date from `watch`'s changes.
+async fn watch(store: &Store) -> Result<(), Box<dyn Error>> {
+    // Watch first, then list: a change in between is both listed and reported, not lost.
+    let mut changes = store.watch().await?;
+    let mut rows = list_all(store).await?;
+    let tty = std::io::stdout().is_terminal();
+    // The mark of each instance that changed since the last redraw; gone ones are drawn
+    // once more, from here.
+    let mut marks: BTreeMap<(Aid, InstanceId), char> = BTreeMap::new();
+    let mut gone: BTreeMap<(Aid, InstanceId), Row> = BTreeMap::new();
+    if tty {
+        redraw(&rows, &mut marks, &mut gone);
+    } else {
+        println!("  {}", header());
+        let now = SystemTime::now();
+        for row in rows.values() {
+            println!("  {}", table_line(now, row));
+        }
+    }
+    let mut interrupted = pin!(tokio::signal::ctrl_c());
+    loop {
+        let change = tokio::select! {
+            _ = &mut interrupted => return Ok(()),
+            change = changes.next() => change,
+        };
+        let (key, mark) = match change {
+            None => return Ok(()),
+            Some(Err(e)) => {
+                // Some changes may be lost: start again from a listing.
+                eprintln!("ps: {e}; listing again");
+                rows = list_all(store).await?;
+                (None, '!')
+            }
+            Some(Ok(Change::Resync)) => {
+                rows = list_all(store).await?;
+                (None, '!')
+            }
+            Some(Ok(Change::Destroyed { aid, id })) => {
+                let key = (aid, id);
+                match rows.remove(&key) {
+                    Some(row) => {
+                        gone.insert(key, row);
+                    }
+                    // Never listed (saved and gone between two looks): nothing to show.
+                    None => continue,
+                }
+                (Some(key), '-')
+            }
+            Some(Ok(change)) => {
+                let (Some(aid), Some(id)) = (change.aid(), change.id()) else {
+                    continue;
+                };
+                let mark = if matches!(change, Change::Replaced { .. }) {
+                    '~'
+                } else {
+                    '+'
+                };
+                // The change names the entry; what it holds is read now. Gone again by
+                // then: its removal is the next change.
+                let Some(state) = store
+                    .with_aid_shared(aid, async |c| c.load(id).await)
+                    .await
+                    .unwrap_or_else(|e| {
+                        eprintln!("ps: {e}");
+                        None
+                    })
+                else {
+                    continue;
+                };
+                let status = store.liveness(&state).await;
+                rows.insert((aid, id), Row { aid, state, status });
+                ((Some((aid, id))), mark)
+            }
+        };
+        if tty {
+            if let Some(key) = key {
+                marks.insert(key, mark);
+            }
+            redraw(&rows, &mut marks, &mut gone);
+            continue;
+        }
+        let now = SystemTime::now();
+        match key {
+            None => {
+                println!("! resync: {} instances", rows.len());
+                for row in rows.values() {
+                    println!("  {}", table_line(now, row));
+                }
+            }
+            Some(key) => {
+                let row = rows.get(&key).or_else(|| gone.get(&key));
+                if let Some(row) = row {
+                    println!("{mark} {}", table_line(now, row));
+                }
+                gone.clear();
+            }
+        }
+    }
+}
+
+/// Clears the terminal and draws the table, with the marks of what changed since the last
+/// redraw (which are then forgotten, and gone instances with them).
+fn redraw(
+    rows: &BTreeMap<(Aid, InstanceId), Row>,
+    marks: &mut BTreeMap<(Aid, InstanceId), char>,
+    gone: &mut BTreeMap<(Aid, InstanceId), Row>,
+) {
+    let now = SystemTime::now();
+    let mut out = String::from("\x1b[H\x1b[2J");
+    out += &format!("  {}\n", header());
+    let mut all: Vec<(&(Aid, InstanceId), &Row)> = rows.iter().chain(gone.iter()).collect();
+    all.sort_by_key(|(key, _)| **key);
+    for (key, row) in all {
+        let mark = marks.get(key).copied().unwrap_or(' ');
+        out += &format!("{mark} {}\n", table_line(now, row));
+    }
+    out += &format!(
+        "{} instances; + saved, ~ replaced, - gone; ctrl-c quits\n",
+        rows.len()
+    );
+    print!("{out}");
+    let _ = std::io::stdout().flush();
+    marks.clear();
+    gone.clear();
 }
 
 fn json_row(row: &Row) -> serde_json::Value {
@@ -190,18 +356,20 @@ struct Args {
     run_dir: PathBuf,
     json: bool,
     prune: bool,
+    watch: bool,
 }
 
 impl Args {
     /// `Ok(None)` asks for help.
     /// Paths may be any bytes, so arguments are taken as `OsString`s.
     fn parse(mut args: impl Iterator<Item = std::ffi::OsString>) -> Result<Option<Args>, String> {
-        let (mut run_dir, mut json, mut prune) = (None, false, false);
+        let (mut run_dir, mut json, mut prune, mut watch) = (None, false, false, false);
         while let Some(arg) = args.next() {
             match arg.to_str() {
                 Some("-h" | "--help") => return Ok(None),
                 Some("--json") => json = true,
                 Some("--prune") => prune = true,
+                Some("--watch") => watch = true,
                 Some("--run-dir") => {
                     run_dir = Some(args.next().ok_or("--run-dir needs a directory")?.into())
                 }
@@ -209,10 +377,14 @@ impl Args {
             }
         }
         let run_dir = run_dir.ok_or("--run-dir is required")?;
+        if watch && json {
+            return Err("--watch draws a table; it does not go with --json".into());
+        }
         Ok(Some(Args {
             run_dir,
             json,
             prune,
+            watch,
         }))
     }
 }

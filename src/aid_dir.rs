@@ -15,8 +15,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use rustix::fs::{
-    AtFlags, CWD, FileType, Mode, OFlags, RawDir, fstat, fsync, linkat, mkdirat, openat, statat,
-    unlinkat,
+    AtFlags, CWD, FileType, Mode, OFlags, RawDir, fstat, fsync, linkat, mkdirat, openat, renameat,
+    statat, unlinkat,
 };
 use rustix::io::Errno;
 use serde::de::DeserializeOwned;
@@ -660,6 +660,65 @@ impl AidDir {
             self.lock.mark_temps(false)?;
         }
         Ok(false)
+    }
+
+    /// Replaces the entry of `id` with `bytes`, atomically: the new entry is written whole
+    /// under a temporary name and renamed onto the entry's name, so a reader that opens the
+    /// name at any moment, locked or not, gets the old entry or the new one, and a crash
+    /// leaves one of them. `Ok(false)`, with nothing written, if `id` has no entry.
+    ///
+    /// A crash between making the temporary file and renaming it leaves a `.tmp-` file, which
+    /// listings skip: as for the fallback save, the lock file is marked meanwhile, so the
+    /// next such write removes it. Call it holding the lock exclusively.
+    pub(crate) fn replace(&self, id: InstanceId, bytes: &[u8]) -> Result<bool, Error> {
+        let (size, limit) = (bytes.len() as u64, self.options.max_entry_size);
+        if size > limit {
+            return Err(Error::TooLarge {
+                path: self.entry_path(id),
+                size,
+                limit,
+            });
+        }
+        let name = layout::entry_name(id);
+        let name = layout::as_cstr(&name);
+        match statat(&self.dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(_) => {}
+            Err(Errno::NOENT) => return Ok(false),
+            Err(e) => return Err(Error::io("replace", self.entry_path(id), e)),
+        }
+        if self.lock.temps_marked()? {
+            self.sweep_temps()?;
+        }
+        self.lock.mark_temps(true)?;
+        // A named file rather than O_TMPFILE + linkat: rename needs a name either way, and
+        // this makes it with one call fewer.
+        let temp = layout::temp_name();
+        let fd = openat(
+            &self.dir,
+            temp.as_str(),
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | open_flags(),
+            Mode::from_raw_mode(FILE_MODE),
+        )
+        .map_err(|e| Error::io("replace", self.path.join(&temp), e))?;
+        let mut file = File::from(fd);
+        let renamed = self
+            .write_out(&mut file, bytes)
+            .map_err(|e| Error::io("replace", self.entry_path(id), e))
+            .and_then(|()| {
+                renameat(&self.dir, temp.as_str(), &self.dir, name)
+                    .map_err(|e| Error::io("replace", self.entry_path(id), e))
+            });
+        drop(file);
+        if let Err(e) = renamed {
+            // The entry is as it was; the temporary file goes, and with it the mark.
+            return Err(match unlinkat(&self.dir, temp.as_str(), AtFlags::empty()) {
+                Ok(()) => self.lock.mark_temps(false).err().unwrap_or(e),
+                Err(_) => e,
+            });
+        }
+        self.sync_dir()?;
+        self.lock.mark_temps(false)?;
+        Ok(true)
     }
 }
 

@@ -10,6 +10,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::batch::{self, Listing};
+use crate::aid_dir::AidDir;
 use crate::blocking::IN_PLACE_MAX_BYTES;
 use crate::hold::{GoneOnDrop, Hold};
 use crate::{Aid, Error, InstanceId, State, aid_dir, format};
@@ -99,6 +100,54 @@ where
     /// was. With [`Options::durable`](crate::Options::durable), the entry is on disk when
     /// this returns.
     pub async fn save(&mut self, state: &State<C>) -> Result<(), Error> {
+        self.publish("save", state, AidDir::save).await
+    }
+
+
+    /// Replaces the entry of `state.id` with `state`, atomically: `Ok(true)` when it replaced
+    /// one, `Ok(false)` when there was none (and nothing was written).
+    ///
+    /// Any reader, at any moment, even one that takes no lock and reads the file directly,
+    /// finds the old entry or the new one, whole, never neither; a crash at any point leaves
+    /// one of the two, and at most a temporary file that listings skip and the next replace
+    /// removes. It stores `state` exactly as given, [`State::process`] included. With
+    /// [`Options::durable`](crate::Options::durable), the new entry is on disk when this
+    /// returns. [`AsyncStore::watch`](crate::AsyncStore::watch) reports it as
+    /// [`Change::Replaced`](crate::Change::Replaced).
+    ///
+    /// ```
+    /// # use runstate::{Aid, AsyncStore, Error, InstanceId, State};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Error> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let store = AsyncStore::<String>::new(dir.path());
+    /// let id = InstanceId::random();
+    /// store
+    ///     .with_aid(Aid::new(2)?, async |cursor| {
+    ///         cursor.save(&State::new(id, 100, "starting".into())).await?;
+    ///         // A status transition, as runc rewrites its state file.
+    ///         assert!(cursor.replace(&State::new(id, 100, "running".into())).await?);
+    ///         assert_eq!(cursor.load(id).await?.map(|s| s.config), Some("running".into()));
+    ///         // No entry, nothing written.
+    ///         assert!(!cursor.replace(&State::new(InstanceId::random(), 1, "x".into())).await?);
+    ///         Ok(())
+    ///     })
+    ///     .await
+    /// # }
+    /// ```
+    pub async fn replace(&mut self, state: &State<C>) -> Result<bool, Error> {
+        self.publish("replace", state, AidDir::replace).await
+    }
+
+    /// Encodes `state` and hands its bytes to `put`, one of the aid directory's ways of
+    /// publishing, as one operation of the hold: in place for an entry that fits, on the
+    /// pool for a larger one.
+    async fn publish<T: Send + 'static>(
+        &mut self,
+        op: &'static str,
+        state: &State<C>,
+        put: fn(&AidDir, InstanceId, &[u8]) -> Result<T, Error>,
+    ) -> Result<T, Error> {
         let mut config = Vec::with_capacity(self.last_len);
         let encoded = format::encode_config(&state.config, &mut config)
             .and_then(|()| format::check_depth(&config, format::MAX_CONFIG_DEPTH));
@@ -112,7 +161,7 @@ where
         let big = config.len() > IN_PLACE_MAX_BYTES;
         self.read
             .hold
-            .run("save", big, move |hold, _| {
+            .run(op, big, move |hold, _| {
                 let dir = hold.dir();
                 let mut bytes = Vec::with_capacity(config.len() + 128);
                 format::encode_record(id, pid, time, process.as_ref(), &config, &mut bytes)
@@ -120,7 +169,7 @@ where
                         path: dir.path().join(id.to_string()),
                         reason,
                     })?;
-                dir.save(id, &bytes)
+                put(dir, id, &bytes)
             })
             .await
     }

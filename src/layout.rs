@@ -4,9 +4,11 @@
 //! <run_dir>/state/               0700, made on first use
 //! <run_dir>/state/<aid>/         0700, one per aid ("0" to "9999", no leading zeros)
 //! <run_dir>/state/<aid>/<id>     0600, one entry file per instance (32 lowercase hex digits)
-//! <run_dir>/state/<aid>/.tmp-<hex>  a save in progress, only where O_TMPFILE is unavailable
+//! <run_dir>/state/<aid>/.tmp-<hex>  a replace in progress, or a save in progress where
+//!                                   O_TMPFILE is unavailable
 //! <run_dir>/state/<aid>.lock     0600; flock(2) on it excludes other processes; empty, or
-//!                                one byte, 1, while a fallback save may have left a .tmp- file
+//!                                one byte, 1, while a fallback save or a replace may have
+//!                                left a .tmp- file
 //! ```
 //!
 //! Every other name is foreign: listings skip it and nothing deletes it.

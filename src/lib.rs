@@ -109,6 +109,7 @@ mod lock;
 mod options;
 mod state;
 mod store;
+mod watch;
 
 pub use aid::Aid;
 pub use cursor::{Cursor, ReadCursor};
@@ -118,6 +119,7 @@ pub use liveness::{Liveness, ProcessIdentity};
 pub use options::Options;
 pub use state::State;
 pub use store::AsyncStore;
+pub use watch::{Change, Watch};
 
 /// The async streams this crate returns, re-exported so callers need not name `futures`.
 pub use futures::Stream;

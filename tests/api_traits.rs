@@ -3,8 +3,8 @@
 
 use futures::TryStreamExt;
 use runstate::{
-    Aid, AsyncStore, CorruptKind, Cursor, Error, InstanceId, Liveness, Options, ProcessIdentity,
-    ReadCursor, State,
+    Aid, AsyncStore, Change, CorruptKind, Cursor, Error, InstanceId, Liveness, Options,
+    ProcessIdentity, ReadCursor, State, Watch,
 };
 
 fn send_sync<T: Send + Sync>() {}
@@ -26,6 +26,8 @@ fn public_types_have_the_common_traits() {
     value::<Options>();
     value::<CorruptKind>();
     value::<State<String>>();
+    value::<Change>();
+    send_sync::<Watch>();
     let store = AsyncStore::<String>::new("/nonexistent");
     let _clone: AsyncStore<String> = store.clone();
     assert!(format!("{store:?}").contains("/nonexistent"));

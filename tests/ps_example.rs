@@ -139,3 +139,88 @@ async fn ps_lists_statuses_reports_corrupt_entries_and_prunes() {
     alive.kill().unwrap();
     alive.wait().unwrap();
 }
+
+/// `ps --watch` with stdout piped: the table once, then one marked line per change, from
+/// another process's saves, replaces and destroys.
+#[tokio::test]
+async fn ps_watch_prints_one_line_per_change() {
+    use std::io::BufRead as _;
+    use std::process::Stdio;
+
+    let dir = tempfile::tempdir_in("/dev/shm").unwrap();
+    let store = AsyncStore::<Config>::new(dir.path());
+    let aid = Aid::new(6).unwrap();
+    let cfg = |cmd: &str| Config {
+        command: vec![cmd.into()],
+        other: 2,
+    };
+    let old = InstanceId::random();
+    store
+        .with_aid(aid, async |c| {
+            c.save(&State::new(old, std::process::id(), cfg("listed")))
+                .await
+        })
+        .await
+        .unwrap();
+
+    let mut ps = Command::new(ps_binary())
+        .args(["--run-dir", dir.path().to_str().unwrap(), "--watch"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let (tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
+    let stdout = ps.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut next = async || {
+        tokio::time::timeout(std::time::Duration::from_secs(30), lines.recv())
+            .await
+            .expect("ps --watch printed nothing for 30 s")
+            .expect("ps --watch ended")
+    };
+    assert!(next().await.starts_with("      PID   AID STATUS"));
+    let listed = next().await;
+    assert!(
+        listed.starts_with("  ") && listed.contains(&old.to_string()) && listed.ends_with("listed"),
+        "{listed}"
+    );
+
+    let new = InstanceId::random();
+    store
+        .with_aid(aid, async |c| {
+            c.save(&State::new(new, std::process::id(), cfg("started")))
+                .await?;
+            c.replace(&State::new(new, std::process::id(), cfg("running")))
+                .await?;
+            c.destroy(old).await
+        })
+        .await
+        .unwrap();
+    let saved = next().await;
+    assert!(
+        saved.starts_with("+ ") && saved.contains(&new.to_string()),
+        "{saved}"
+    );
+    let replaced = next().await;
+    assert!(
+        replaced.starts_with("~ ")
+            && replaced.contains(&new.to_string())
+            && replaced.ends_with("running"),
+        "{replaced}"
+    );
+    let gone = next().await;
+    assert!(
+        gone.starts_with("- ") && gone.contains(&old.to_string()),
+        "{gone}"
+    );
+
+    ps.kill().unwrap();
+    ps.wait().unwrap();
+}
