@@ -6,7 +6,9 @@
 
 #![allow(dead_code)]
 
+pub mod checked;
 pub mod child;
+pub mod locking;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -41,20 +43,34 @@ macro_rules! both_runtimes {
 }
 
 pub fn run_current_thread<F: Future<Output = ()>>(body: F) {
-    tokio::runtime::Builder::new_current_thread()
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .unwrap()
-        .block_on(body);
+        .unwrap();
+    run_on(rt, body);
 }
 
 pub fn run_multi_thread<F: Future<Output = ()>>(body: F) {
-    tokio::runtime::Builder::new_multi_thread()
+    let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)
         .enable_all()
         .build()
-        .unwrap()
-        .block_on(body);
+        .unwrap();
+    run_on(rt, body);
+}
+
+/// Runs `body` on `rt`, then shuts the runtime down without waiting forever for its blocking
+/// pool: a bug that leaves a thread parked (in `flock`, say) must fail the test, not hang it
+/// (dropping a runtime waits for every blocking task).
+pub fn run_on<F: Future<Output = ()>>(rt: tokio::runtime::Runtime, body: F) {
+    let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rt.block_on(body)));
+    match out {
+        Ok(()) => rt.shutdown_timeout(DEADLOCK),
+        Err(panic) => {
+            rt.shutdown_background();
+            std::panic::resume_unwind(panic);
+        }
+    }
 }
 
 /// `fut`, or a panic naming `what` if it does not finish within [`DEADLOCK`].
@@ -163,6 +179,28 @@ pub fn names_in(dir: &Path) -> Vec<String> {
         .collect();
     names.sort();
     names
+}
+
+/// The seed of a random test: `RUNSTATE_SEED` (or the older `RUNSTATE_TEST_SEED`; decimal
+/// or `0x` hex) if set, else `default`. It is printed, so that a failing run can be replayed
+/// with `RUNSTATE_SEED=<seed>`.
+pub fn seed(default: u64) -> u64 {
+    let given = ["RUNSTATE_SEED", "RUNSTATE_TEST_SEED"]
+        .iter()
+        .find_map(|name| std::env::var(name).ok())
+        .and_then(|s| match s.strip_prefix("0x") {
+            Some(hex) => u64::from_str_radix(hex, 16).ok(),
+            None => s.parse().ok(),
+        });
+    let seed = given.unwrap_or(default);
+    println!("seed {seed:#x} (replay with RUNSTATE_SEED={seed:#x})");
+    seed
+}
+
+/// A [`XorShift`] seeded by [`seed`]`(default)`, and its seed.
+pub fn seeded_rng(default: u64) -> (u64, XorShift) {
+    let seed = seed(default);
+    (seed, XorShift::new(seed))
 }
 
 /// A tiny seeded PRNG (xorshift64*), so failures replay.
