@@ -8,6 +8,7 @@
 
 pub mod checked;
 pub mod child;
+pub mod hostile;
 pub mod locking;
 
 use std::collections::BTreeMap;
