@@ -273,20 +273,13 @@ fn fuzz_entry_files(runtime: tokio::runtime::Runtime, cases: u32) {
 
 #[test]
 fn arbitrary_bytes_as_entry_files_multi_thread() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = common::multi_thread_runtime(2);
     fuzz_entry_files(runtime, 2000);
 }
 
 #[test]
 fn arbitrary_bytes_as_entry_files_current_thread() {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = common::current_thread_runtime();
     fuzz_entry_files(runtime, 1000);
 }
 

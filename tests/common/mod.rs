@@ -44,20 +44,33 @@ macro_rules! both_runtimes {
 }
 
 pub fn run_current_thread<F: Future<Output = ()>>(body: F) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    run_on(rt, body);
+    run_on(current_thread_runtime(), body);
 }
 
 pub fn run_multi_thread<F: Future<Output = ()>>(body: F) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(4)
+    run_on(multi_thread_runtime(4), body);
+}
+
+/// A current-thread tokio runtime with timers and I/O.
+pub fn current_thread_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .unwrap();
-    run_on(rt, body);
+        .unwrap()
+}
+
+/// A multi-thread tokio runtime of `workers` worker threads, with timers and I/O.
+pub fn multi_thread_runtime(workers: usize) -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// One runtime of each flavor: current-thread, then multi-thread with two workers.
+pub fn runtimes() -> [tokio::runtime::Runtime; 2] {
+    [current_thread_runtime(), multi_thread_runtime(2)]
 }
 
 /// Runs `body` on `rt`, then shuts the runtime down without waiting forever for its blocking
