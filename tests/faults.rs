@@ -21,14 +21,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
-use common::checked::Filled;
+use common::checked::{Fail, Filled, read_all};
 use common::child::{
     DEADLOCK, Flavor, Kid, ROLE, child_var, role, say, spawn_kid, test_args, test_command,
 };
 use common::{Checked, XorShift, aid, check_states, foreign_names, pid};
 use futures::future::{Either, select};
 use futures::{StreamExt, TryStreamExt};
-use runstate::{Aid, AsyncStore, Cursor, Error, InstanceId, ReadCursor, State};
+use runstate::{Aid, AsyncStore, Cursor, Error, InstanceId, State};
 use tokio::time::timeout;
 
 /// The test that children run.
@@ -46,62 +46,6 @@ type Store = AsyncStore<Cfg>;
 
 /// The suites' checked config: `owner` says which process or task saved it.
 type Cfg = Filled;
-
-/// What a closure can fail with: a store error, or a broken invariant.
-#[derive(Debug)]
-enum Fail {
-    Store(Error),
-    Broken(String),
-}
-
-impl std::fmt::Display for Fail {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Fail::Store(e) => write!(f, "store error: {e}"),
-            Fail::Broken(why) => write!(f, "broken invariant: {why}"),
-        }
-    }
-}
-
-impl From<Error> for Fail {
-    fn from(e: Error) -> Fail {
-        Fail::Store(e)
-    }
-}
-
-impl From<String> for Fail {
-    fn from(e: String) -> Fail {
-        Fail::Broken(e)
-    }
-}
-
-/// Reads an aid every way a read cursor offers, checks that the ways agree and that every
-/// entry is whole, and returns the entries.
-async fn read_all(c: &mut ReadCursor<Cfg>) -> Result<BTreeMap<InstanceId, State<Cfg>>, Fail> {
-    let all = c.load_all().await?;
-    check_states(&all)?;
-    let streamed: Vec<State<Cfg>> = c.entries().try_collect().await?;
-    let ids: Vec<InstanceId> = c.ids().try_collect().await?;
-    let len = c.len().await?;
-    if streamed.len() != all.len() || ids.len() != all.len() || len != all.len() {
-        return Err(Fail::Broken(format!(
-            "load_all found {}, entries {}, ids {}, len {}",
-            all.len(),
-            streamed.len(),
-            ids.len(),
-            len
-        )));
-    }
-    for state in &streamed {
-        if all.get(&state.id) != Some(state) {
-            return Err(Fail::Broken(format!(
-                "entries() and load_all() disagree on {}",
-                state.id
-            )));
-        }
-    }
-    Ok(all)
-}
 
 /// Names under `<run_dir>/state` other than the given aids' directories and lock files.
 fn foreign_state_names(run_dir: &Path, aids: &[Aid]) -> Vec<String> {

@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use common::checked::Filled;
+use common::checked::{Filled, read_all};
 use common::child::{DEADLOCK, Flavor, Kid, child_var, role, role_command, say};
 use common::{Checked, XorShift, aid, check_states, flock_waiters, foreign_names};
 use futures::TryStreamExt;
@@ -78,32 +78,10 @@ async fn verify_aid(
     store: &AsyncStore<Cfg>,
     aid: Aid,
 ) -> Result<BTreeMap<InstanceId, State<Cfg>>, BoxErr> {
-    let read = store.with_aid(aid, async |c| {
-        let all = c.load_all().await?;
-        let streamed: Vec<State<Cfg>> = c.entries().try_collect().await?;
-        let ids: Vec<InstanceId> = c.ids().try_collect().await?;
-        let len = c.len().await?;
-        if streamed.len() != all.len() || ids.len() != all.len() || len != all.len() {
-            return Err(format!(
-                "load_all found {}, entries {}, ids {}, len {}",
-                all.len(),
-                streamed.len(),
-                ids.len(),
-                len
-            )
-            .into());
-        }
-        for state in &streamed {
-            if all.get(&state.id) != Some(state) {
-                return Err(format!("entries() and load_all() disagree on {}", state.id).into());
-            }
-        }
-        Ok::<_, BoxErr>(all)
-    });
+    let read = store.with_aid(aid, async |c| read_all(c).await);
     let all = timeout(DEADLOCK, read)
         .await
         .map_err(|_| format!("with_aid({aid}) not granted within {DEADLOCK:?}"))??;
-    check_states(&all)?;
     Ok(all)
 }
 
