@@ -3,6 +3,17 @@
 //! Every test body runs twice, on a current-thread and on a multi-thread tokio runtime:
 //! `both_runtimes!(name);` next to `async fn name()` makes `name::current_thread` and
 //! `name::multi_thread`.
+//!
+//! The one harness of every suite:
+//! - runtimes: [`both_runtimes!`], [`run_current_thread`], [`run_multi_thread`],
+//!   [`runtimes`]; each shuts down without hanging on a parked blocking thread ([`run_on`]);
+//! - other processes: [`child`], the test binary re-run in a role ([`child::role_command`],
+//!   `@@` lines on stdout, [`child::Kid`]), and [`child::isolated`] for a test that may abort;
+//! - configs: [`AppConfig`] ([`config`]) as a launcher stores it, and [`checked::Filled`]
+//!   where a reader must tell a whole entry from a torn or mixed one;
+//! - randomness: [`XorShift`], seeded by [`seed`] (`RUNSTATE_SEED=<seed>` replays a run);
+//! - suite-specific pieces shared by split suites: [`locking`] (`tests/lock_*.rs`) and
+//!   [`hostile`] (`tests/hostile_*.rs`).
 
 #![allow(dead_code)]
 
