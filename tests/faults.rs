@@ -3,11 +3,11 @@
 //! entries that decode, no lock and no leftover file.
 //!
 //! Other processes are this very test binary, run again with only the `fault_child` test
-//! selected and `RUNSTATE_FAULT_*` variables saying what to do (the harness is in
+//! selected in a role with `RUNSTATE_CHILD_*` variables saying what to do (the harness is in
 //! `tests/common/child.rs`). Without them `fault_child` passes at once, so a plain
 //! `cargo test` is unaffected.
 //!
-//! `RUNSTATE_TEST_SEED` replays another run of the random tests.
+//! `RUNSTATE_SEED=<seed>` (printed by each random test) replays another run of them.
 
 // Only the helpers are used here, not the both_runtimes! macro.
 #[allow(unused_macros)]
@@ -21,18 +21,20 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
-use common::child::{DEADLOCK, Flavor, Kid, child_var, say, spawn_kid, test_args, test_command};
-use common::{Checked, XorShift, aid, check_states, foreign_names, pattern, pid};
+use common::checked::{Fail, Filled, read_all};
+use common::child::{
+    DEADLOCK, Flavor, Kid, ROLE, child_var, role, say, spawn_kid, test_args, test_command,
+};
+use common::{Checked, XorShift, aid, check_states, foreign_names, pid};
 use futures::future::{Either, select};
 use futures::{StreamExt, TryStreamExt};
-use runstate::{Aid, AsyncStore, Cursor, Error, InstanceId, ReadCursor, State};
-use serde::{Deserialize, Serialize};
+use runstate::{Aid, AsyncStore, Cursor, Error, InstanceId, State};
 use tokio::time::timeout;
 
 /// The test that children run.
 const CHILD_TEST: &str = "fault_child";
 
-/// The base seed: `RUNSTATE_TEST_SEED` if set, else a fixed one.
+/// The base seed: `RUNSTATE_SEED` if set, else a fixed one (see `common::seed`).
 fn base_seed() -> u64 {
     common::child::base_seed(0xfa17_2024)
 }
@@ -42,94 +44,8 @@ type Store = AsyncStore<Cfg>;
 // ---------------------------------------------------------------------------------------
 // Entries whose content can be checked.
 
-/// A config that says what it must contain: `fill` is a pattern set by `seq`, and `owner`
-/// says which process or task saved it.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
-struct Cfg {
-    owner: u64,
-    seq: u64,
-    fill: String,
-}
-
-impl Cfg {
-    fn new(owner: u64, seq: u64, len: usize) -> Cfg {
-        Cfg {
-            owner,
-            seq,
-            fill: pattern(seq, len),
-        }
-    }
-}
-
-impl Checked for Cfg {
-    fn check(&self) -> Result<(), String> {
-        if self.fill != pattern(self.seq, self.fill.len()) {
-            return Err(format!(
-                "config {} of owner {} holds {} bytes that are not its pattern",
-                self.seq,
-                self.owner,
-                self.fill.len()
-            ));
-        }
-        Ok(())
-    }
-}
-
-/// What a closure can fail with: a store error, or a broken invariant.
-#[derive(Debug)]
-enum Fail {
-    Store(Error),
-    Broken(String),
-}
-
-impl std::fmt::Display for Fail {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Fail::Store(e) => write!(f, "store error: {e}"),
-            Fail::Broken(why) => write!(f, "broken invariant: {why}"),
-        }
-    }
-}
-
-impl From<Error> for Fail {
-    fn from(e: Error) -> Fail {
-        Fail::Store(e)
-    }
-}
-
-impl From<String> for Fail {
-    fn from(e: String) -> Fail {
-        Fail::Broken(e)
-    }
-}
-
-/// Reads an aid every way a read cursor offers, checks that the ways agree and that every
-/// entry is whole, and returns the entries.
-async fn read_all(c: &mut ReadCursor<Cfg>) -> Result<BTreeMap<InstanceId, State<Cfg>>, Fail> {
-    let all = c.load_all().await?;
-    check_states(&all)?;
-    let streamed: Vec<State<Cfg>> = c.entries().try_collect().await?;
-    let ids: Vec<InstanceId> = c.ids().try_collect().await?;
-    let len = c.len().await?;
-    if streamed.len() != all.len() || ids.len() != all.len() || len != all.len() {
-        return Err(Fail::Broken(format!(
-            "load_all found {}, entries {}, ids {}, len {}",
-            all.len(),
-            streamed.len(),
-            ids.len(),
-            len
-        )));
-    }
-    for state in &streamed {
-        if all.get(&state.id) != Some(state) {
-            return Err(Fail::Broken(format!(
-                "entries() and load_all() disagree on {}",
-                state.id
-            )));
-        }
-    }
-    Ok(all)
-}
+/// The suites' checked config: `owner` says which process or task saved it.
+type Cfg = Filled;
 
 /// Names under `<run_dir>/state` other than the given aids' directories and lock files.
 fn foreign_state_names(run_dir: &Path, aids: &[Aid]) -> Vec<String> {
@@ -163,10 +79,10 @@ fn child_env(
     flavor: Flavor,
     seed: u64,
 ) {
-    cmd.env("RUNSTATE_FAULT_ROLE", role)
-        .env("RUNSTATE_FAULT_DIR", run_dir)
-        .env("RUNSTATE_FAULT_FLAVOR", flavor.name())
-        .env("RUNSTATE_FAULT_SEED", seed.to_string())
+    cmd.env(ROLE, role)
+        .env("RUNSTATE_CHILD_DIR", run_dir)
+        .env("RUNSTATE_CHILD_FLAVOR", flavor.name())
+        .env("RUNSTATE_CHILD_SEED", seed.to_string())
         .stdin(Stdio::null());
 }
 
@@ -174,10 +90,10 @@ fn child_env(
 // The child side.
 
 /// Not a test of its own: the entry point of the child processes the other tests spawn.
-/// Without `RUNSTATE_FAULT_ROLE` it does nothing.
+/// Outside a [`role`] it does nothing.
 #[test]
 fn fault_child() {
-    let Ok(role) = std::env::var("RUNSTATE_FAULT_ROLE") else {
+    let Some(role) = role() else {
         return;
     };
     // A panic in any task or thread ends the process at once, so the parent sees a child
@@ -187,9 +103,9 @@ fn fault_child() {
         default_hook(info);
         std::process::exit(101);
     }));
-    let dir = PathBuf::from(child_var("RUNSTATE_FAULT_DIR"));
-    let seed: u64 = child_var("RUNSTATE_FAULT_SEED").parse().unwrap();
-    let flavor = Flavor::from_name(&child_var("RUNSTATE_FAULT_FLAVOR"));
+    let dir = PathBuf::from(child_var("RUNSTATE_CHILD_DIR"));
+    let seed: u64 = child_var("RUNSTATE_CHILD_SEED").parse().unwrap();
+    let flavor = Flavor::from_name(&child_var("RUNSTATE_CHILD_FLAVOR"));
     flavor.runtime().block_on(async {
         match role.as_str() {
             "full_disk" => child_full_disk(&dir).await,

@@ -1,6 +1,10 @@
 //! Liveness and pruning: real children, and a fake /proc for the cases a real one cannot
 //! stage (a reused pid, a strange command name, another boot, an unreadable stat file).
 
+// Only the helpers are used here, not the both_runtimes! macro.
+#[allow(unused_macros)]
+mod common;
+
 use std::fs;
 use std::path::Path;
 use std::time::Duration;
@@ -51,23 +55,9 @@ fn fake_proc() -> tempfile::TempDir {
     root
 }
 
-fn runtimes() -> [tokio::runtime::Runtime; 2] {
-    [
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap(),
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap(),
-    ]
-}
-
 #[test]
 fn a_real_child_is_alive_until_it_is_reaped() {
-    for rt in runtimes() {
+    for rt in common::runtimes() {
         rt.block_on(async {
             let dir = tempfile::tempdir_in("/dev/shm").unwrap();
             let store = AsyncStore::<String>::new(dir.path());

@@ -26,23 +26,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::Poll;
 use std::time::{Duration, UNIX_EPOCH};
 
-use common::{no_deadlock, pid, run_dir};
+use common::{AppConfig, config, no_deadlock, pid, run_dir};
 use futures::StreamExt;
 use futures::future::{Either, select};
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestRunner};
 use runstate::{Aid, AsyncStore, Cursor, Error, InstanceId, ReadCursor, State};
-use serde::{Deserialize, Serialize};
 use tokio::task::yield_now;
 
-/// The config stored in each entry.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-struct Cfg {
-    n: u64,
-    name: String,
-    args: Vec<String>,
-    limit: Option<u32>,
-}
+/// The config stored in each entry: the suites' realistic one.
+type Cfg = AppConfig;
 
 type St = State<Cfg>;
 type Store = AsyncStore<Cfg>;
@@ -232,14 +225,7 @@ enum Outcome {
 }
 
 fn state_from_seed(id: InstanceId, seed: u64) -> St {
-    let config = Cfg {
-        n: seed,
-        name: format!("app-{}-é", seed % 1000),
-        args: (0..seed % 4)
-            .map(|i| format!("--arg{i}={seed:x}"))
-            .collect(),
-        limit: (seed % 3 != 0).then_some((seed >> 7) as u32),
-    };
+    let config = config(seed);
     let time = match seed % 4 {
         0 => UNIX_EPOCH - Duration::new(seed % 100_000, (seed % 1_000_000_000) as u32),
         1 => UNIX_EPOCH,
@@ -771,20 +757,13 @@ fn run_property(name: &str, runtime: tokio::runtime::Runtime, cases: u32, max_ph
 
 #[test]
 fn model_multi_thread() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(4)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = common::multi_thread_runtime(4);
     run_property("model_multi_thread", runtime, cases_from_env(), 7);
 }
 
 #[test]
 fn model_current_thread() {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = common::current_thread_runtime();
     run_property(
         "model_current_thread",
         runtime,

@@ -22,11 +22,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use common::child::{DEADLOCK, Flavor, Kid, child_var, say, test_command};
-use common::{Checked, aid, check_states, flock_waiters, foreign_names, pattern};
+use common::checked::{Filled, read_all};
+use common::child::{DEADLOCK, Flavor, Kid, child_var, role, role_command, say};
+use common::{Checked, XorShift, aid, check_states, flock_waiters, foreign_names};
 use futures::TryStreamExt;
 use runstate::{Aid, AsyncStore, Cursor, Error, InstanceId, Options, State};
-use serde::{Deserialize, Serialize};
 use tokio::time::timeout;
 
 type BoxErr = Box<dyn std::error::Error + Send + Sync>;
@@ -54,48 +54,21 @@ fn run_dir() -> (tempfile::TempDir, PathBuf) {
 // ---------------------------------------------------------------------------------------
 // Entries whose content can be checked.
 
-/// A config that says what it must contain: `fill` is `len` bytes of a pattern set by `seq`.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
-struct Cfg {
-    seq: u64,
-    len: u64,
-    fill: String,
-}
+/// The suites' checked config ([`Filled`]); owner 0, as only the content is checked here.
+type Cfg = Filled;
 
-impl Cfg {
-    fn new(seq: u64, len: u64) -> Cfg {
-        Cfg {
-            seq,
-            len,
-            fill: pattern(seq, len as usize),
-        }
-    }
-
+impl Filled {
     fn counter(value: u64) -> Cfg {
-        Cfg::new(value, 0)
+        Cfg::new(0, value, 0)
     }
 
     /// A 200-500 KiB config.
     fn big(seq: u64) -> Cfg {
-        Cfg::new(seq, 200 * 1024 + seq % (300 * 1024))
+        Cfg::new(0, seq, (200 * 1024 + seq % (300 * 1024)) as usize)
     }
 
     fn small(seq: u64) -> Cfg {
-        Cfg::new(seq, seq % 2048)
-    }
-}
-
-impl Checked for Cfg {
-    fn check(&self) -> Result<(), String> {
-        if self.fill.len() as u64 != self.len || self.fill != pattern(self.seq, self.fill.len()) {
-            return Err(format!(
-                "config {} holds {} bytes that are not its {}-byte pattern",
-                self.seq,
-                self.fill.len(),
-                self.len
-            ));
-        }
-        Ok(())
+        Cfg::new(0, seq, (seq % 2048) as usize)
     }
 }
 
@@ -105,32 +78,10 @@ async fn verify_aid(
     store: &AsyncStore<Cfg>,
     aid: Aid,
 ) -> Result<BTreeMap<InstanceId, State<Cfg>>, BoxErr> {
-    let read = store.with_aid(aid, async |c| {
-        let all = c.load_all().await?;
-        let streamed: Vec<State<Cfg>> = c.entries().try_collect().await?;
-        let ids: Vec<InstanceId> = c.ids().try_collect().await?;
-        let len = c.len().await?;
-        if streamed.len() != all.len() || ids.len() != all.len() || len != all.len() {
-            return Err(format!(
-                "load_all found {}, entries {}, ids {}, len {}",
-                all.len(),
-                streamed.len(),
-                ids.len(),
-                len
-            )
-            .into());
-        }
-        for state in &streamed {
-            if all.get(&state.id) != Some(state) {
-                return Err(format!("entries() and load_all() disagree on {}", state.id).into());
-            }
-        }
-        Ok::<_, BoxErr>(all)
-    });
+    let read = store.with_aid(aid, async |c| read_all(c).await);
     let all = timeout(DEADLOCK, read)
         .await
         .map_err(|_| format!("with_aid({aid}) not granted within {DEADLOCK:?}"))??;
-    check_states(&all)?;
     Ok(all)
 }
 
@@ -155,29 +106,7 @@ fn read_lines(path: &Path) -> Vec<String> {
     }
 }
 
-/// A tiny seeded PRNG (xorshift64), so a failing run can be replayed from its seed.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
-    }
-
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-/// The base seed: `RUNSTATE_TEST_SEED` if set, else a fixed one.
+/// The base seed: `RUNSTATE_SEED` if set, else a fixed one (see `common::seed`).
 fn base_seed() -> u64 {
     common::child::base_seed(0x5eed_2024)
 }
@@ -195,9 +124,8 @@ fn spawn_kid(
     flavor: Flavor,
     extra: &[(&str, String)],
 ) -> Kid {
-    let mut cmd = test_command(CHILD_TEST);
-    cmd.env("RUNSTATE_CHILD_ROLE", role)
-        .env("RUNSTATE_CHILD_DIR", run_dir)
+    let mut cmd = role_command(CHILD_TEST, role);
+    cmd.env("RUNSTATE_CHILD_DIR", run_dir)
         .env("RUNSTATE_CHILD_AID", aid.to_string())
         .env("RUNSTATE_CHILD_FLAVOR", flavor.name())
         .stdin(Stdio::piped());
@@ -295,10 +223,10 @@ fn child_num(name: &str) -> u64 {
 }
 
 /// Not a test of its own: the entry point of the child processes the other tests spawn.
-/// Without `RUNSTATE_CHILD_ROLE` it does nothing.
+/// Outside a [`role`] it does nothing.
 #[test]
 fn child_process() {
-    let Ok(role) = std::env::var("RUNSTATE_CHILD_ROLE") else {
+    let Some(role) = role() else {
         return;
     };
     let env = ChildEnv {
@@ -375,7 +303,7 @@ async fn child_counter(env: &ChildEnv) {
 /// the aid directory while it holds the lock, like the fallback save path does, so that a
 /// kill can leave one behind for the next holder to sweep.
 async fn child_crash(env: &ChildEnv) {
-    let mut rng = Rng::new(child_num("RUNSTATE_CHILD_SEED"));
+    let mut rng = XorShift::new(child_num("RUNSTATE_CHILD_SEED"));
     // Half the children take the durable (fsyncing) path.
     let options = Options::new()
         .max_entry_size(MAX_ENTRY)
@@ -400,7 +328,7 @@ async fn child_crash(env: &ChildEnv) {
                     }
                 }
                 for _ in 0..3 {
-                    let state = State::new(InstanceId::random(), pid, Cfg::big(rng.next()));
+                    let state = State::new(InstanceId::random(), pid, Cfg::big(rng.next_u64()));
                     c.save(&state).await?;
                 }
                 if let Some(temp) = temp {
@@ -507,7 +435,7 @@ async fn child_churn(env: &ChildEnv) {
         flag.store(true, Ordering::Release);
     });
     let pid = std::process::id();
-    let mut rng = Rng::new(child_num("RUNSTATE_CHILD_SEED"));
+    let mut rng = XorShift::new(child_num("RUNSTATE_CHILD_SEED"));
     let mut turns = 0;
     say("READY");
     let start = Instant::now();
@@ -527,7 +455,7 @@ async fn child_churn(env: &ChildEnv) {
                     c.destroy(state.id).await?;
                 }
             }
-            let state = State::new(InstanceId::random(), pid, Cfg::small(rng.next()));
+            let state = State::new(InstanceId::random(), pid, Cfg::small(rng.next_u64()));
             c.save(&state).await?;
             Ok::<_, BoxErr>(())
         });
@@ -628,7 +556,7 @@ async fn crash(flavor: Flavor, kills: usize, seed: u64) {
     let (_tmp, run) = run_dir();
     let aid = aid(42);
     let main = open_store(&run);
-    let mut rng = Rng::new(seed);
+    let mut rng = XorShift::new(seed);
     let started = Instant::now();
     let (mut temps_left, mut most) = (0, 0);
     for round in 0..kills {
@@ -658,7 +586,7 @@ async fn crash(flavor: Flavor, kills: usize, seed: u64) {
             &run,
             aid,
             flavor.alternate(round),
-            &[("RUNSTATE_CHILD_SEED", rng.next().to_string())],
+            &[("RUNSTATE_CHILD_SEED", rng.next_u64().to_string())],
         );
         kid.expect("READY").await;
         tokio::time::sleep(Duration::from_millis(1 + rng.below(30))).await;
@@ -968,14 +896,14 @@ struct Ledger {
 async fn cancel_loop(
     store: AsyncStore<Cfg>,
     aid: Aid,
-    mut rng: Rng,
+    mut rng: XorShift,
     rounds: u32,
 ) -> Result<Ledger, BoxErr> {
     let mut ledger = Ledger::default();
     let pid = std::process::id();
     for _ in 0..rounds {
-        let x = State::new(InstanceId::random(), pid, Cfg::small(rng.next()));
-        let y = State::new(InstanceId::random(), pid, Cfg::small(rng.next()));
+        let x = State::new(InstanceId::random(), pid, Cfg::small(rng.next_u64()));
+        let y = State::new(InstanceId::random(), pid, Cfg::small(rng.next_u64()));
         let mut victims = Vec::new();
         while ledger.live.len() > 12 && victims.len() < 3 {
             let i = rng.below(ledger.live.len() as u64) as usize;
@@ -1048,7 +976,7 @@ async fn cancellation(flavor: Flavor, seed: u64) {
             tokio::spawn(cancel_loop(
                 store.clone(),
                 aid,
-                Rng::new(seed + 100 + i),
+                XorShift::new(seed + 100 + i),
                 200,
             ))
         })

@@ -12,14 +12,10 @@ use std::sync::mpsc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use common::flock_waiters;
+use common::{flock_waiters, run_dir};
 use runstate::{Aid, AsyncStore, Error, InstanceId, Options, State};
 
 type Store = AsyncStore<String>;
-
-fn run_dir() -> tempfile::TempDir {
-    tempfile::tempdir_in("/dev/shm").unwrap()
-}
 
 /// Holds `aid` through its own store (its own lock-file descriptor, so just like another
 /// process) on a thread of its own, for `for_how_long`. Returns once it is held.
@@ -31,10 +27,7 @@ fn hold_elsewhere(
     let dir = dir.to_owned();
     let (held_tx, held_rx) = mpsc::channel();
     let t = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = common::current_thread_runtime();
         rt.block_on(async {
             let theirs = Store::new(&dir);
             theirs
@@ -110,11 +103,7 @@ fn runtime_shutdown_is_not_held_up_by_a_dropped_waiter() {
     let aid = Aid::new(12).unwrap();
     let other = hold_elsewhere(dir.path(), aid, Duration::from_secs(3));
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = common::multi_thread_runtime(2);
     rt.block_on(async {
         give_up_waiting(&Store::new(dir.path()), aid).await;
     });
@@ -254,10 +243,7 @@ async fn a_waiter_is_not_starved_by_a_busy_other_process() {
     let other = {
         let (dir, rounds) = (dir.path().to_owned(), rounds.clone());
         std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
+            let rt = common::current_thread_runtime();
             rt.block_on(async {
                 // Its own store: its own lock-file descriptor, as another process has.
                 let theirs = Store::new(&dir);

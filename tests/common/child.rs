@@ -1,8 +1,8 @@
-//! The harness of the multi-process tests, shared by `tests/multiprocess.rs` and
-//! `tests/faults.rs`.
+//! The harness of the multi-process tests, shared by every suite that runs other processes.
 //!
 //! Other processes are the very test binary, run again with only one test selected
-//! ([`test_command`]) and environment variables saying what to do. A child announces its
+//! ([`test_command`]), in a role named by [`ROLE`] ([`role_command`], [`role`]) and with
+//! environment variables saying the rest. A child announces its
 //! progress with `@@<TAG> <value>` lines on stdout ([`say`]), which the parent waits for with
 //! [`Kid::expect`]; the parent checks every child's exit status and prints its output when it
 //! fails.
@@ -259,10 +259,75 @@ pub fn child_var(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set"))
 }
 
-/// The base seed of the random tests: `RUNSTATE_TEST_SEED` if set, else `default`.
+/// The base seed of the random tests: [`super::seed`] (`RUNSTATE_SEED` or
+/// `RUNSTATE_TEST_SEED` if set, else `default`).
 pub fn base_seed(default: u64) -> u64 {
-    std::env::var("RUNSTATE_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default)
+    super::seed(default)
+}
+
+// ---------------------------------------------------------------------------------------
+// Roles: the one way a suite re-runs its test binary as another process.
+
+/// The environment variable that names the role a re-run test binary plays. The entry test
+/// of a suite's children ([`role`]) does nothing when it is not set.
+pub const ROLE: &str = "RUNSTATE_CHILD_ROLE";
+
+/// The role this process was started in by [`role_command`]; `None` in a normal test run.
+pub fn role() -> Option<String> {
+    std::env::var(ROLE).ok()
+}
+
+/// A command that runs this test binary again, with only the test `test` selected, in
+/// `role` (read back by [`role`]). Its stdio is as the caller sets it.
+pub fn role_command(test: &str, role: &str) -> std::process::Command {
+    let mut cmd = test_command(test);
+    cmd.env(ROLE, role);
+    cmd
+}
+
+/// Runs `body` in a child process that runs only the test `name` of this binary (in the role
+/// `name`), so that a stack overflow, which aborts the process, fails that test alone and
+/// says so. The child's output goes to files, not pipes: it may be large.
+pub fn isolated(name: &str, body: impl FnOnce()) {
+    if role().as_deref() == Some(name) {
+        body();
+        return;
+    }
+    let logs = super::run_dir();
+    let (out, err) = (logs.path().join("stdout"), logs.path().join("stderr"));
+    let mut child = role_command(name, name)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("{name}: the child process hung (deadlock?)");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stdout = std::fs::read_to_string(&out).unwrap();
+    let stderr = std::fs::read_to_string(&err).unwrap();
+    let tail = |s: &str| {
+        let lines: Vec<&str> = s.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    };
+    assert!(
+        status.success(),
+        "{name} failed in its child process ({status}):\n{}\n{}",
+        tail(&stdout),
+        tail(&stderr)
+    );
+    assert!(
+        stdout.contains("1 passed"),
+        "{name}: the child ran no test:\n{stdout}"
+    );
+    eprint!("{}", tail(&stderr));
 }

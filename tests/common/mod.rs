@@ -4,10 +4,24 @@
 //! `both_runtimes!(name);` next to `async fn name()` makes `name::current_thread` and
 //! `name::multi_thread`. `all_places!(name);` adds `name::on_disk_current_thread` and
 //! `name::on_disk_multi_thread`, whose [`run_dir`] is off tmpfs: the store's pool path.
+//!
+//! The one harness of every suite:
+//! - runtimes: [`both_runtimes!`], [`run_current_thread`], [`run_multi_thread`],
+//!   [`runtimes`]; each shuts down without hanging on a parked blocking thread ([`run_on`]);
+//! - other processes: [`child`], the test binary re-run in a role ([`child::role_command`],
+//!   `@@` lines on stdout, [`child::Kid`]), and [`child::isolated`] for a test that may abort;
+//! - configs: [`AppConfig`] ([`config`]) as a launcher stores it, and [`checked::Filled`]
+//!   where a reader must tell a whole entry from a torn or mixed one;
+//! - randomness: [`XorShift`], seeded by [`seed`] (`RUNSTATE_SEED=<seed>` replays a run);
+//! - suite-specific pieces shared by split suites: [`locking`] (`tests/lock_*.rs`) and
+//!   [`hostile`] (`tests/hostile_*.rs`).
 
 #![allow(dead_code)]
 
+pub mod checked;
 pub mod child;
+pub mod hostile;
+pub mod locking;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -139,20 +153,47 @@ pub fn disk_dir() -> tempfile::TempDir {
 }
 
 pub fn run_current_thread<F: Future<Output = ()>>(body: F) {
+    run_on(current_thread_runtime(), body);
+}
+
+pub fn run_multi_thread<F: Future<Output = ()>>(body: F) {
+    run_on(multi_thread_runtime(4), body);
+}
+
+/// A current-thread tokio runtime with timers and I/O.
+pub fn current_thread_runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap()
-        .block_on(body);
 }
 
-pub fn run_multi_thread<F: Future<Output = ()>>(body: F) {
+/// A multi-thread tokio runtime of `workers` worker threads, with timers and I/O.
+pub fn multi_thread_runtime(workers: usize) -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(4)
+        .worker_threads(workers)
         .enable_all()
         .build()
         .unwrap()
-        .block_on(body);
+}
+
+/// One runtime of each flavor: current-thread, then multi-thread with two workers.
+pub fn runtimes() -> [tokio::runtime::Runtime; 2] {
+    [current_thread_runtime(), multi_thread_runtime(2)]
+}
+
+/// Runs `body` on `rt`, then shuts the runtime down without waiting forever for its blocking
+/// pool: a bug that leaves a thread parked (in `flock`, say) must fail the test, not hang it
+/// (dropping a runtime waits for every blocking task).
+pub fn run_on<F: Future<Output = ()>>(rt: tokio::runtime::Runtime, body: F) {
+    let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rt.block_on(body)));
+    match out {
+        Ok(()) => rt.shutdown_timeout(DEADLOCK),
+        Err(panic) => {
+            rt.shutdown_background();
+            std::panic::resume_unwind(panic);
+        }
+    }
 }
 
 /// `fut`, or a panic naming `what` if it does not finish within [`DEADLOCK`].
@@ -265,6 +306,28 @@ pub fn names_in(dir: &Path) -> Vec<String> {
         .collect();
     names.sort();
     names
+}
+
+/// The seed of a random test: `RUNSTATE_SEED` (or the older `RUNSTATE_TEST_SEED`; decimal
+/// or `0x` hex) if set, else `default`. It is printed, so that a failing run can be replayed
+/// with `RUNSTATE_SEED=<seed>`.
+pub fn seed(default: u64) -> u64 {
+    let given = ["RUNSTATE_SEED", "RUNSTATE_TEST_SEED"]
+        .iter()
+        .find_map(|name| std::env::var(name).ok())
+        .and_then(|s| match s.strip_prefix("0x") {
+            Some(hex) => u64::from_str_radix(hex, 16).ok(),
+            None => s.parse().ok(),
+        });
+    let seed = given.unwrap_or(default);
+    println!("seed {seed:#x} (replay with RUNSTATE_SEED={seed:#x})");
+    seed
+}
+
+/// A [`XorShift`] seeded by [`seed`]`(default)`, and its seed.
+pub fn seeded_rng(default: u64) -> (u64, XorShift) {
+    let seed = seed(default);
+    (seed, XorShift::new(seed))
 }
 
 /// A tiny seeded PRNG (xorshift64*), so failures replay.
