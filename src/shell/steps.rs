@@ -1,5 +1,5 @@
 //! Lazy streams over a held aid, read in steps: one call into the aid directory per step,
-//! never per file, and at most one step's files in memory. Steps run where `blocking.rs`
+//! never per file, and at most one step's files in memory. Steps run where `shell/place.rs`
 //! says: small ones in place with a pause between them, larger ones on the pool.
 
 use std::ops::Range;
@@ -10,10 +10,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use futures::stream::{self, Stream, StreamExt};
 use serde::de::DeserializeOwned;
 
-use crate::aid_dir::{self, AidDir, Scan};
-use crate::blocking::{self, IN_PLACE_MAX_BYTES, Step};
-use crate::hold::Hold;
-use crate::{Error, InstanceId, Liveness, State, liveness};
+use crate::disk::aid_dir::AidDir;
+use crate::disk::liveness;
+use crate::disk::read;
+use crate::disk::scan::{self, Scan};
+use crate::lock::hold::Hold;
+use crate::shell::place::{self, IN_PLACE_MAX_BYTES, Step};
+use crate::{Error, InstanceId, Liveness, State};
 
 /// The work behind one stream of a held aid, run a step at a time as one of the hold's
 /// operations ([`Hold::run`]).
@@ -38,9 +41,9 @@ pub(crate) fn stream<B: Batcher>(
             let mut batcher = batcher?;
             let hold = batcher.hold().clone();
             if started {
-                blocking::pause(hold.in_place()).await;
+                place::pause(hold.in_place()).await;
             }
-            let hop = hold.run(op, false, move |_, step| {
+            let hop = hold.operate(op, false, move |_, step| {
                 let mut out = Vec::new();
                 let more = batcher.fill(step, &mut out);
                 Ok((batcher, out, more))
@@ -117,7 +120,7 @@ impl Batcher for Ids {
 /// items are only the error that ended it, if any.
 pub(crate) struct SweepSteps {
     pub(crate) hold: Arc<Hold>,
-    pub(crate) sweep: Option<aid_dir::Sweep>,
+    pub(crate) sweep: Option<scan::Sweep>,
 }
 
 impl Batcher for SweepSteps {
@@ -130,7 +133,7 @@ impl Batcher for SweepSteps {
     fn fill(&mut self, _: Step, out: &mut Vec<Result<Self::Item, Error>>) -> bool {
         let dir = self.hold.dir();
         let step = match self.sweep.take().map_or_else(|| dir.sweep(), Ok) {
-            Ok(sweep) => dir.sweep_step(self.sweep.insert(sweep)),
+            Ok(sweep) => dir.sweep_step(self.sweep.insert(sweep), self.hold.temp_mark()),
             Err(e) => Err(e),
         };
         match step {
@@ -225,7 +228,7 @@ where
                 match raw.items.next() {
                     Some(Taken::Ready(item)) => return Some((item, raw)),
                     Some(Taken::Bytes(id, at)) => {
-                        let decoded = aid_dir::decode_entry(&raw.dir, id, &raw.bytes[at]);
+                        let decoded = read::decode_entry(&raw.dir, id, &raw.bytes[at]);
                         return Some((decoded, raw));
                     }
                     Some(Taken::Big(id, at)) => {
@@ -237,12 +240,12 @@ where
                 let mut listing = raw.listing.take()?;
                 let hold = listing.hold.clone();
                 if std::mem::replace(&mut raw.stepped, true) {
-                    blocking::pause(hold.in_place()).await;
+                    place::pause(hold.in_place()).await;
                 }
                 // The byte buffer goes to the step and comes back, to be reused.
                 let mut bytes = std::mem::take(&mut raw.bytes);
                 // Once large entries have shown up, the rest is read on the pool.
-                let hop = hold.run("entries", raw.big, move |hold, step| {
+                let hop = hold.operate("entries", raw.big, move |hold, step| {
                     bytes.clear();
                     let mut read = Vec::new();
                     let more = listing.fill_with(&mut read, |dir, scan, out| {
@@ -254,11 +257,9 @@ where
                         .map(|item| match item {
                             Ok((id, at)) if at.len() <= IN_PLACE_MAX_BYTES => Taken::Bytes(id, at),
                             // Already on the pool: decoded here, with the step.
-                            Ok((id, at)) if on_pool => Taken::Ready(aid_dir::decode_entry(
-                                hold.dir().path(),
-                                id,
-                                &bytes[at],
-                            )),
+                            Ok((id, at)) if on_pool => {
+                                Taken::Ready(read::decode_entry(hold.dir().path(), id, &bytes[at]))
+                            }
                             Ok((id, at)) => Taken::Big(id, at),
                             Err(e) => Taken::Ready(Err(e)),
                         })
@@ -291,7 +292,7 @@ where
     C: DeserializeOwned + Send + 'static,
 {
     let (dir, bytes) = (dir.to_owned(), bytes.to_vec());
-    blocking::on_pool("decode", move || aid_dir::decode_entry(&dir, id, &bytes)).await?
+    place::on_pool("decode", move || read::decode_entry(&dir, id, &bytes)).await?
 }
 
 /// Where a stream of entries stands: the listing if there is more, and what is left of the
@@ -326,7 +327,7 @@ mod tests {
     use futures::TryStreamExt;
     use serde::{Deserialize, Deserializer, Serialize};
 
-    use crate::blocking::IN_PLACE_MAX_BYTES as DECODE_WHEN_TAKEN_MAX;
+    use crate::shell::place::IN_PLACE_MAX_BYTES as DECODE_WHEN_TAKEN_MAX;
     use crate::{Aid, AsyncStore, Error, InstanceId, State};
 
     /// Where each config of a given length was decoded.

@@ -1,7 +1,7 @@
 //! The writers' gate: how a writer waiting in one process stops new readers in every other.
 //!
 //! `flock(2)` grants `LOCK_SH` to anyone while no `LOCK_EX` is held, even with a `LOCK_EX`
-//! waiting, and a process's shared holders share one `LOCK_SH` (`lock.rs`), so readers that
+//! waiting, and a process's shared holders share one `LOCK_SH` (`lock/file.rs`), so readers that
 //! overlap, in one process or several, could keep a writer out forever. The gate is a
 //! second lock on the same lock file: an open-file-description (OFD) lock, `fcntl(2)`
 //! `F_OFD_SETLKW`, on the whole file. On Linux, OFD locks and flocks never conflict with one
@@ -25,7 +25,7 @@
 //!   waits while a writer holds it, and lets go at once), then tries `LOCK_SH` once more,
 //!   and otherwise waits for it.
 //!
-//! Waits at the gate run like the waits for the flock (`flock_wait.rs`): in the kernel, on a
+//! Waits at the gate run like the waits for the flock (`lock/kernel_wait.rs`): in the kernel, on a
 //! thread of its own with a descriptor of its own (a second open of the lock file), which
 //! hands the descriptor, holding the gate, to the waiter. A writer keeps the gate (on the
 //! store's descriptor, or on the one handed over) in its future, so a writer dropped or
