@@ -21,6 +21,7 @@ use crate::{Aid, Error, InstanceId, Options};
 /// [`TempMark`].
 #[derive(Debug)]
 pub(crate) struct AidDir {
+    aid: Aid,
     pub(super) path: PathBuf,
     pub(super) dir: OwnedFd,
     state_dir: Arc<StateDir>,
@@ -35,10 +36,16 @@ impl AidDir {
         let durable = state_dir.options().durable;
         let dir = open_private_dir(state_dir.fd(), &name, &path, durable)?;
         Ok(AidDir {
+            aid,
             path,
             dir,
             state_dir,
         })
+    }
+
+    /// The aid whose directory this is.
+    pub(crate) fn aid(&self) -> Aid {
+        self.aid
     }
 
     /// Whether the directory is still linked: entries published into a removed one are lost.

@@ -169,6 +169,22 @@ impl Scan {
         Some(Ok(id))
     }
 
+    /// Appends the next entries' ids to `out` until it holds `max` items or the listing
+    /// ends.
+    pub(crate) fn next_ids(
+        &mut self,
+        path: &Path,
+        max: usize,
+        out: &mut Vec<Result<InstanceId, Error>>,
+    ) {
+        while out.len() < max {
+            let Some(id) = self.next_id(path) else {
+                break;
+            };
+            out.push(id);
+        }
+    }
+
     /// Reads the next names from the directory once those fetched are used up, so that
     /// [`Scan::is_done`] is exact: a stream whose batch ended at the directory's last entry
     /// then knows it, and lets go of the aid at once. The next batch would have made the

@@ -146,6 +146,26 @@ impl Hold {
         })
         .await
     }
+
+    /// Removes the temporary files that a killed process left, and their mark: the core's
+    /// sweep (`disk/scan.rs`), one directory buffer per operation, giving the runtime back
+    /// between them. Call it on an exclusive hold.
+    pub(crate) async fn sweep_temps(self: &Arc<Self>) -> Result<(), Error> {
+        let mut sweep = None;
+        loop {
+            let step = self.operate("sweep", false, move |hold, _| {
+                let dir = hold.dir();
+                let mut sweep = sweep.map_or_else(|| dir.sweep(), Ok)?;
+                let more = dir.sweep_step(&mut sweep, hold.temp_mark())?;
+                Ok(more.then_some(sweep))
+            });
+            match step.await? {
+                Some(more) => sweep = Some(more),
+                None => return Ok(()),
+            }
+            place::pause(self.in_place()).await;
+        }
+    }
 }
 
 /// A waiting writer's place at the writers' gate ([`crate::lock::gate`]), released when dropped.

@@ -8,7 +8,6 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use futures::StreamExt;
 use tokio::sync::{OwnedRwLockReadGuard, RwLock};
 
 use crate::disk::state_dir::StateDir;
@@ -16,7 +15,6 @@ use crate::lock::fork_guard;
 use crate::lock::hold::{Claim, Hold, LockMode, Turn, Wait, wait_as};
 use crate::lock::open_aid::OpenAid;
 use crate::shell::place;
-use crate::shell::steps::{self, SweepSteps};
 use crate::{Aid, Error, Options};
 
 /// Everything this process keeps about one aid.
@@ -245,13 +243,7 @@ impl StoreState {
         if mode == LockMode::Exclusive && !slot.swept.load(Ordering::Acquire) {
             // The first exclusive holder in this store clears what a killed process left.
             // A whole listing of the directory, once per aid and store: in steps.
-            let sweep = SweepSteps {
-                hold: hold.clone(),
-                sweep: None,
-            };
-            if let Some(Err(e)) = steps::stream("sweep", sweep).next().await {
-                return Err(e);
-            }
+            hold.sweep_temps().await?;
             slot.swept.store(true, Ordering::Release);
         }
         Ok(hold)

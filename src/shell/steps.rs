@@ -11,12 +11,11 @@ use futures::stream::{self, Stream, StreamExt};
 use serde::de::DeserializeOwned;
 
 use crate::disk::aid_dir::AidDir;
-use crate::disk::liveness;
 use crate::disk::read;
-use crate::disk::scan::{self, Scan};
+use crate::disk::scan::Scan;
 use crate::lock::hold::Hold;
 use crate::shell::place::{self, IN_PLACE_MAX_BYTES, Step};
-use crate::{Error, InstanceId, Liveness, State};
+use crate::{Error, InstanceId, State};
 
 /// The work behind one stream of a held aid, run a step at a time as one of the hold's
 /// operations ([`Hold::run`]).
@@ -106,43 +105,8 @@ impl Batcher for Ids {
     fn fill(&mut self, step: Step, out: &mut Vec<Result<InstanceId, Error>>) -> bool {
         // Names cost little to list, so a step holds more of them than of entries.
         self.0.fill_with(out, |dir, scan, out| {
-            while out.len() < step.files * 64 {
-                let Some(id) = scan.next_id(dir.path()) else {
-                    break;
-                };
-                out.push(id);
-            }
+            scan.next_ids(dir.path(), step.files * 64, out)
         })
-    }
-}
-
-/// Removes temporary files that a killed process left, one directory buffer a step; its
-/// items are only the error that ended it, if any.
-pub(crate) struct SweepSteps {
-    pub(crate) hold: Arc<Hold>,
-    pub(crate) sweep: Option<scan::Sweep>,
-}
-
-impl Batcher for SweepSteps {
-    type Item = std::convert::Infallible;
-
-    fn hold(&self) -> &Arc<Hold> {
-        &self.hold
-    }
-
-    fn fill(&mut self, _: Step, out: &mut Vec<Result<Self::Item, Error>>) -> bool {
-        let dir = self.hold.dir();
-        let step = match self.sweep.take().map_or_else(|| dir.sweep(), Ok) {
-            Ok(sweep) => dir.sweep_step(self.sweep.insert(sweep), self.hold.temp_mark()),
-            Err(e) => Err(e),
-        };
-        match step {
-            Ok(more) => more,
-            Err(e) => {
-                out.push(Err(e));
-                false
-            }
-        }
     }
 }
 
@@ -164,41 +128,10 @@ impl<C: DeserializeOwned + Send + 'static> Batcher for Prune<C> {
     }
 
     fn fill(&mut self, step: Step, out: &mut Vec<Result<State<C>, Error>>) -> bool {
-        let gone = self.gone.clone();
-        let aid = self.listing.hold.aid();
+        let gone = &self.gone;
         let mut failed = false;
         let more = self.listing.fill_with(out, |dir, scan, out| {
-            let mut buf = Vec::new();
-            for _ in 0..step.files {
-                let Some(entry) = dir.next_entry::<C>(scan, &mut buf) else {
-                    break;
-                };
-                let Ok(state) = entry else { continue };
-                if gone.load(Ordering::Acquire) {
-                    break;
-                }
-                let proc_root = dir.options().proc_dir();
-                if liveness::check(proc_root, state.pid, state.process.as_ref()) != Liveness::Dead {
-                    continue;
-                }
-                match dir.destroy(state.id) {
-                    Ok(true) => {
-                        tracing::info!(
-                            %aid,
-                            id = %state.id,
-                            pid = state.pid,
-                            "pruned the entry of a dead process"
-                        );
-                        out.push(Ok(state));
-                    }
-                    Ok(false) => {}
-                    Err(e) => {
-                        out.push(Err(e));
-                        failed = true;
-                        break;
-                    }
-                }
-            }
+            failed = !dir.prune_dead_step(scan, step.files, gone, out);
         });
         more && !failed && !gone.load(Ordering::Acquire)
     }
