@@ -59,6 +59,22 @@ pub(super) struct Claim {
     pub(super) _open: OwnedRwLockReadGuard<()>,
 }
 
+/// What a waiting thread ([`crate::lock::kernel_wait`]) hands over, waited for as `wait`
+/// allows.
+async fn handed_by_thread(
+    aid: Aid,
+    wait: Wait,
+    handed: oneshot::Receiver<Granted>,
+) -> Result<Granted, Error> {
+    wait_as(aid, wait, || None, handed)
+        .await?
+        // The thread answers unless it panicked.
+        .map_err(|_| Error::Blocking {
+            op: "lock",
+            panicked: true,
+        })
+}
+
 impl Claim {
     /// The claim now owns the flock too.
     pub(super) fn granted(self) -> Hold {
@@ -332,13 +348,7 @@ impl Claim {
         let Ok(handed) = claim.files.lock().wait(kind) else {
             return Ok(None);
         };
-        let granted = wait_as(claim.aid, wait, || None, handed)
-            .await?
-            // The thread answers unless it panicked.
-            .map_err(|_| Error::Blocking {
-                op: "lock",
-                panicked: true,
-            })?;
+        let granted = handed_by_thread(claim.aid, wait, handed).await?;
         let gate = claim.files.lock().gate_granted(granted)?;
         // A reader lets go at once: it only had to get past the writers in front.
         Ok((!shared).then_some(AtGate::Handed(gate)))
@@ -354,13 +364,7 @@ impl Claim {
         shared: bool,
         guard: G,
     ) -> Result<Hold, Error> {
-        let granted = wait_as(claim.aid, wait, || None, handed)
-            .await?
-            // The thread answers unless it panicked.
-            .map_err(|_| Error::Blocking {
-                op: "lock",
-                panicked: true,
-            })?;
+        let granted = handed_by_thread(claim.aid, wait, handed).await?;
         claim.files.lock().adopt(granted, shared)?;
         drop(guard);
         Ok(claim.granted())
