@@ -63,8 +63,8 @@ impl<C> Clone for AsyncStore<C> {
 impl<C> fmt::Debug for AsyncStore<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AsyncStore")
-            .field("run_dir", &self.shared.run_dir)
-            .field("options", &self.shared.options)
+            .field("run_dir", &self.shared.run_dir())
+            .field("options", &self.shared.options())
             .field("closed", &self.shared.is_closed())
             .finish()
     }
@@ -90,12 +90,12 @@ where
 
     /// The run directory; entries live under `<run_dir>/state`.
     pub fn run_dir(&self) -> &Path {
-        &self.shared.run_dir
+        self.shared.run_dir()
     }
 
     /// The options the store was made with.
     pub fn options(&self) -> &Options {
-        &self.shared.options
+        self.shared.options()
     }
 
     /// Runs `f` while holding the aid's lock exclusively, against every other task of this
@@ -352,7 +352,7 @@ where
     /// skipped. An aid whose instances have all been destroyed is still listed.
     pub async fn aids(&self) -> Result<Vec<Aid>, Error> {
         let _open = self.shared.enter()?;
-        let run_dir = self.shared.run_dir.clone();
+        let run_dir = self.shared.run_dir().to_owned();
         // A listing of up to 10,000 names in one go: on the pool.
         place::on_pool("aids", move || scan::list_aids(&run_dir)).await?
     }
@@ -451,7 +451,7 @@ where
     pub async fn liveness(&self, state: &State<C>) -> Liveness {
         // A few small procfs reads, which never wait on a device: in place.
         liveness::check(
-            &self.shared.options.proc_root,
+            &self.shared.options().proc_root,
             state.pid,
             state.process.as_ref(),
         )

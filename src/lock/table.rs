@@ -36,8 +36,8 @@ pub(super) struct Slot {
 /// The per-store table of aids and the gate that `close` shuts.
 #[derive(Debug)]
 pub(crate) struct StoreState {
-    pub(crate) run_dir: PathBuf,
-    pub(crate) options: Options,
+    run_dir: PathBuf,
+    options: Options,
     slots: Mutex<HashMap<Aid, Arc<Slot>>>,
     /// The open `state` directory, once an aid has been opened.
     state_dir: Mutex<Option<Arc<StateDir>>>,
@@ -71,6 +71,16 @@ impl StoreState {
             closed: AtomicBool::new(false),
             made_in: fork_guard::Epoch::now(),
         }
+    }
+
+    /// The store's run directory.
+    pub(crate) fn run_dir(&self) -> &std::path::Path {
+        &self.run_dir
+    }
+
+    /// The store's options.
+    pub(crate) fn options(&self) -> &Options {
+        &self.options
     }
 
     /// A read guard on the gate, or `Closed`.

@@ -18,7 +18,7 @@ use crate::shell::place::{self, IN_PLACE_MAX_BYTES, Step};
 use crate::{Error, InstanceId, State};
 
 /// The work behind one stream of a held aid, run a step at a time as one of the hold's
-/// operations ([`Hold::run`]).
+/// operations ([`Hold::operate`]).
 pub(crate) trait Batcher: Send + 'static {
     type Item: Send + 'static;
     /// The hold the stream reads under.
