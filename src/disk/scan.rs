@@ -48,8 +48,8 @@ impl AidDir {
         Ok(())
     }
 
-    /// Starts a sweep ([`AidDir::sweep_temps`]) to make in steps: the async shell drives it
-    /// (`shell/steps.rs`) on an aid's first exclusive hold in a store.
+    /// Starts a sweep ([`AidDir::sweep_temps`]) to make in steps: the hold drives it
+    /// (`lock/hold.rs` `Hold::sweep_temps`) on an aid's first exclusive hold in a store.
     pub(crate) fn sweep(&self) -> Result<Sweep, Error> {
         Ok(Sweep {
             fd: self.reopen()?,

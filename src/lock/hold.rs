@@ -292,7 +292,7 @@ impl Claim {
         held
     }
 
-    /// [`StoreState::wait_for_flock`], untimed.
+    /// [`Claim::wait_for_flock`], untimed.
     async fn queue_for_flock<G: Send + 'static>(
         claim: Claim,
         wait: Wait,
