@@ -277,8 +277,8 @@ where
             _config: PhantomData,
         };
         let mut removed = Vec::new();
-        let mut steps = steps::stream("prune", pass);
-        while let Some(item) = steps.next().await {
+        let mut removing = steps::stream("prune", pass);
+        while let Some(item) = removing.next().await {
             match item {
                 Ok(state) => removed.push(state),
                 Err(e) => return Ok((removed, Some(e))),
