@@ -5,8 +5,8 @@
 //! therefore opens one descriptor per aid and lets `lock/hold.rs` decide who may touch it: one
 //! exclusive holder at a time, or any number of shared holders that together own one
 //! `LOCK_SH`, counted here, taken by the first and dropped by the last. A lock that had to be
-//! waited for comes on a descriptor of its own (`lock/kernel_wait.rs`), which then stands for the
-//! store's until it is released.
+//! waited for comes on a descriptor of its own (`lock/kernel_wait.rs`), which then stands for
+//! the store's until it is released.
 //!
 //! A shared holder joins or takes its process's `LOCK_SH` only while no writer is queued
 //! for the aid anywhere (the writers' gate, `lock/gate.rs`, which also says why the two locks
@@ -31,8 +31,8 @@ use crate::lock::gate;
 use crate::lock::kernel_wait::{self, Granted, Kind, Locked};
 use crate::{Aid, Error};
 
-/// An open lock file. The descriptor is close-on-exec and tracked ([`crate::lock::fork_guard`]), so
-/// children never keep the lock, even before they exec.
+/// An open lock file. The descriptor is close-on-exec and tracked
+/// ([`crate::lock::fork_guard`]), so children never keep the lock, even before they exec.
 #[derive(Debug)]
 pub(crate) struct LockFile {
     fd: TrackedFd,
@@ -161,11 +161,11 @@ impl LockFile {
         }
     }
 
-    /// Starts waiting, on a thread of its own, for the exclusive lock (`Kind::Exclusive`),
-    /// the shared lock for this process as its first reader (`Kind::Shared`), or the writers'
-    /// gate (`Kind::Gate`, `Kind::GatePass`), which another process keeps from us; see
-    /// [`crate::lock::kernel_wait`]. Adopt a granted flock with [`LockFile::adopt`]; a granted gate
-    /// is held until dropped.
+    /// Starts waiting, on a thread of its own, for the exclusive lock (`Kind::Exclusive`), the
+    /// shared lock for this process as its first reader (`Kind::Shared`), or the writers' gate
+    /// (`Kind::Gate`, `Kind::GatePass`), which another process keeps from us; see
+    /// [`crate::lock::kernel_wait`]. Adopt a granted flock with [`LockFile::adopt`]; a granted
+    /// gate is held until dropped.
     pub(crate) fn wait(&self, kind: Kind) -> Result<oneshot::Receiver<Granted>, Error> {
         kernel_wait::start(&self.fd, kind).map_err(|e| Error::io("lock", &self.path, e))
     }

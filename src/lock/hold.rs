@@ -4,9 +4,9 @@
 //! read-write lock: an exclusive holder alone, or shared holders together, may touch the
 //! aid's lock file. Across processes, the holder then takes `flock`: first without blocking
 //! on the calling thread, and only if another process has it, by waiting in the kernel on a
-//! thread of its own (`lock/kernel_wait.rs`), which a waiter that is dropped simply walks away from.
-//! A waiting writer first queues at the writers' gate (`lock/gate.rs`), which holds back new
-//! readers in every process until it is in.
+//! thread of its own (`lock/kernel_wait.rs`), which a waiter that is dropped simply walks
+//! away from. A waiting writer first queues at the writers' gate (`lock/gate.rs`), which
+//! holds back new readers in every process until it is in.
 //!
 //! A [`Hold`] owns both layers and releases them when dropped. Everything that may still use
 //! the aid keeps an `Arc<Hold>`: the cursor, and every blocking operation in flight. So the
@@ -184,7 +184,8 @@ impl Hold {
     }
 }
 
-/// A waiting writer's place at the writers' gate ([`crate::lock::gate`]), released when dropped.
+/// A waiting writer's place at the writers' gate ([`crate::lock::gate`]), released when
+/// dropped.
 #[derive(Debug)]
 enum AtGate {
     /// Taken on the store's descriptor, which no other holder of this store uses for the
@@ -272,10 +273,11 @@ impl Claim {
         Self::wait_for_flock(claim, wait, true, first).await
     }
 
-    /// Waits for the flock that another process keeps from a claim, exclusive or `shared`,
-    /// as `wait` allows, keeping `guard` until then: first at the writers' gate
+    /// Waits for the flock that another process keeps from a claim, exclusive or `shared`, as
+    /// `wait` allows, keeping `guard` until then: first at the writers' gate
     /// ([`crate::lock::gate`]), then for the flock in the kernel, on a thread of its own
-    /// ([`crate::lock::kernel_wait`]), or where no such thread can be had, by polling on the pool.
+    /// ([`crate::lock::kernel_wait`]), or where no such thread can be had, by polling on the
+    /// pool.
     async fn wait_for_flock<G: Send + 'static>(
         claim: Claim,
         wait: Wait,
@@ -355,8 +357,9 @@ impl Claim {
     }
 
     /// Waits, as `wait` allows and keeping `guard` until then, for the flock that a waiting
-    /// thread ([`crate::lock::kernel_wait`]) hands over once another process lets go. Dropped on the
-    /// way, it lets go of everything at once, and the thread releases the lock when it comes.
+    /// thread ([`crate::lock::kernel_wait`]) hands over once another process lets go.
+    /// Dropped on the way, it lets go of everything at once, and the thread releases the lock
+    /// when it comes.
     async fn handed_over<G>(
         claim: Claim,
         wait: Wait,

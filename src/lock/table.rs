@@ -23,9 +23,9 @@ pub(super) struct Slot {
     turn: Arc<RwLock<()>>,
     /// Serialises the shared holders of this process that wait for its first `LOCK_SH`.
     first_reader: Arc<tokio::sync::Mutex<()>>,
-    /// The aid's open directory and lock file, while it is held or among the recently used
-    /// ([`StoreState::keep_open`]); closed once it is neither, so that a store that touches every
-    /// aid keeps a bounded number of descriptors.
+    /// The aid's open directory and lock file, while it is held or among the recently
+    /// used ([`StoreState::keep_open`]); closed once it is neither, so that a store that
+    /// touches every aid keeps a bounded number of descriptors.
     files: tokio::sync::Mutex<Option<Arc<OpenAid>>>,
     /// Used since the cache last looked: spares the directory from one eviction round.
     used: AtomicBool,
@@ -33,7 +33,8 @@ pub(super) struct Slot {
     swept: AtomicBool,
 }
 
-/// The per-store table of aids and the gate that `close` shuts.
+/// A store's shared state: the table of aids, the open state directory, and the gate that
+/// `close` shuts. Every clone of an `AsyncStore` shares one.
 #[derive(Debug)]
 pub(crate) struct StoreState {
     run_dir: PathBuf,

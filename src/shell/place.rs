@@ -14,9 +14,9 @@
 //! at its next step. On the pool a step is larger ([`Step::ON_POOL`]): the hop is paid once
 //! per step, not per file.
 //!
-//! Waiting for a lock another process holds comes neither here nor to the pool but to a
-//! thread of its own (`lock/kernel_wait.rs`): the wait can be long, and its waiter must stay free
-//! to give up. Only its fallback, a polling wait, runs on the pool ([`on_pool`]).
+//! Waiting for a lock another process holds comes neither here nor to the pool but to a thread
+//! of its own (`lock/kernel_wait.rs`): the wait can be long, and its waiter must stay free to
+//! give up. Only its fallback, a polling wait, runs on the pool ([`on_pool`]).
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 

@@ -6,9 +6,10 @@
 //! as `inotify` would replace with a dependency and a second copy of the same bindings.
 //!
 //! What the kernel reports, and what it means here (the store's own writes, see
-//! `disk/publish.rs`): a save links a new name (`IN_CREATE`), a replace renames a temporary file
-//! onto an entry's name (`IN_MOVED_TO`), a destroy unlinks it (`IN_DELETE`). Temporary files,
-//! lock files and foreign names are filtered out by name, with `disk/layout.rs`'s parsers.
+//! `disk/publish.rs`): a save links a new name (`IN_CREATE`), a replace renames a temporary
+//! file onto an entry's name (`IN_MOVED_TO`), a destroy unlinks it (`IN_DELETE`). Temporary
+//! files, lock files and foreign names are filtered out by name, with `disk/layout.rs`'s
+//! parsers.
 //!
 //! Reading a few kilobytes of events from an inotify descriptor never blocks, so it runs on
 //! the polling thread. So does the listing of a newly made aid directory (it is new, so
