@@ -9,11 +9,12 @@ use futures::{Stream, StreamExt, TryStreamExt, future};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::batch::{self, Listing};
-use crate::aid_dir::AidDir;
-use crate::blocking::IN_PLACE_MAX_BYTES;
-use crate::hold::{GoneOnDrop, Hold};
-use crate::{Aid, Error, InstanceId, State, aid_dir, format};
+use crate::disk::aid_dir::{AidDir, TempMark};
+use crate::disk::{format, read};
+use crate::lock::hold::{GoneOnDrop, Hold};
+use crate::shell::place::IN_PLACE_MAX_BYTES;
+use crate::shell::steps::{self, Listing};
+use crate::{Aid, Error, InstanceId, State};
 
 /// Read access to one aid's entries while its lock is held, shared or exclusive.
 ///
@@ -103,7 +104,6 @@ where
         self.publish("save", state, AidDir::save).await
     }
 
-
     /// Replaces the entry of `state.id` with `state`, atomically: `Ok(true)` when it replaced
     /// one, `Ok(false)` when there was none (and nothing was written).
     ///
@@ -146,7 +146,7 @@ where
         &mut self,
         op: &'static str,
         state: &State<C>,
-        put: fn(&AidDir, InstanceId, &[u8]) -> Result<T, Error>,
+        put: fn(&AidDir, InstanceId, &[u8], TempMark<'_>) -> Result<T, Error>,
     ) -> Result<T, Error> {
         let mut config = Vec::with_capacity(self.last_len);
         let encoded = format::encode_config(&state.config, &mut config)
@@ -161,7 +161,7 @@ where
         let big = config.len() > IN_PLACE_MAX_BYTES;
         self.read
             .hold
-            .run(op, big, move |hold, _| {
+            .operate(op, big, move |hold, _| {
                 let dir = hold.dir();
                 let mut bytes = Vec::with_capacity(config.len() + 128);
                 format::encode_record(id, pid, time, process.as_ref(), &config, &mut bytes)
@@ -169,7 +169,7 @@ where
                         path: dir.path().join(id.to_string()),
                         reason,
                     })?;
-                put(dir, id, &bytes)
+                put(dir, id, &bytes, hold.temp_mark())
             })
             .await
     }
@@ -271,14 +271,14 @@ where
     /// stopped it, if any.
     async fn prune(&mut self) -> Result<(Vec<State<C>>, Option<Error>), Error> {
         let waiter = GoneOnDrop::default();
-        let pass = batch::Prune::<C> {
+        let pass = steps::Prune::<C> {
             listing: Listing::new(self.read.hold.clone()),
             gone: waiter.0.clone(),
             _config: PhantomData,
         };
         let mut removed = Vec::new();
-        let mut steps = batch::stream("prune", pass);
-        while let Some(item) = steps.next().await {
+        let mut removing = steps::stream("prune", pass);
+        while let Some(item) = removing.next().await {
             match item {
                 Ok(state) => removed.push(state),
                 Err(e) => return Ok((removed, Some(e))),
@@ -291,7 +291,7 @@ where
     pub async fn destroy(&mut self, id: InstanceId) -> Result<bool, Error> {
         self.read
             .hold
-            .run("destroy", false, move |hold, _| hold.dir().destroy(id))
+            .operate("destroy", false, move |hold, _| hold.dir().destroy(id))
             .await
     }
 }
@@ -314,7 +314,7 @@ where
 
     /// Reads the entry of `id`, or `None` if there is none.
     pub async fn load(&mut self, id: InstanceId) -> Result<Option<State<C>>, Error> {
-        let read = self.hold.run("load", false, move |hold, _| {
+        let read = self.hold.operate("load", false, move |hold, _| {
             let mut bytes = Vec::new();
             Ok(hold.dir().read_entry(id, &mut bytes)?.then_some(bytes))
         });
@@ -323,8 +323,8 @@ where
         };
         let dir = self.hold.dir().path();
         match bytes.len() > IN_PLACE_MAX_BYTES {
-            true => batch::decode_on_pool(dir, id, &bytes).await.map(Some),
-            false => aid_dir::decode_entry(dir, id, &bytes).map(Some),
+            true => steps::decode_on_pool(dir, id, &bytes).await.map(Some),
+            false => read::decode_entry(dir, id, &bytes).map(Some),
         }
     }
 
@@ -344,7 +344,7 @@ where
     ///
     /// Lazy: names are read in batches as the stream is polled. Foreign names are skipped.
     pub fn ids(&mut self) -> impl Stream<Item = Result<InstanceId, Error>> + Send + Unpin + '_ {
-        batch::stream("ids", batch::Ids(Listing::new(self.hold.clone())))
+        steps::stream("ids", steps::Ids(Listing::new(self.hold.clone())))
     }
 
     /// Streams the entries, decoded, in directory order.
@@ -375,7 +375,7 @@ where
     /// # Ok(()) }
     /// ```
     pub fn entries(&mut self) -> impl Stream<Item = Result<State<C>, Error>> + Send + Unpin + '_ {
-        batch::entries(Listing::new(self.hold.clone()))
+        steps::entries(Listing::new(self.hold.clone()))
     }
 
     /// Reads every entry, or fails with the first error.

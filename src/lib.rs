@@ -90,36 +90,30 @@ compile_error!(
     "runstate supports Linux only: it relies on flock(2), O_TMPFILE, linkat(2) and /proc"
 );
 
+// The public API and its value types.
 mod aid;
-mod aid_dir;
-mod batch;
-mod blocking;
 mod cursor;
 mod error;
-mod exit;
-mod flock_wait;
-mod fork_guard;
-mod format;
-mod gate;
-mod hold;
 mod instance_id;
-mod layout;
-mod liveness;
-mod lock;
 mod options;
 mod state;
 mod store;
-mod watch;
+
+// The layers under it, bottom up (ARCHITECTURE.md): the synchronous core, the locking
+// layer, the async shell.
+mod disk;
+mod lock;
+mod shell;
 
 pub use aid::Aid;
 pub use cursor::{Cursor, ReadCursor};
+pub use disk::liveness::{Liveness, ProcessIdentity};
 pub use error::{CorruptKind, Error, Result};
 pub use instance_id::InstanceId;
-pub use liveness::{Liveness, ProcessIdentity};
 pub use options::Options;
+pub use shell::watch::{Change, Watch};
 pub use state::State;
 pub use store::AsyncStore;
-pub use watch::{Change, Watch};
 
 /// The async streams this crate returns, re-exported so callers need not name `futures`.
 pub use futures::Stream;

@@ -11,17 +11,17 @@ use futures::stream::{self, Stream, StreamExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::batch::{self, Listing};
-use crate::hold::{Locks, Mode, Wait};
-use crate::{
-    Aid, Cursor, Error, InstanceId, Liveness, Options, ReadCursor, State, aid_dir, blocking,
-    liveness,
-};
+use crate::disk::{liveness, scan};
+use crate::lock::hold::{LockMode, Wait};
+use crate::lock::table::StoreState;
+use crate::shell::place;
+use crate::shell::steps::{self, Listing};
+use crate::{Aid, Cursor, Error, InstanceId, Liveness, Options, ReadCursor, State};
 
 /// A store of running instances under one run directory, shared by every task and process
 /// that opens the same directory.
 ///
-/// Cloning is cheap and clones share everything: locks, open files and the closed state.
+/// Cloning is cheap and clones share everything: shared, open files and the closed state.
 /// `C` is the application's configuration type, stored inside each entry.
 ///
 /// ```
@@ -47,14 +47,14 @@ use crate::{
 /// # Ok(()) }
 /// ```
 pub struct AsyncStore<C> {
-    locks: Arc<Locks>,
+    shared: Arc<StoreState>,
     _config: PhantomData<fn(C) -> C>,
 }
 
 impl<C> Clone for AsyncStore<C> {
     fn clone(&self) -> Self {
         AsyncStore {
-            locks: self.locks.clone(),
+            shared: self.shared.clone(),
             _config: PhantomData,
         }
     }
@@ -63,9 +63,9 @@ impl<C> Clone for AsyncStore<C> {
 impl<C> fmt::Debug for AsyncStore<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AsyncStore")
-            .field("run_dir", &self.locks.run_dir)
-            .field("options", &self.locks.options)
-            .field("closed", &self.locks.is_closed())
+            .field("run_dir", &self.shared.run_dir())
+            .field("options", &self.shared.options())
+            .field("closed", &self.shared.is_closed())
             .finish()
     }
 }
@@ -83,19 +83,19 @@ where
     /// A store under `run_dir` with the given options. Does no I/O.
     pub fn with_options(run_dir: impl Into<PathBuf>, options: Options) -> AsyncStore<C> {
         AsyncStore {
-            locks: Arc::new(Locks::new(run_dir.into(), options)),
+            shared: Arc::new(StoreState::new(run_dir.into(), options)),
             _config: PhantomData,
         }
     }
 
     /// The run directory; entries live under `<run_dir>/state`.
     pub fn run_dir(&self) -> &Path {
-        &self.locks.run_dir
+        self.shared.run_dir()
     }
 
     /// The options the store was made with.
     pub fn options(&self) -> &Options {
-        &self.locks.options
+        self.shared.options()
     }
 
     /// Runs `f` while holding the aid's lock exclusively, against every other task of this
@@ -331,7 +331,7 @@ where
     where
         E: From<Error>,
     {
-        let hold = self.locks.hold(aid, Mode::Exclusive, wait).await?;
+        let hold = self.shared.hold(aid, LockMode::Exclusive, wait).await?;
         f(&mut Cursor::new(hold)).await
     }
 
@@ -344,17 +344,17 @@ where
     where
         E: From<Error>,
     {
-        let hold = self.locks.hold(aid, Mode::Shared, wait).await?;
+        let hold = self.shared.hold(aid, LockMode::Shared, wait).await?;
         f(&mut ReadCursor::new(hold)).await
     }
 
     /// The aids that have a directory in the store, ascending. Names that are not aids are
     /// skipped. An aid whose instances have all been destroyed is still listed.
     pub async fn aids(&self) -> Result<Vec<Aid>, Error> {
-        let _open = self.locks.enter()?;
-        let run_dir = self.locks.run_dir.clone();
+        let _open = self.shared.enter()?;
+        let run_dir = self.shared.run_dir().to_owned();
         // A listing of up to 10,000 names in one go: on the pool.
-        blocking::on_pool("aids", move || aid_dir::list_aids(&run_dir)).await?
+        place::on_pool("aids", move || scan::list_aids(&run_dir)).await?
     }
 
     /// Streams every entry of every aid, in aid order, holding each aid's lock shared while it
@@ -416,10 +416,10 @@ where
         &self,
         aid: Aid,
     ) -> impl Stream<Item = Result<(Aid, State<C>), Error>> + Send + use<C> {
-        let locks = self.locks.clone();
-        let hold = async move { locks.hold(aid, Mode::Shared, Wait::Forever).await };
+        let shared = self.shared.clone();
+        let hold = async move { shared.hold(aid, LockMode::Shared, Wait::Forever).await };
         stream::once(hold).flat_map(move |hold| match hold {
-            Ok(hold) => batch::entries::<C>(Listing::new(hold))
+            Ok(hold) => steps::entries::<C>(Listing::new(hold))
                 .map(move |item| item.map(|state| (aid, state)))
                 .left_stream(),
             Err(e) => stream::iter([Err(e)]).right_stream(),
@@ -451,7 +451,7 @@ where
     pub async fn liveness(&self, state: &State<C>) -> Liveness {
         // A few small procfs reads, which never wait on a device: in place.
         liveness::check(
-            &self.locks.options.proc_root,
+            &self.shared.options().proc_root,
             state.pid,
             state.process.as_ref(),
         )
@@ -560,13 +560,13 @@ where
     /// # Ok(()) }
     /// ```
     pub async fn close(&self) -> Result<(), Error> {
-        self.locks.close().await;
+        self.shared.close().await;
         Ok(())
     }
 
     /// Whether [`close`](AsyncStore::close) has been called.
     pub fn is_closed(&self) -> bool {
-        self.locks.is_closed()
+        self.shared.is_closed()
     }
 }
 

@@ -1,5 +1,5 @@
 //! Waiting for a flock that another process holds, in a way a waiter can walk away from;
-//! and in the same way for the writers' gate (`gate.rs`), an OFD lock of the same file.
+//! and in the same way for the writers' gate (`lock/gate.rs`), an OFD lock of the same file.
 //!
 //! A blocked `flock(2)` cannot be called off: only the grant (or a signal) ends it. So the
 //! wait runs neither on a runtime thread nor on tokio's blocking pool, whose shutdown waits
@@ -30,8 +30,8 @@ use rustix::fs::{FlockOperation, Mode, OFlags, flock, fstat, open};
 use rustix::io::Errno;
 use tokio::sync::oneshot;
 
-use crate::fork_guard::TrackedFd;
-use crate::gate;
+use crate::lock::fork_guard::TrackedFd;
+use crate::lock::gate;
 
 /// What a waiting thread waits for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -67,7 +67,7 @@ impl Kind {
 
 /// A descriptor that holds a flock (or the gate), and releases it when dropped: with an
 /// explicit `LOCK_UN` (or `F_UNLCK`), not only by closing, in case a process that does not
-/// run the fork handlers ([`crate::fork_guard`]) shares the open file description. In a
+/// run the fork handlers ([`crate::lock::fork_guard`]) shares the open file description. In a
 /// forked child it does nothing: the descriptor is no longer the parent's.
 #[derive(Debug)]
 pub(crate) struct Locked(TrackedFd, Kind);

@@ -6,9 +6,10 @@
 //! as `inotify` would replace with a dependency and a second copy of the same bindings.
 //!
 //! What the kernel reports, and what it means here (the store's own writes, see
-//! `aid_dir.rs`): a save links a new name (`IN_CREATE`), a replace renames a temporary file
-//! onto an entry's name (`IN_MOVED_TO`), a destroy unlinks it (`IN_DELETE`). Temporary files,
-//! lock files and foreign names are filtered out by name, with `layout.rs`'s parsers.
+//! `disk/publish.rs`): a save links a new name (`IN_CREATE`), a replace renames a temporary
+//! file onto an entry's name (`IN_MOVED_TO`), a destroy unlinks it (`IN_DELETE`). Temporary
+//! files, lock files and foreign names are filtered out by name, with `disk/layout.rs`'s
+//! parsers.
 //!
 //! Reading a few kilobytes of events from an inotify descriptor never blocks, so it runs on
 //! the polling thread. So does the listing of a newly made aid directory (it is new, so
@@ -31,9 +32,11 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::io::unix::AsyncFd;
 
-use crate::layout::{self, STATE_DIR};
-use crate::aid_dir::StateDir;
-use crate::{Aid, AsyncStore, Error, InstanceId, aid_dir, blocking};
+use crate::disk::layout::{self, STATE_DIR};
+use crate::disk::scan;
+use crate::disk::state_dir::StateDir;
+use crate::shell::place;
+use crate::{Aid, AsyncStore, Error, InstanceId};
 
 /// One change to the store, as [`AsyncStore::watch`] reports it.
 ///
@@ -224,7 +227,7 @@ impl Book {
 
     /// Watches every aid directory there is.
     fn watch_all(&mut self, inotify: BorrowedFd<'_>) -> Result<(), Error> {
-        for aid in aid_dir::list_aids(&self.run_dir)? {
+        for aid in scan::list_aids(&self.run_dir)? {
             self.watch_aid(inotify, aid)?;
         }
         Ok(())
@@ -460,7 +463,7 @@ where
             pending: VecDeque::new(),
         };
         // Up to 10,000 directories to watch: on the pool.
-        let (inotify, book) = blocking::on_pool("watch", move || {
+        let (inotify, book) = place::on_pool("watch", move || {
             let mut book = book;
             // Made if missing, as a hold makes it, so there is something to watch.
             drop(StateDir::open(&book.run_dir, &options)?);
@@ -518,7 +521,7 @@ where
         let path = self.run_dir().join(STATE_DIR).join(aid.to_string());
         let inotify = {
             let path = path.clone();
-            blocking::on_pool("wait_empty", move || {
+            place::on_pool("wait_empty", move || {
                 let inotify = new_inotify(&path)?;
                 Ok::<_, Error>(match watch_then_check(&inotify, &path)? {
                     true => None,
@@ -554,9 +557,8 @@ where
             }
             if removed {
                 let (inotify, path) = (fd.get_ref().clone(), path.clone());
-                let empty =
-                    blocking::on_pool("wait_empty", move || watch_then_check(&inotify, &path))
-                        .await??;
+                let empty = place::on_pool("wait_empty", move || watch_then_check(&inotify, &path))
+                    .await??;
                 if empty {
                     return Ok(());
                 }

@@ -1,5 +1,5 @@
 //! Lazy streams over a held aid, read in steps: one call into the aid directory per step,
-//! never per file, and at most one step's files in memory. Steps run where `blocking.rs`
+//! never per file, and at most one step's files in memory. Steps run where `shell/place.rs`
 //! says: small ones in place with a pause between them, larger ones on the pool.
 
 use std::ops::Range;
@@ -10,13 +10,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use futures::stream::{self, Stream, StreamExt};
 use serde::de::DeserializeOwned;
 
-use crate::aid_dir::{self, AidDir, Scan};
-use crate::blocking::{self, IN_PLACE_MAX_BYTES, Step};
-use crate::hold::Hold;
-use crate::{Error, InstanceId, Liveness, State, liveness};
+use crate::disk::aid_dir::AidDir;
+use crate::disk::read;
+use crate::disk::scan::Scan;
+use crate::lock::hold::Hold;
+use crate::shell::place::{self, IN_PLACE_MAX_BYTES, Step};
+use crate::{Error, InstanceId, State};
 
 /// The work behind one stream of a held aid, run a step at a time as one of the hold's
-/// operations ([`Hold::run`]).
+/// operations ([`Hold::operate`]).
 pub(crate) trait Batcher: Send + 'static {
     type Item: Send + 'static;
     /// The hold the stream reads under.
@@ -38,9 +40,9 @@ pub(crate) fn stream<B: Batcher>(
             let mut batcher = batcher?;
             let hold = batcher.hold().clone();
             if started {
-                blocking::pause(hold.in_place()).await;
+                place::pause(hold.in_place()).await;
             }
-            let hop = hold.run(op, false, move |_, step| {
+            let hop = hold.operate(op, false, move |_, step| {
                 let mut out = Vec::new();
                 let more = batcher.fill(step, &mut out);
                 Ok((batcher, out, more))
@@ -103,43 +105,8 @@ impl Batcher for Ids {
     fn fill(&mut self, step: Step, out: &mut Vec<Result<InstanceId, Error>>) -> bool {
         // Names cost little to list, so a step holds more of them than of entries.
         self.0.fill_with(out, |dir, scan, out| {
-            while out.len() < step.files * 64 {
-                let Some(id) = scan.next_id(dir.path()) else {
-                    break;
-                };
-                out.push(id);
-            }
+            scan.next_ids(dir.path(), step.files * 64, out)
         })
-    }
-}
-
-/// Removes temporary files that a killed process left, one directory buffer a step; its
-/// items are only the error that ended it, if any.
-pub(crate) struct SweepSteps {
-    pub(crate) hold: Arc<Hold>,
-    pub(crate) sweep: Option<aid_dir::Sweep>,
-}
-
-impl Batcher for SweepSteps {
-    type Item = std::convert::Infallible;
-
-    fn hold(&self) -> &Arc<Hold> {
-        &self.hold
-    }
-
-    fn fill(&mut self, _: Step, out: &mut Vec<Result<Self::Item, Error>>) -> bool {
-        let dir = self.hold.dir();
-        let step = match self.sweep.take().map_or_else(|| dir.sweep(), Ok) {
-            Ok(sweep) => dir.sweep_step(self.sweep.insert(sweep)),
-            Err(e) => Err(e),
-        };
-        match step {
-            Ok(more) => more,
-            Err(e) => {
-                out.push(Err(e));
-                false
-            }
-        }
     }
 }
 
@@ -161,41 +128,10 @@ impl<C: DeserializeOwned + Send + 'static> Batcher for Prune<C> {
     }
 
     fn fill(&mut self, step: Step, out: &mut Vec<Result<State<C>, Error>>) -> bool {
-        let gone = self.gone.clone();
-        let aid = self.listing.hold.aid();
+        let gone = &self.gone;
         let mut failed = false;
         let more = self.listing.fill_with(out, |dir, scan, out| {
-            let mut buf = Vec::new();
-            for _ in 0..step.files {
-                let Some(entry) = dir.next_entry::<C>(scan, &mut buf) else {
-                    break;
-                };
-                let Ok(state) = entry else { continue };
-                if gone.load(Ordering::Acquire) {
-                    break;
-                }
-                let proc_root = dir.options().proc_dir();
-                if liveness::check(proc_root, state.pid, state.process.as_ref()) != Liveness::Dead {
-                    continue;
-                }
-                match dir.destroy(state.id) {
-                    Ok(true) => {
-                        tracing::info!(
-                            %aid,
-                            id = %state.id,
-                            pid = state.pid,
-                            "pruned the entry of a dead process"
-                        );
-                        out.push(Ok(state));
-                    }
-                    Ok(false) => {}
-                    Err(e) => {
-                        out.push(Err(e));
-                        failed = true;
-                        break;
-                    }
-                }
-            }
+            failed = !dir.prune_dead_step(scan, step.files, gone, out);
         });
         more && !failed && !gone.load(Ordering::Acquire)
     }
@@ -225,7 +161,7 @@ where
                 match raw.items.next() {
                     Some(Taken::Ready(item)) => return Some((item, raw)),
                     Some(Taken::Bytes(id, at)) => {
-                        let decoded = aid_dir::decode_entry(&raw.dir, id, &raw.bytes[at]);
+                        let decoded = read::decode_entry(&raw.dir, id, &raw.bytes[at]);
                         return Some((decoded, raw));
                     }
                     Some(Taken::Big(id, at)) => {
@@ -237,12 +173,12 @@ where
                 let mut listing = raw.listing.take()?;
                 let hold = listing.hold.clone();
                 if std::mem::replace(&mut raw.stepped, true) {
-                    blocking::pause(hold.in_place()).await;
+                    place::pause(hold.in_place()).await;
                 }
                 // The byte buffer goes to the step and comes back, to be reused.
                 let mut bytes = std::mem::take(&mut raw.bytes);
                 // Once large entries have shown up, the rest is read on the pool.
-                let hop = hold.run("entries", raw.big, move |hold, step| {
+                let hop = hold.operate("entries", raw.big, move |hold, step| {
                     bytes.clear();
                     let mut read = Vec::new();
                     let more = listing.fill_with(&mut read, |dir, scan, out| {
@@ -254,11 +190,9 @@ where
                         .map(|item| match item {
                             Ok((id, at)) if at.len() <= IN_PLACE_MAX_BYTES => Taken::Bytes(id, at),
                             // Already on the pool: decoded here, with the step.
-                            Ok((id, at)) if on_pool => Taken::Ready(aid_dir::decode_entry(
-                                hold.dir().path(),
-                                id,
-                                &bytes[at],
-                            )),
+                            Ok((id, at)) if on_pool => {
+                                Taken::Ready(read::decode_entry(hold.dir().path(), id, &bytes[at]))
+                            }
                             Ok((id, at)) => Taken::Big(id, at),
                             Err(e) => Taken::Ready(Err(e)),
                         })
@@ -291,7 +225,7 @@ where
     C: DeserializeOwned + Send + 'static,
 {
     let (dir, bytes) = (dir.to_owned(), bytes.to_vec());
-    blocking::on_pool("decode", move || aid_dir::decode_entry(&dir, id, &bytes)).await?
+    place::on_pool("decode", move || read::decode_entry(&dir, id, &bytes)).await?
 }
 
 /// Where a stream of entries stands: the listing if there is more, and what is left of the
@@ -326,7 +260,7 @@ mod tests {
     use futures::TryStreamExt;
     use serde::{Deserialize, Deserializer, Serialize};
 
-    use crate::blocking::IN_PLACE_MAX_BYTES as DECODE_WHEN_TAKEN_MAX;
+    use crate::shell::place::IN_PLACE_MAX_BYTES as DECODE_WHEN_TAKEN_MAX;
     use crate::{Aid, AsyncStore, Error, InstanceId, State};
 
     /// Where each config of a given length was decoded.

@@ -14,9 +14,9 @@
 //! at its next step. On the pool a step is larger ([`Step::ON_POOL`]): the hop is paid once
 //! per step, not per file.
 //!
-//! Waiting for a lock another process holds comes neither here nor to the pool but to a
-//! thread of its own (`flock_wait.rs`): the wait can be long, and its waiter must stay free
-//! to give up. Only its fallback, a polling wait, runs on the pool ([`on_pool`]).
+//! Waiting for a lock another process holds comes neither here nor to the pool but to a thread
+//! of its own (`lock/kernel_wait.rs`): the wait can be long, and its waiter must stay free to
+//! give up. Only its fallback, a polling wait, runs on the pool ([`on_pool`]).
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
@@ -71,7 +71,7 @@ where
 
 /// Runs one step of work, `f`, right here when `here` says so (or outside any runtime), and
 /// on the blocking pool otherwise; `f` is told how large a step it may make.
-pub(crate) async fn run<T, F>(op: &'static str, here: bool, f: F) -> Result<T, Error>
+pub(crate) async fn run_step<T, F>(op: &'static str, here: bool, f: F) -> Result<T, Error>
 where
     T: Send + 'static,
     F: FnOnce(Step) -> Result<T, Error> + Send + 'static,

@@ -1,8 +1,8 @@
 //! The writers' gate: how a writer waiting in one process stops new readers in every other.
 //!
 //! `flock(2)` grants `LOCK_SH` to anyone while no `LOCK_EX` is held, even with a `LOCK_EX`
-//! waiting, and a process's shared holders share one `LOCK_SH` (`lock.rs`), so readers that
-//! overlap, in one process or several, could keep a writer out forever. The gate is a
+//! waiting, and a process's shared holders share one `LOCK_SH` (`lock/file.rs`), so readers
+//! that overlap, in one process or several, could keep a writer out forever. The gate is a
 //! second lock on the same lock file: an open-file-description (OFD) lock, `fcntl(2)`
 //! `F_OFD_SETLKW`, on the whole file. On Linux, OFD locks and flocks never conflict with one
 //! another, so the gate and the aid's flock are two independent locks of one file. (On NFS,
@@ -25,18 +25,18 @@
 //!   waits while a writer holds it, and lets go at once), then tries `LOCK_SH` once more,
 //!   and otherwise waits for it.
 //!
-//! Waits at the gate run like the waits for the flock (`flock_wait.rs`): in the kernel, on a
-//! thread of its own with a descriptor of its own (a second open of the lock file), which
+//! Waits at the gate run like the waits for the flock (`lock/kernel_wait.rs`): in the kernel,
+//! on a thread of its own with a descriptor of its own (a second open of the lock file), which
 //! hands the descriptor, holding the gate, to the waiter. A writer keeps the gate (on the
-//! store's descriptor, or on the one handed over) in its future, so a writer dropped or
-//! timed out while it waits for the flock releases the gate as its future is dropped, and
-//! one that gives up before the gate comes leaves the thread to release it when it does. On
-//! the store's descriptor, the gate is only ever held by the one writer of that store that
-//! is waiting (it has the store's exclusive turn); that store's readers, kept out by that
-//! turn meanwhile, are the only ones its `F_OFD_GETLK` could not see it from. A blocking
-//! wait never uses the store's descriptor: a thread left waiting there would take the gate
-//! after its writer left. So the gate adds no descriptor to the store: only the waiting
-//! threads' own, as the flock waits already had.
+//! store's descriptor, or on the one handed over) in its future, so a writer dropped or timed
+//! out while it waits for the flock releases the gate as its future is dropped, and one that
+//! gives up before the gate comes leaves the thread to release it when it does. On the store's
+//! descriptor, the gate is only ever held by the one writer of that store that is waiting (it
+//! has the store's exclusive turn); that store's readers, kept out by that turn meanwhile, are
+//! the only ones its `F_OFD_GETLK` could not see it from. A blocking wait never uses the
+//! store's descriptor: a thread left waiting there would take the gate after its writer left.
+//! So the gate adds no descriptor to the store: only the waiting threads' own, as the flock
+//! waits already had.
 //!
 //! So once a writer anywhere holds the gate, no new shared holder anywhere gets in before it:
 //! only readers that asked before the writer took the gate (at most one per task that was

@@ -2,14 +2,14 @@
 //!
 //! flock locks belong to an open file description, so two holders sharing one descriptor
 //! would never exclude each other, and the first to unlock would unlock both. The store
-//! therefore opens one descriptor per aid and lets `hold.rs` decide who may touch it: one
+//! therefore opens one descriptor per aid and lets `lock/hold.rs` decide who may touch it: one
 //! exclusive holder at a time, or any number of shared holders that together own one
 //! `LOCK_SH`, counted here, taken by the first and dropped by the last. A lock that had to be
-//! waited for comes on a descriptor of its own (`flock_wait.rs`), which then stands for the
-//! store's until it is released.
+//! waited for comes on a descriptor of its own (`lock/kernel_wait.rs`), which then stands for
+//! the store's until it is released.
 //!
 //! A shared holder joins or takes its process's `LOCK_SH` only while no writer is queued
-//! for the aid anywhere (the writers' gate, `gate.rs`, which also says why the two locks
+//! for the aid anywhere (the writers' gate, `lock/gate.rs`, which also says why the two locks
 //! cannot deadlock); otherwise it waits behind that writer.
 
 use std::os::fd::AsFd;
@@ -18,17 +18,21 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use rustix::fs::{FlockOperation, flock, ftruncate};
-use rustix::io::{Errno, pread, pwrite};
+use rustix::fs::{FileType, FlockOperation, flock};
+use rustix::io::Errno;
 use tokio::sync::oneshot;
 
-use crate::Error;
-use crate::flock_wait::{self, Granted, Kind, Locked};
-use crate::fork_guard::TrackedFd;
-use crate::gate;
+use crate::disk::aid_dir::TempMark;
+use crate::disk::layout;
+use crate::disk::secure::check_private;
+use crate::disk::state_dir::StateDir;
+use crate::lock::fork_guard::TrackedFd;
+use crate::lock::gate;
+use crate::lock::kernel_wait::{self, Granted, Kind, Locked};
+use crate::{Aid, Error};
 
-/// An open lock file. The descriptor is close-on-exec and tracked ([`crate::fork_guard`]), so
-/// children never keep the lock, even before they exec.
+/// An open lock file. The descriptor is close-on-exec and tracked
+/// ([`crate::lock::fork_guard`]), so children never keep the lock, even before they exec.
 #[derive(Debug)]
 pub(crate) struct LockFile {
     fd: TrackedFd,
@@ -36,7 +40,7 @@ pub(crate) struct LockFile {
     /// How many shared holders of this process own the `LOCK_SH`.
     readers: Mutex<usize>,
     /// The descriptor that holds this process's lock when it came through a wait
-    /// ([`crate::flock_wait`]) rather than through `fd`.
+    /// ([`crate::lock::kernel_wait`]) rather than through `fd`.
     granted: Mutex<Option<Locked>>,
 }
 
@@ -45,6 +49,19 @@ pub(crate) struct LockFile {
 const MAX_BACKOFF: Duration = Duration::from_millis(2);
 
 impl LockFile {
+    /// Opens (making it if missing) the lock file of `aid` in `state_dir`, tracked so that
+    /// no forked child keeps the lock (`lock/fork_guard.rs`), and checked private.
+    pub(crate) fn open(state_dir: &StateDir, aid: Aid) -> Result<LockFile, Error> {
+        let name = layout::lock_name(aid);
+        let path = state_dir.path().join(&name);
+        let fd = TrackedFd::open(
+            || state_dir.open_lock_file(&name, &path),
+            |e| Error::io("track lock file", &path, e),
+        )?;
+        check_private(&fd, &path, FileType::RegularFile)?;
+        Ok(LockFile::new(fd, path))
+    }
+
     pub(crate) fn new(fd: TrackedFd, path: PathBuf) -> LockFile {
         LockFile {
             fd,
@@ -85,7 +102,7 @@ impl LockFile {
 
     /// Repeats a non-blocking `attempt` with growing pauses until it succeeds, `deadline`
     /// passes or `gone` is raised; `Ok(false)` in the last two cases. The fallback for when
-    /// a wait in the kernel cannot be set up ([`crate::flock_wait`]): a blocked `flock`
+    /// a wait in the kernel cannot be set up ([`crate::lock::kernel_wait`]): a blocked `flock`
     /// cannot be called off, but a polling one stops when its caller has given up.
     fn polling(
         deadline: Option<Instant>,
@@ -144,16 +161,16 @@ impl LockFile {
         }
     }
 
-    /// Starts waiting, on a thread of its own, for the exclusive lock (`Kind::Exclusive`),
-    /// the shared lock for this process as its first reader (`Kind::Shared`), or the writers'
-    /// gate (`Kind::Gate`, `Kind::GatePass`), which another process keeps from us; see
-    /// [`crate::flock_wait`]. Adopt a granted flock with [`LockFile::adopt`]; a granted gate
-    /// is held until dropped.
+    /// Starts waiting, on a thread of its own, for the exclusive lock (`Kind::Exclusive`), the
+    /// shared lock for this process as its first reader (`Kind::Shared`), or the writers' gate
+    /// (`Kind::Gate`, `Kind::GatePass`), which another process keeps from us; see
+    /// [`crate::lock::kernel_wait`]. Adopt a granted flock with [`LockFile::adopt`]; a granted
+    /// gate is held until dropped.
     pub(crate) fn wait(&self, kind: Kind) -> Result<oneshot::Receiver<Granted>, Error> {
-        flock_wait::start(&self.fd, kind).map_err(|e| Error::io("lock", &self.path, e))
+        kernel_wait::start(&self.fd, kind).map_err(|e| Error::io("lock", &self.path, e))
     }
 
-    /// Takes the writers' gate ([`crate::gate`]) on the store's descriptor, if no other
+    /// Takes the writers' gate ([`crate::lock::gate`]) on the store's descriptor, if no other
     /// writer holds it. Never blocks. Only an exclusive holder waiting for the flock may call
     /// it (it has this store's exclusive turn), and it releases the gate with
     /// [`LockFile::open_gate`].
@@ -168,7 +185,7 @@ impl LockFile {
     }
 
     /// Whether a writer, in any process, is queued for the aid at the writers' gate
-    /// ([`crate::gate`]). Never blocks.
+    /// ([`crate::lock::gate`]). Never blocks.
     pub(crate) fn writer_queued(&self) -> Result<bool, Error> {
         gate::writer_queued(self.fd.as_fd()).map_err(|e| Error::io("lock", &self.path, e))
     }
@@ -197,32 +214,15 @@ impl LockFile {
         granted.map_err(|e| Error::io("lock", &self.path, e))
     }
 
-    /// Whether a fallback save may have left a temporary file: the lock file's first byte
-    /// is 1 from before such a save creates its file until after it has removed it, so a
-    /// save killed in between leaves the mark for the next fallback save to act on. Call it
-    /// holding the lock exclusively.
-    pub(crate) fn temps_marked(&self) -> Result<bool, Error> {
-        let mut byte = [0u8];
-        match pread(&self.fd, &mut byte, 0) {
-            Ok(n) => Ok(n == 1 && byte[0] == 1),
-            Err(e) => Err(Error::io("read lock file", &self.path, e)),
-        }
-    }
-
-    /// Sets the mark read by [`LockFile::temps_marked`] (one byte), or clears it (no bytes,
-    /// so a lock file that was never marked stays empty).
-    pub(crate) fn mark_temps(&self, on: bool) -> Result<(), Error> {
-        let done = if on {
-            pwrite(&self.fd, &[1], 0).map(drop)
-        } else {
-            ftruncate(&self.fd, 0)
-        };
-        done.map_err(|e| Error::io("write lock file", &self.path, e))
+    /// The mark, in this file, that a temporary file may have been left
+    /// ([`TempMark`]): the core's to read and write, on this descriptor.
+    pub(crate) fn temp_mark(&self) -> TempMark<'_> {
+        TempMark::new(self.fd.as_fd(), &self.path)
     }
 
     /// Joins this process's shared lock, or takes it for the process, unless a writer, in
     /// any process, holds the aid or is queued for it at the writers' gate
-    /// ([`crate::gate`]). Never blocks: a shared holder never waits for another shared
+    /// ([`crate::lock::gate`]). Never blocks: a shared holder never waits for another shared
     /// holder, so `Ok(false)` always means a writer.
     pub(crate) fn try_shared(&self) -> Result<bool, Error> {
         if self.writer_queued()? {

@@ -12,7 +12,8 @@ use serde::de::DeserializeOwned;
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
-use crate::{AsyncStore, Error, Liveness, Options, ProcessIdentity, State, liveness};
+use crate::disk::liveness;
+use crate::{AsyncStore, Error, Liveness, Options, ProcessIdentity, State};
 
 impl<C> AsyncStore<C>
 where

@@ -1,0 +1,112 @@
+//! One aid's open directory: opened safely, checked current, and the paths of its entries.
+//! Its whole operations are in the files beside this one: `publish.rs` (save, replace,
+//! destroy), `read.rs` (load, bounded reads, decoding) and `scan.rs` (listing, sweeping).
+//! Nothing here is async; the async shell runs whole operations where they cannot stall the
+//! runtime (see `shell/place.rs`).
+
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustix::fs::fstat;
+use rustix::fs::ftruncate;
+use rustix::io::{pread, pwrite};
+
+use crate::disk::secure::open_private_dir;
+use crate::disk::state_dir::StateDir;
+use crate::{Aid, Error, InstanceId, Options};
+
+/// An aid's directory, open. Its lock file belongs to the locking layer (`lock/file.rs`);
+/// the operations that need the lock file's temporary-file mark are given it as a
+/// [`TempMark`].
+#[derive(Debug)]
+pub(crate) struct AidDir {
+    aid: Aid,
+    pub(super) path: PathBuf,
+    pub(super) dir: OwnedFd,
+    state_dir: Arc<StateDir>,
+}
+
+impl AidDir {
+    /// Opens (making as needed) the aid's directory in `state_dir`. Open the aid's lock file
+    /// first: if it is refused, no aid directory is left behind to be listed.
+    pub(crate) fn open(state_dir: Arc<StateDir>, aid: Aid) -> Result<AidDir, Error> {
+        let name = aid.to_string();
+        let path = state_dir.path().join(&name);
+        let durable = state_dir.options().durable;
+        let dir = open_private_dir(state_dir.fd(), &name, &path, durable)?;
+        Ok(AidDir {
+            aid,
+            path,
+            dir,
+            state_dir,
+        })
+    }
+
+    /// The aid whose directory this is.
+    pub(crate) fn aid(&self) -> Aid {
+        self.aid
+    }
+
+    /// Whether the directory is still linked: entries published into a removed one are lost.
+    pub(crate) fn is_linked(&self) -> bool {
+        fstat(&self.dir).is_ok_and(|st| st.st_nlink > 0)
+    }
+
+    /// Whether short file work here runs in place rather than on the blocking pool.
+    pub(crate) fn in_place(&self) -> bool {
+        self.state_dir.in_place()
+    }
+
+    /// The store's options, kept once in the state directory.
+    pub(crate) fn options(&self) -> &Options {
+        self.state_dir.options()
+    }
+
+    /// The directory's path, for messages.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub(super) fn entry_path(&self, id: InstanceId) -> PathBuf {
+        self.path.join(id.to_string())
+    }
+}
+
+/// The mark, in the aid's lock file, that a fallback save or a replace may have left a
+/// temporary file: the lock file's first byte is 1 from before such a write creates its file
+/// until after it has removed it, so one killed in between leaves the mark for the next to
+/// act on. The lock file is the locking layer's (`lock/file.rs`); this borrows its
+/// descriptor. Use it holding the lock exclusively.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct TempMark<'a> {
+    fd: std::os::fd::BorrowedFd<'a>,
+    path: &'a Path,
+}
+
+impl<'a> TempMark<'a> {
+    /// The mark in the lock file open as `fd`, at `path` (for messages).
+    pub(crate) fn new(fd: std::os::fd::BorrowedFd<'a>, path: &'a Path) -> TempMark<'a> {
+        TempMark { fd, path }
+    }
+
+    /// Whether the mark is set.
+    pub(crate) fn is_set(self) -> Result<bool, Error> {
+        let mut byte = [0u8];
+        match pread(self.fd, &mut byte, 0) {
+            Ok(n) => Ok(n == 1 && byte[0] == 1),
+            Err(e) => Err(Error::io("read lock file", self.path, e)),
+        }
+    }
+
+    /// Sets the mark (one byte), or clears it (no bytes, so a lock file that was never
+    /// marked stays empty).
+    pub(crate) fn set(self, on: bool) -> Result<(), Error> {
+        let done = if on {
+            pwrite(self.fd, &[1], 0).map(drop)
+        } else {
+            ftruncate(self.fd, 0)
+        };
+        done.map_err(|e| Error::io("write lock file", self.path, e))
+    }
+}

@@ -1,0 +1,95 @@
+//! Opening the store's files safely: flags that never follow a link or block on a fifo,
+//! directories made and checked private (as ssh checks key permissions), and the parent
+//! fsync that makes a new name durable.
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::Path;
+
+use rustix::fs::{FileType, Mode, OFlags, fstat, fsync, mkdirat, openat};
+use rustix::io::Errno;
+
+use crate::Error;
+use crate::disk::layout::DIR_MODE;
+
+/// Flags for every open of an existing file: never follow a link, never block on a fifo,
+/// never leak into a child.
+pub(crate) fn open_flags() -> OFlags {
+    OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY
+}
+
+/// Makes `name` under `parent` if missing, opens it without following links and checks that
+/// it is a directory of ours that nobody else may write. With `durable`, a directory made
+/// here has its parent fsynced too.
+pub(crate) fn open_private_dir(
+    parent: BorrowedFd<'_>,
+    name: &str,
+    path: &Path,
+    durable: bool,
+) -> Result<OwnedFd, Error> {
+    match mkdirat(parent, name, Mode::from_raw_mode(DIR_MODE)) {
+        Ok(()) if durable => sync_parent(parent, path)?,
+        Ok(()) | Err(Errno::EXIST) => {}
+        Err(e) => return Err(Error::io("create directory", path, e)),
+    }
+    let fd = openat(
+        parent,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | open_flags(),
+        Mode::empty(),
+    )
+    .map_err(|e| match e {
+        Errno::LOOP | Errno::NOTDIR => {
+            Error::insecure(path, "not a directory (a symlink or a file stands there)")
+        }
+        e => Error::io("open directory", path, e),
+    })?;
+    check_private(&fd, path, FileType::Directory)?;
+    Ok(fd)
+}
+
+/// Makes a new name in `parent` durable: without this fsync, a crash can lose the entry of
+/// `path` in its directory even though `path` itself was synced, and with it what it holds.
+pub(crate) fn sync_parent(parent: BorrowedFd<'_>, path: &Path) -> Result<(), Error> {
+    let parent_path = path.parent().unwrap_or(path);
+    fsync(parent).map_err(|e| Error::io("sync directory", parent_path, e))?;
+    #[cfg(test)]
+    SYNCED.with(|synced| synced.borrow_mut().push(parent_path.to_owned()));
+    Ok(())
+}
+
+/// Refuses a store object that another user owns or that others may write, as ssh refuses
+/// loose key permissions: whoever can write there can forge or delete entries. Returns what
+/// `fstat` said of it.
+pub(crate) fn check_private(
+    fd: impl AsFd,
+    path: &Path,
+    want: FileType,
+) -> Result<rustix::fs::Stat, Error> {
+    let st = fstat(fd).map_err(|e| Error::io("stat", path, e))?;
+    let insecure = |reason: String| Error::insecure(path, reason);
+    if FileType::from_raw_mode(st.st_mode) != want {
+        return Err(insecure(format!("expected a {want:?}")));
+    }
+    let euid = rustix::process::geteuid().as_raw();
+    if st.st_uid != euid {
+        return Err(insecure(format!(
+            "owned by uid {}, not by uid {euid}",
+            st.st_uid
+        )));
+    }
+    if st.st_mode & 0o022 != 0 {
+        return Err(insecure(format!(
+            "mode {:o} lets others write it",
+            st.st_mode & 0o7777
+        )));
+    }
+    Ok(st)
+}
+
+#[cfg(test)]
+thread_local! {
+    /// The directories [`sync_parent`] fsynced on this thread, in order.
+    pub(crate) static SYNCED: std::cell::RefCell<Vec<std::path::PathBuf>> = const {
+        std::cell::RefCell::new(Vec::new())
+    };
+}

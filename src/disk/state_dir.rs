@@ -1,0 +1,145 @@
+//! The open `<run_dir>/state` directory, shared by every aid directory of a store, with
+//! what a store learns once about it: its file system, and the store's options.
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{AtFlags, CWD, Mode, OFlags, fstat, openat, statat};
+use rustix::io::Errno;
+
+use crate::disk::layout::{DIR_MODE, FILE_MODE, STATE_DIR};
+use crate::disk::secure::{open_flags, open_private_dir, sync_parent};
+use crate::{Error, Options};
+
+/// The open `<run_dir>/state` directory: one per store, shared by its aids' directories.
+#[derive(Debug)]
+pub(crate) struct StateDir {
+    fd: OwnedFd,
+    path: PathBuf,
+    /// Whether short file work here may run in place (see `shell/place.rs`): on tmpfs or
+    /// ramfs, not durable, and not sent to the pool by the options.
+    in_place: bool,
+    /// The store's options, kept once here for every aid directory opened in it.
+    options: Options,
+}
+
+/// `f_type` of the file systems whose file work never waits on a device.
+const TMPFS_MAGIC: i64 = 0x0102_1994;
+const RAMFS_MAGIC: i64 = 0x8584_58f6;
+
+impl StateDir {
+    /// Opens `<run_dir>/state`, making it and the run directory if needed.
+    pub(crate) fn open(run_dir: &Path, options: &Options) -> Result<StateDir, Error> {
+        let durable = options.durable;
+        if !run_dir.as_os_str().is_empty() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(DIR_MODE)
+                .create(run_dir)
+                .map_err(|e| Error::io("create directory", run_dir, e))?;
+        }
+        let parent = if run_dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            run_dir
+        };
+        let run = openat(
+            CWD,
+            parent,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| Error::io("open directory", run_dir, e))?;
+        let path = run_dir.join(STATE_DIR);
+        let fd = open_private_dir(run.as_fd(), STATE_DIR, &path, durable)?;
+        // f_type's width differs between targets.
+        #[allow(clippy::unnecessary_cast)]
+        let on_memory = rustix::fs::fstatfs(&fd)
+            .is_ok_and(|fs| matches!(fs.f_type as i64, TMPFS_MAGIC | RAMFS_MAGIC));
+        let in_place = on_memory && !durable && !options.on_pool;
+        Ok(StateDir {
+            fd,
+            path,
+            in_place,
+            options: options.clone(),
+        })
+    }
+
+    /// Whether short file work here runs in place rather than on the blocking pool.
+    pub(crate) fn in_place(&self) -> bool {
+        self.in_place
+    }
+
+    /// The store's options.
+    pub(crate) fn options(&self) -> &Options {
+        &self.options
+    }
+
+    /// The directory's path, for messages.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The open directory, to open names in.
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// Opens the lock file `name` (at `path`, for messages), making it if missing. Returns
+    /// its descriptor unchecked: the locking layer lists it for the fork handler first
+    /// (`lock/fork_guard.rs`, which may call this again) and then checks it is private.
+    pub(crate) fn open_lock_file(&self, name: &str, path: &Path) -> Result<OwnedFd, Error> {
+        let state = &self.fd;
+        let refused = |e| match e {
+            Errno::LOOP => Error::insecure(path, "a symlink stands there"),
+            // O_RDWR on a directory, or any open of a socket.
+            Errno::ISDIR | Errno::NXIO => Error::insecure(
+                path,
+                "not a regular file (a directory or a socket stands there)",
+            ),
+            e => Error::io("open lock file", path, e),
+        };
+        let flags = OFlags::RDWR | open_flags();
+        let mode = Mode::from_raw_mode(FILE_MODE);
+        // Opened first without O_CREAT, so that the one open that does create the file is
+        // known, and only it pays for the fsync that durable mode needs.
+        loop {
+            match openat(state, name, flags, mode) {
+                Ok(fd) => return Ok(fd),
+                Err(Errno::NOENT) => {}
+                // A read-only file system: nobody can write entries there, so its readers
+                // need no writable lock file (flock works on a read-only descriptor), and
+                // its writers fail on their first write.
+                Err(Errno::ROFS) => {
+                    let read_only = OFlags::RDONLY | open_flags();
+                    return openat(state, name, read_only, mode).map_err(refused);
+                }
+                Err(e) => return Err(refused(e)),
+            }
+            match openat(state, name, flags | OFlags::CREATE | OFlags::EXCL, mode) {
+                Ok(fd) => {
+                    if self.options.durable {
+                        sync_parent(state.as_fd(), path)?;
+                    }
+                    return Ok(fd);
+                }
+                // Made by another opener meanwhile: open theirs.
+                Err(Errno::EXIST) => {}
+                Err(e) => return Err(refused(e)),
+            }
+        }
+    }
+
+    /// Whether this is still the directory at its path: one removed (an admin's `rm -rf`, a
+    /// tmpfiles cleaner) and perhaps made again by another store must be opened again.
+    pub(crate) fn is_current(&self) -> bool {
+        let (Ok(ours), Ok(named)) = (
+            fstat(&self.fd),
+            statat(CWD, &self.path, AtFlags::SYMLINK_NOFOLLOW),
+        ) else {
+            return false;
+        };
+        ours.st_nlink > 0 && (ours.st_dev, ours.st_ino) == (named.st_dev, named.st_ino)
+    }
+}

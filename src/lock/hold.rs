@@ -1,0 +1,405 @@
+//! Holding an aid: the in-process turn and the cross-process flock, as one owned value.
+//!
+//! Exclusion has two layers. Inside the process, each aid has a fair (FIFO) async
+//! read-write lock: an exclusive holder alone, or shared holders together, may touch the
+//! aid's lock file. Across processes, the holder then takes `flock`: first without blocking
+//! on the calling thread, and only if another process has it, by waiting in the kernel on a
+//! thread of its own (`lock/kernel_wait.rs`), which a waiter that is dropped simply walks
+//! away from. A waiting writer first queues at the writers' gate (`lock/gate.rs`), which
+//! holds back new readers in every process until it is in.
+//!
+//! A [`Hold`] owns both layers and releases them when dropped. Everything that may still use
+//! the aid keeps an `Arc<Hold>`: the cursor, and every blocking operation in flight. So the
+//! lock outlives a dropped future until the work it started has finished, and no write can
+//! land after the lock has passed to someone else. A lock granted on the blocking pool after
+//! its waiter was dropped is dropped there at once, since the `Hold` is built on that thread.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{OwnedMutexGuard, OwnedRwLockReadGuard, OwnedRwLockWriteGuard, oneshot};
+
+use crate::disk::aid_dir::{AidDir, TempMark};
+use crate::lock::file::LockFile;
+use crate::lock::kernel_wait::{Granted, Kind, Locked};
+use crate::lock::open_aid::OpenAid;
+use crate::shell::place::{self, Step};
+use crate::{Aid, Error};
+
+/// Whether a holder excludes everyone or only exclusive holders.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum LockMode {
+    Exclusive,
+    Shared,
+}
+
+/// How long a holder is willing to wait.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Wait {
+    Forever,
+    /// Fail with `WouldBlock` rather than wait at all.
+    Never,
+    /// Fail with `Timeout` at this instant (needs tokio's timer).
+    Until(Instant, Duration),
+}
+
+#[derive(Debug)]
+pub(super) enum Turn {
+    Exclusive(#[allow(dead_code)] OwnedRwLockWriteGuard<()>),
+    Shared(#[allow(dead_code)] OwnedRwLockReadGuard<()>),
+}
+
+/// An aid's in-process turn, before (or without) its flock.
+#[derive(Debug)]
+pub(super) struct Claim {
+    pub(super) aid: Aid,
+    pub(super) files: Arc<OpenAid>,
+    pub(super) turn: Turn,
+    pub(super) _open: OwnedRwLockReadGuard<()>,
+}
+
+/// What a waiting thread ([`crate::lock::kernel_wait`]) hands over, waited for as `wait`
+/// allows.
+async fn handed_by_thread(
+    aid: Aid,
+    wait: Wait,
+    handed: oneshot::Receiver<Granted>,
+) -> Result<Granted, Error> {
+    wait_as(aid, wait, || None, handed)
+        .await?
+        // The thread answers unless it panicked.
+        .map_err(|_| Error::Blocking {
+            op: "lock",
+            panicked: true,
+        })
+}
+
+impl Claim {
+    /// The claim now owns the flock too.
+    pub(super) fn granted(self) -> Hold {
+        let flock = Flock {
+            files: self.files.clone(),
+            shared: matches!(self.turn, Turn::Shared(_)),
+        };
+        Hold {
+            flock,
+            claim: self,
+            ops: Arc::new(tokio::sync::Mutex::new(())),
+        }
+    }
+}
+
+/// The flock of a hold; dropping it lets go of the lock (the last shared holder of the
+/// process drops the shared one).
+#[derive(Debug)]
+pub(super) struct Flock {
+    files: Arc<OpenAid>,
+    shared: bool,
+}
+
+impl Drop for Flock {
+    fn drop(&mut self) {
+        match self.shared {
+            false => self.files.lock().unlock(),
+            true => self.files.lock().leave_shared(),
+        }
+    }
+}
+
+/// An aid held: turn and flock. Dropping it releases the flock, then the turn (fields drop
+/// in order).
+#[derive(Debug)]
+pub(crate) struct Hold {
+    pub(super) flock: Flock,
+    pub(super) claim: Claim,
+    /// Orders the holder's operations. An operation whose future was dropped may still be
+    /// running on the blocking pool; the next one must wait for it, or a dropped save could
+    /// land after a later `len` of the same holder.
+    ops: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Hold {
+    pub(crate) fn aid(&self) -> Aid {
+        self.claim.aid
+    }
+
+    /// The held aid's directory: the core, whose methods are whole operations.
+    pub(crate) fn dir(&self) -> &AidDir {
+        self.claim.files.dir()
+    }
+
+    /// The lock file's temporary-file mark, for the core's writes that may leave a file
+    /// (the hold is exclusive wherever the cursor lets them run).
+    pub(crate) fn temp_mark(&self) -> TempMark<'_> {
+        self.claim.files.temp_mark()
+    }
+
+    /// Whether short work on this aid runs in place (see `shell/place.rs`).
+    pub(crate) fn in_place(&self) -> bool {
+        self.claim.files.dir().in_place()
+    }
+
+    /// Runs `f`, one logical operation (or one step of a long one) on the held aid, after
+    /// every earlier operation of this hold has finished: in place when the store's files
+    /// allow it and the work is not `big`, on the blocking pool otherwise. The work keeps the
+    /// hold alive, so the lock outlives a dropped future until it is done.
+    pub(crate) async fn operate<T, F>(
+        self: &Arc<Self>,
+        op: &'static str,
+        big: bool,
+        f: F,
+    ) -> Result<T, Error>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Hold, Step) -> Result<T, Error> + Send + 'static,
+    {
+        let turn = self.ops.clone().lock_owned().await;
+        let hold = self.clone();
+        place::run_step(op, !big && self.in_place(), move |step| {
+            let _turn = turn;
+            f(&hold, step)
+        })
+        .await
+    }
+
+    /// Removes the temporary files that a killed process left, and their mark: the core's
+    /// sweep (`disk/scan.rs`), one directory buffer per operation, giving the runtime back
+    /// between them. Call it on an exclusive hold.
+    pub(crate) async fn sweep_temps(self: &Arc<Self>) -> Result<(), Error> {
+        let mut sweep = None;
+        loop {
+            let step = self.operate("sweep", false, move |hold, _| {
+                let dir = hold.dir();
+                let mut sweep = sweep.map_or_else(|| dir.sweep(), Ok)?;
+                let more = dir.sweep_step(&mut sweep, hold.temp_mark())?;
+                Ok(more.then_some(sweep))
+            });
+            match step.await? {
+                Some(more) => sweep = Some(more),
+                None => return Ok(()),
+            }
+            place::pause(self.in_place()).await;
+        }
+    }
+}
+
+/// A waiting writer's place at the writers' gate ([`crate::lock::gate`]), released when
+/// dropped.
+#[derive(Debug)]
+enum AtGate {
+    /// Taken on the store's descriptor, which no other holder of this store uses for the
+    /// gate while this writer has the exclusive turn.
+    Store(Arc<OpenAid>),
+    /// Handed over by a waiting thread, on that thread's descriptor; released as dropped.
+    Handed(#[allow(dead_code)] Locked),
+}
+
+impl Drop for AtGate {
+    fn drop(&mut self) {
+        if let AtGate::Store(files) = self {
+            files.lock().open_gate();
+        }
+    }
+}
+
+/// Raises its flag when dropped: tells blocking work that its waiter has gone.
+#[derive(Debug, Default)]
+pub(crate) struct GoneOnDrop(pub(crate) Arc<AtomicBool>);
+
+impl Drop for GoneOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+/// A wait for another process's lock longer than this is worth telling the operator of.
+const SLOW_LOCK: Duration = Duration::from_secs(1);
+
+/// Waits for `fut` as `wait` allows.
+pub(super) async fn wait_as<T>(
+    aid: Aid,
+    wait: Wait,
+    now: impl FnOnce() -> Option<T>,
+    fut: impl Future<Output = T>,
+) -> Result<T, Error> {
+    match wait {
+        Wait::Forever => Ok(fut.await),
+        Wait::Never => now().ok_or(Error::WouldBlock { aid }),
+        Wait::Until(deadline, waited) => tokio::time::timeout_at(deadline.into(), fut)
+            .await
+            .map_err(|_| Error::Timeout { aid, waited }),
+    }
+}
+
+impl Claim {
+    /// Takes the flock for a claim with an exclusive turn. A claim dropped on the way gives
+    /// back its turn without unlocking: it owns no flock, and the descriptor's flock may be
+    /// another holder's.
+    pub(super) async fn flock_exclusive(claim: Claim, wait: Wait) -> Result<Hold, Error> {
+        if claim.files.lock().try_exclusive()? {
+            return Ok(claim.granted());
+        }
+        Self::wait_for_flock(claim, wait, false, ()).await
+    }
+
+    /// Takes (or joins) this process's shared flock for a claim with a shared turn. Only a
+    /// writer, holding the aid or queued for it in any process, makes it wait (or with
+    /// `Wait::Never`, fail): readers never wait for one another.
+    pub(super) async fn flock_shared(
+        claim: Claim,
+        first_reader: &Arc<tokio::sync::Mutex<()>>,
+        wait: Wait,
+    ) -> Result<Hold, Error> {
+        if claim.files.lock().try_shared()? {
+            return Ok(claim.granted());
+        }
+        if let Wait::Never = wait {
+            return Err(Error::WouldBlock { aid: claim.aid });
+        }
+        // One reader of this process waits for the lock; the others wait for it here.
+        let first = first_reader.clone();
+        let first: OwnedMutexGuard<()> = wait_as(
+            claim.aid,
+            wait,
+            || first.clone().try_lock_owned().ok(),
+            first.clone().lock_owned(),
+        )
+        .await?;
+        // Another reader may have taken it while we queued.
+        if claim.files.lock().try_shared()? {
+            return Ok(claim.granted());
+        }
+        Self::wait_for_flock(claim, wait, true, first).await
+    }
+
+    /// Waits for the flock that another process keeps from a claim, exclusive or `shared`, as
+    /// `wait` allows, keeping `guard` until then: first at the writers' gate
+    /// ([`crate::lock::gate`]), then for the flock in the kernel, on a thread of its own
+    /// ([`crate::lock::kernel_wait`]), or where no such thread can be had, by polling on the
+    /// pool.
+    async fn wait_for_flock<G: Send + 'static>(
+        claim: Claim,
+        wait: Wait,
+        shared: bool,
+        guard: G,
+    ) -> Result<Hold, Error> {
+        // Timed here, off the uncontended path, where a clock read would be a tenth of a hold.
+        let (aid, asked) = (claim.aid, Instant::now());
+        let held = Self::queue_for_flock(claim, wait, shared, guard).await;
+        let waited = asked.elapsed();
+        if waited > SLOW_LOCK {
+            tracing::info!(%aid, shared, ?waited, "waited for another process's lock");
+        }
+        held
+    }
+
+    /// [`Claim::wait_for_flock`], untimed.
+    async fn queue_for_flock<G: Send + 'static>(
+        claim: Claim,
+        wait: Wait,
+        shared: bool,
+        guard: G,
+    ) -> Result<Hold, Error> {
+        if let Wait::Never = wait {
+            return Err(Error::WouldBlock { aid: claim.aid });
+        }
+        let gate = Self::at_gate(&claim, wait, shared).await?;
+        // The lock may have come free while we were at the gate.
+        let taken = match shared {
+            true => claim.files.lock().try_shared()?,
+            false => claim.files.lock().try_exclusive()?,
+        };
+        if taken {
+            return Ok(claim.granted());
+        }
+        // A writer keeps its place at the gate until it has the flock, or gives up.
+        let guard = (guard, gate);
+        let kind = match shared {
+            true => Kind::Shared,
+            false => Kind::Exclusive,
+        };
+        match claim.files.lock().wait(kind) {
+            Ok(handed) => Self::handed_over(claim, wait, handed, shared, guard).await,
+            Err(_) => {
+                let take = match shared {
+                    true => LockFile::first_shared,
+                    false => LockFile::exclusive,
+                };
+                Self::poll_for_flock(claim, wait, guard, take).await
+            }
+        }
+    }
+
+    /// A writer takes its place at the writers' gate, behind the writers there, and gets it
+    /// back to keep while it waits for the flock; a reader waits until no writer is there,
+    /// and keeps nothing. As `wait` allows: given up, it holds nothing (the thread releases
+    /// the gate when it comes). Where no thread can wait for the gate, it goes on without.
+    async fn at_gate(claim: &Claim, wait: Wait, shared: bool) -> Result<Option<AtGate>, Error> {
+        if shared && !claim.files.lock().writer_queued()? {
+            return Ok(None);
+        }
+        // On the store's descriptor, without a thread, if no other writer is there.
+        if !shared && claim.files.lock().try_gate()? {
+            return Ok(Some(AtGate::Store(claim.files.clone())));
+        }
+        let kind = match shared {
+            true => Kind::GatePass,
+            false => Kind::Gate,
+        };
+        let Ok(handed) = claim.files.lock().wait(kind) else {
+            return Ok(None);
+        };
+        let granted = handed_by_thread(claim.aid, wait, handed).await?;
+        let gate = claim.files.lock().gate_granted(granted)?;
+        // A reader lets go at once: it only had to get past the writers in front.
+        Ok((!shared).then_some(AtGate::Handed(gate)))
+    }
+
+    /// Waits, as `wait` allows and keeping `guard` until then, for the flock that a waiting
+    /// thread ([`crate::lock::kernel_wait`]) hands over once another process lets go.
+    /// Dropped on the way, it lets go of everything at once, and the thread releases the lock
+    /// when it comes.
+    async fn handed_over<G>(
+        claim: Claim,
+        wait: Wait,
+        handed: oneshot::Receiver<Granted>,
+        shared: bool,
+        guard: G,
+    ) -> Result<Hold, Error> {
+        let granted = handed_by_thread(claim.aid, wait, handed).await?;
+        claim.files.lock().adopt(granted, shared)?;
+        drop(guard);
+        Ok(claim.granted())
+    }
+
+    /// Waits on the blocking pool for a flock that another process holds by polling it, as
+    /// `wait` allows, keeping `guard` until then. The hold is built on that thread, so if our
+    /// caller is gone by the time the lock comes, it is dropped there and the lock released
+    /// at once; a dropped waiter also ends the polling within one pause.
+    async fn poll_for_flock<G: Send + 'static>(
+        claim: Claim,
+        wait: Wait,
+        guard: G,
+        take: fn(&LockFile, Option<Instant>, &AtomicBool) -> Result<bool, Error>,
+    ) -> Result<Hold, Error> {
+        let (aid, until) = match wait {
+            Wait::Never => return Err(Error::WouldBlock { aid: claim.aid }),
+            Wait::Forever => (claim.aid, None),
+            Wait::Until(deadline, _) => (claim.aid, Some(deadline)),
+        };
+        let waiter = GoneOnDrop::default();
+        let gone = waiter.0.clone();
+        place::on_pool("lock", move || {
+            let _guard = guard;
+            match take(claim.files.lock(), until, &gone)? {
+                true => Ok(claim.granted()),
+                false => Err(match wait {
+                    Wait::Until(_, waited) => Error::Timeout { aid, waited },
+                    _ => Error::WouldBlock { aid },
+                }),
+            }
+        })
+        .await?
+    }
+}

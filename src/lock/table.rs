@@ -1,0 +1,275 @@
+//! The store's shared state ([`StoreState`]): the table of the aids this process has
+//! touched (each one's in-process turn and its open files, of which a bounded number are
+//! kept), the open state directory, and the gate that `close` shuts. Its `hold` is where a
+//! holder waits for an aid, in this process and then across processes (`lock/hold.rs`).
+
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{OwnedRwLockReadGuard, RwLock};
+
+use crate::disk::state_dir::StateDir;
+use crate::lock::fork_guard;
+use crate::lock::hold::{Claim, Hold, LockMode, Turn, Wait, wait_as};
+use crate::lock::open_aid::OpenAid;
+use crate::shell::place;
+use crate::{Aid, Error, Options};
+
+/// Everything this process keeps about one aid.
+#[derive(Debug, Default)]
+pub(super) struct Slot {
+    turn: Arc<RwLock<()>>,
+    /// Serialises the shared holders of this process that wait for its first `LOCK_SH`.
+    first_reader: Arc<tokio::sync::Mutex<()>>,
+    /// The aid's open directory and lock file, while it is held or among the recently
+    /// used ([`StoreState::keep_open`]); closed once it is neither, so that a store that
+    /// touches every aid keeps a bounded number of descriptors.
+    files: tokio::sync::Mutex<Option<Arc<OpenAid>>>,
+    /// Used since the cache last looked: spares the directory from one eviction round.
+    used: AtomicBool,
+    /// Set once an exclusive holder has removed temporary files a killed process left.
+    swept: AtomicBool,
+}
+
+/// A store's shared state: the table of aids, the open state directory, and the gate that
+/// `close` shuts. Every clone of an `AsyncStore` shares one.
+#[derive(Debug)]
+pub(crate) struct StoreState {
+    run_dir: PathBuf,
+    options: Options,
+    slots: Mutex<HashMap<Aid, Arc<Slot>>>,
+    /// The open `state` directory, once an aid has been opened.
+    state_dir: Mutex<Option<Arc<StateDir>>>,
+    /// The aids whose directory is open, oldest first (see [`StoreState::keep_open`]).
+    open: Mutex<VecDeque<Aid>>,
+    /// Every hold keeps a read guard; `close` takes the write side to wait for them all.
+    gate: Arc<RwLock<()>>,
+    closed: AtomicBool,
+    /// The process the store was made in: a forked child may not use it.
+    made_in: fork_guard::Epoch,
+}
+
+/// How many times a holder opens an aid's files again after finding them removed.
+const MAX_REOPENS: u32 = 8;
+
+/// Each critical section on these mutexes is a few plain assignments, so a poisoned one
+/// still holds consistent data.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl StoreState {
+    pub(crate) fn new(run_dir: PathBuf, options: Options) -> StoreState {
+        StoreState {
+            run_dir,
+            options,
+            slots: Mutex::new(HashMap::new()),
+            state_dir: Mutex::new(None),
+            open: Mutex::new(VecDeque::new()),
+            gate: Arc::new(RwLock::new(())),
+            closed: AtomicBool::new(false),
+            made_in: fork_guard::Epoch::now(),
+        }
+    }
+
+    /// The store's run directory.
+    pub(crate) fn run_dir(&self) -> &std::path::Path {
+        &self.run_dir
+    }
+
+    /// The store's options.
+    pub(crate) fn options(&self) -> &Options {
+        &self.options
+    }
+
+    /// A read guard on the gate, or `Closed`.
+    pub(crate) fn enter(&self) -> Result<OwnedRwLockReadGuard<()>, Error> {
+        self.made_in.check()?;
+        let open = self
+            .gate
+            .clone()
+            .try_read_owned()
+            .map_err(|_| Error::Closed)?;
+        // close() raises the flag before it waits, so a guard taken after it is refused here.
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        Ok(open)
+    }
+
+    /// The aid's open directory: the cached one, or opened now (and the state directory
+    /// with it if need be), leaving the least recently used beyond the cache's size closed.
+    async fn open_files(&self, aid: Aid, slot: &Slot) -> Result<Arc<OpenAid>, Error> {
+        slot.used.store(true, Ordering::Relaxed);
+        let mut cached = slot.files.lock().await;
+        if let Some(files) = &*cached {
+            return Ok(files.clone());
+        }
+        let state = lock(&self.state_dir).clone();
+        // Until the state directory is open, its file system is unknown: the pool.
+        let here = state.as_ref().is_some_and(|s| s.in_place());
+        let (run_dir, options) = (self.run_dir.clone(), self.options.clone());
+        let (state, files) = place::run_step("open", here, move |_| {
+            let state = match state {
+                Some(state) => state,
+                None => Arc::new(StateDir::open(&run_dir, &options)?),
+            };
+            let files = OpenAid::open(state.clone(), aid)?;
+            Ok((state, files))
+        })
+        .await?;
+        let files = Arc::new(files);
+        lock(&self.state_dir).get_or_insert(state);
+        *cached = Some(files.clone());
+        drop(cached);
+        self.keep_open(aid);
+        Ok(files)
+    }
+
+    /// Drops the cached directory of an aid once found stale, and the state directory too if
+    /// it was the one removed.
+    async fn forget_files(&self, slot: &Slot, stale: &Arc<OpenAid>) {
+        let mut cached = slot.files.lock().await;
+        if cached.as_ref().is_some_and(|dir| Arc::ptr_eq(dir, stale)) {
+            *cached = None;
+        }
+        let mut state = lock(&self.state_dir);
+        if state.as_ref().is_some_and(|s| !s.is_current()) {
+            *state = None;
+        }
+    }
+
+    /// Lists `aid` among those whose directory is open, and closes the directories of the
+    /// least recently used aids that nobody holds beyond the cache's size: a clock, so a hit
+    /// costs one relaxed store and no lock. Held aids keep theirs whatever the size.
+    fn keep_open(&self, aid: Aid) {
+        let mut open = lock(&self.open);
+        open.push_back(aid);
+        let mut closing = Vec::new();
+        let mut looked = 0;
+        while open.len() > self.options.open_aids && looked < 2 * open.len() {
+            looked += 1;
+            let Some(oldest) = open.pop_front() else {
+                break;
+            };
+            let slot = self.slot(oldest);
+            let evicted = !slot.used.swap(false, Ordering::Relaxed)
+                && slot.files.try_lock().is_ok_and(|mut dir| {
+                    // Only the cache has it: no holder, no operation in flight.
+                    match dir.take_if(|d| Arc::strong_count(d) == 1) {
+                        Some(d) => {
+                            closing.push(d);
+                            true
+                        }
+                        None => dir.is_none(),
+                    }
+                });
+            if !evicted {
+                open.push_back(oldest);
+            }
+        }
+        drop(open);
+        // Two close(2) calls each, outside the table's lock.
+        drop(closing);
+    }
+
+    fn slot(&self, aid: Aid) -> Arc<Slot> {
+        lock(&self.slots).entry(aid).or_default().clone()
+    }
+
+    /// Waits for the aid, in this process and then across processes.
+    pub(crate) async fn hold(
+        &self,
+        aid: Aid,
+        mode: LockMode,
+        wait: Wait,
+    ) -> Result<Arc<Hold>, Error> {
+        let open = self.enter()?;
+        let slot = self.slot(aid);
+        let turn = match mode {
+            LockMode::Exclusive => Turn::Exclusive(
+                wait_as(
+                    aid,
+                    wait,
+                    || slot.turn.clone().try_write_owned().ok(),
+                    slot.turn.clone().write_owned(),
+                )
+                .await?,
+            ),
+            LockMode::Shared => Turn::Shared(
+                wait_as(
+                    aid,
+                    wait,
+                    || slot.turn.clone().try_read_owned().ok(),
+                    slot.turn.clone().read_owned(),
+                )
+                .await?,
+            ),
+        };
+        let mut claim = Claim {
+            aid,
+            files: self.open_files(aid, &slot).await?,
+            turn,
+            _open: open,
+        };
+        // Revalidated under the lock: a lock file removed and made anew by another store
+        // would otherwise split exclusion between the two files. Bounded, in case a cleaner
+        // keeps removing the directory.
+        let mut reopened = 0;
+        let hold = loop {
+            let hold = match mode {
+                LockMode::Exclusive => Claim::flock_exclusive(claim, wait).await?,
+                LockMode::Shared => Claim::flock_shared(claim, &slot.first_reader, wait).await?,
+            };
+            if hold.claim.files.is_current() {
+                break hold;
+            }
+            let Hold {
+                flock,
+                claim: stale,
+                ..
+            } = hold;
+            drop(flock);
+            reopened += 1;
+            if reopened > MAX_REOPENS {
+                return Err(Error::io(
+                    "lock",
+                    stale.files.lock_path(),
+                    std::io::Error::other("the lock file keeps being removed"),
+                ));
+            }
+            tracing::warn!(
+                path = %stale.files.dir().path().display(),
+                "the aid's lock file or directory was removed while open; opening them again"
+            );
+            self.forget_files(&slot, &stale.files).await;
+            claim = Claim {
+                files: self.open_files(aid, &slot).await?,
+                ..stale
+            };
+        };
+        let hold = Arc::new(hold);
+        if mode == LockMode::Exclusive && !slot.swept.load(Ordering::Acquire) {
+            // The first exclusive holder in this store clears what a killed process left.
+            // A whole listing of the directory, once per aid and store: in steps.
+            hold.sweep_temps().await?;
+            slot.swept.store(true, Ordering::Release);
+        }
+        Ok(hold)
+    }
+
+    /// Refuses new holds, waits for the current ones, and closes every file of the store.
+    pub(crate) async fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        let _all = self.gate.write().await;
+        lock(&self.slots).clear();
+        lock(&self.open).clear();
+        *lock(&self.state_dir) = None;
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+}
