@@ -9,16 +9,19 @@
 //! and a store whose [`Options::work_on_pool`](crate::Options::work_on_pool) says so.
 //!
 //! Long operations (streams, `load_all`, `len`, `prune_dead`) run in steps of at most
-//! [`Step::IN_PLACE`] files in place, and give the runtime back between steps
-//! ([`pause`]), so that no single poll holds a thread for long and a dropped future stops
-//! at its next step. On the pool a step is larger ([`Step::ON_POOL`]): the hop is paid once
+//! [`Step::IN_PLACE`] files in place. Every 50 µs of in-place work on a thread (a long
+//! operation's steps, or a loop of short ones), the store gives the runtime back
+//! ([`pause`], [`POLL_BUDGET`]), so that no single poll holds a thread for long and a
+//! dropped future stops soon. On the pool a step is larger ([`Step::ON_POOL`]): the hop is paid once
 //! per step, not per file.
 //!
 //! Waiting for a lock another process holds comes neither here nor to the pool but to a thread
 //! of its own (`lock/kernel_wait.rs`): the wait can be long, and its waiter must stay free to
 //! give up. Only its fallback, a polling wait, runs on the pool ([`on_pool`]).
 
+use std::cell::Cell;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::time::{Duration, Instant};
 
 use tokio::runtime::Handle;
 
@@ -77,9 +80,40 @@ where
     F: FnOnce(Step) -> Result<T, Error> + Send + 'static,
 {
     if here {
-        return in_place(op, || f(Step::IN_PLACE))?;
+        yield_if_spent().await;
+        return charged(|| in_place(op, || f(Step::IN_PLACE)))?;
     }
     on_pool(op, move || f(Step::ON_POOL)).await?
+}
+
+/// How much in-place work a thread does before the store gives the runtime back: a bound on
+/// how long one poll of a store future holds the thread (plus one step), and a yield's cost
+/// (about a microsecond) spread over this much work.
+const POLL_BUDGET: Duration = Duration::from_micros(50);
+
+thread_local! {
+    /// In-place work done on this thread since the store last yielded on it. Work of other
+    /// tasks in between counts too, so the store may yield a little early, never late.
+    static SPENT: Cell<Duration> = const { Cell::new(Duration::ZERO) };
+}
+
+/// Runs `f`, in-place work such as decoding an entry, and counts its time against the
+/// thread's poll budget.
+pub(crate) fn charged<T>(f: impl FnOnce() -> T) -> T {
+    let started = Instant::now();
+    let done = f();
+    SPENT.set(SPENT.get() + started.elapsed());
+    done
+}
+
+/// Yields once this thread has done a poll's worth of in-place work. A loop of short
+/// operations (a thousand saves in one hold, say) never waits on anything, so without this
+/// it would keep the thread, and the task's other futures, for as long as it runs.
+async fn yield_if_spent() {
+    if SPENT.get() >= POLL_BUDGET {
+        SPENT.set(Duration::ZERO);
+        tokio::task::yield_now().await;
+    }
 }
 
 /// Runs `f` on this thread. A panic in the store's own work becomes [`Error::Blocking`], as
@@ -88,11 +122,12 @@ fn in_place<T>(op: &'static str, f: impl FnOnce() -> T) -> Result<T, Error> {
     catch_unwind(AssertUnwindSafe(f)).map_err(|_| Error::Blocking { op, panicked: true })
 }
 
-/// Gives the runtime back between two steps of work done in place, so that the task's other
-/// futures (a `select!` arm, a ticker) and other tasks run. Nothing to do after a step on
-/// the pool, whose await has already yielded.
+/// Between two steps of work done in place: gives the runtime back once the thread has done
+/// a poll's worth of work, so that the task's other futures (a `select!` arm, a ticker) and
+/// other tasks run, and a dropped future stops here. Nothing to do after a step on the pool,
+/// whose await has already yielded.
 pub(crate) async fn pause(here: bool) {
     if here {
-        tokio::task::yield_now().await;
+        yield_if_spent().await;
     }
 }

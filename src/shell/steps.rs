@@ -161,7 +161,8 @@ where
                 match raw.items.next() {
                     Some(Taken::Ready(item)) => return Some((item, raw)),
                     Some(Taken::Bytes(id, at)) => {
-                        let decoded = read::decode_entry(&raw.dir, id, &raw.bytes[at]);
+                        let decoded =
+                            place::charged(|| read::decode_entry(&raw.dir, id, &raw.bytes[at]));
                         return Some((decoded, raw));
                     }
                     Some(Taken::Big(id, at)) => {
