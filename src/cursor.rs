@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 use crate::disk::aid_dir::{AidDir, TempMark};
 use crate::disk::{format, read};
 use crate::lock::hold::{GoneOnDrop, Hold};
-use crate::shell::place::IN_PLACE_MAX_BYTES;
+use crate::shell::place::{self, IN_PLACE_MAX_BYTES};
 use crate::shell::steps::{self, Listing};
 use crate::{Aid, Error, InstanceId, State};
 
@@ -149,8 +149,11 @@ where
         put: fn(&AidDir, InstanceId, &[u8], TempMark<'_>) -> Result<T, Error>,
     ) -> Result<T, Error> {
         let mut config = Vec::with_capacity(self.last_len);
-        let encoded = format::encode_config(&state.config, &mut config)
-            .and_then(|()| format::check_depth(&config, format::MAX_CONFIG_DEPTH));
+        // Work on the task's thread, so it counts against the poll budget.
+        let encoded = place::charged(|| {
+            format::encode_config(&state.config, &mut config)
+                .and_then(|()| format::check_depth(&config, format::MAX_CONFIG_DEPTH))
+        });
         if let Err(reason) = encoded {
             let path = self.read.hold.dir().path().join(state.id.to_string());
             return Err(Error::Encode { path, reason });
@@ -350,7 +353,7 @@ where
     /// Streams the entries, decoded, in directory order.
     ///
     /// Lazy and bounded in memory: files are read in steps as the stream is polled (in place
-    /// on tmpfs, up to 8 files or 32 KiB a step with a yield between steps; on the blocking
+    /// on tmpfs, up to 4 files or 16 KiB a step, yielding after every 30 µs of such work; on the blocking
     /// pool elsewhere, up to 128 files or 512 KiB), and each entry is decoded when it is
     /// taken, on the polling thread (entries over 64 KiB on the blocking pool). A file that
     /// is not a valid entry is one [`Error::Corrupt`] item naming it, and the stream goes on.

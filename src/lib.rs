@@ -69,7 +69,7 @@
 //! `LocalSet`, and its futures are `Send`. File work on tmpfs or ramfs (the store's normal
 //! home, such as `/run`) never waits on a device, so short operations run in place on the
 //! task's thread, and long ones (streams, `load_all`, `len`, `prune_dead`) in steps of a
-//! few files; every 50 µs of such work the store yields to the runtime, so no poll holds a
+//! few files; every 30 µs of such work the store yields to the runtime, so no poll holds a
 //! thread for long (a loop of a thousand saves included), and a dropped future stops soon. Everything that can wait goes to the blocking pool
 //! (`spawn_blocking`): other file systems, a durable store's fsyncs, entries over 64 KiB,
 //! and every file operation under [`Options::work_on_pool`]. Waiting for a lock another

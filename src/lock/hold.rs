@@ -179,7 +179,7 @@ impl Hold {
                 Some(more) => sweep = Some(more),
                 None => return Ok(()),
             }
-            place::pause(self.in_place()).await;
+            place::pause().await;
         }
     }
 }

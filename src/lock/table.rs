@@ -42,6 +42,8 @@ pub(crate) struct StoreState {
     slots: Mutex<HashMap<Aid, Arc<Slot>>>,
     /// The open `state` directory, once an aid has been opened.
     state_dir: Mutex<Option<Arc<StateDir>>>,
+    /// Taken by the one task that opens the state directory.
+    opening_state_dir: tokio::sync::Mutex<()>,
     /// The aids whose directory is open, oldest first (see [`StoreState::keep_open`]).
     open: Mutex<VecDeque<Aid>>,
     /// Every hold keeps a read guard; `close` takes the write side to wait for them all.
@@ -67,6 +69,7 @@ impl StoreState {
             options,
             slots: Mutex::new(HashMap::new()),
             state_dir: Mutex::new(None),
+            opening_state_dir: tokio::sync::Mutex::new(()),
             open: Mutex::new(VecDeque::new()),
             gate: Arc::new(RwLock::new(())),
             closed: AtomicBool::new(false),
@@ -101,27 +104,33 @@ impl StoreState {
 
     /// The aid's open directory: the cached one, or opened now (and the state directory
     /// with it if need be), leaving the least recently used beyond the cache's size closed.
+    /// The open state directory, opened on the pool the first time (its file system, and so
+    /// where work may run, is not known before), by one task while the others wait: 400
+    /// tasks holding their first aids at once would otherwise start 400 pool threads.
+    async fn state_dir(&self) -> Result<Arc<StateDir>, Error> {
+        if let Some(state) = lock(&self.state_dir).clone() {
+            return Ok(state);
+        }
+        let _opening = self.opening_state_dir.lock().await;
+        if let Some(state) = lock(&self.state_dir).clone() {
+            return Ok(state);
+        }
+        let (run_dir, options) = (self.run_dir.clone(), self.options.clone());
+        let state = place::on_pool("open", move || StateDir::open(&run_dir, &options)).await??;
+        let state = Arc::new(state);
+        *lock(&self.state_dir) = Some(state.clone());
+        Ok(state)
+    }
+
     async fn open_files(&self, aid: Aid, slot: &Slot) -> Result<Arc<OpenAid>, Error> {
         slot.used.store(true, Ordering::Relaxed);
         let mut cached = slot.files.lock().await;
         if let Some(files) = &*cached {
             return Ok(files.clone());
         }
-        let state = lock(&self.state_dir).clone();
-        // Until the state directory is open, its file system is unknown: the pool.
-        let here = state.as_ref().is_some_and(|s| s.in_place());
-        let (run_dir, options) = (self.run_dir.clone(), self.options.clone());
-        let (state, files) = place::run_step("open", here, move |_| {
-            let state = match state {
-                Some(state) => state,
-                None => Arc::new(StateDir::open(&run_dir, &options)?),
-            };
-            let files = OpenAid::open(state.clone(), aid)?;
-            Ok((state, files))
-        })
-        .await?;
-        let files = Arc::new(files);
-        lock(&self.state_dir).get_or_insert(state);
+        let state = self.state_dir().await?;
+        let files = place::run_step("open", state.in_place(), move |_| OpenAid::open(state, aid));
+        let files = Arc::new(files.await?);
         *cached = Some(files.clone());
         drop(cached);
         self.keep_open(aid);

@@ -9,7 +9,7 @@
 //! and a store whose [`Options::work_on_pool`](crate::Options::work_on_pool) says so.
 //!
 //! Long operations (streams, `load_all`, `len`, `prune_dead`) run in steps of at most
-//! [`Step::IN_PLACE`] files in place. Every 50 µs of in-place work on a thread (a long
+//! [`Step::IN_PLACE`] files in place. Every 30 µs of in-place work on a thread (a long
 //! operation's steps, or a loop of short ones), the store gives the runtime back
 //! ([`pause`], [`POLL_BUDGET`]), so that no single poll holds a thread for long and a
 //! dropped future stops soon. On the pool a step is larger ([`Step::ON_POOL`]): the hop is paid once
@@ -43,8 +43,8 @@ pub(crate) struct Step {
 impl Step {
     /// A step done in place: tens of microseconds on tmpfs.
     pub(crate) const IN_PLACE: Step = Step {
-        files: 8,
-        bytes: 32 << 10,
+        files: 4,
+        bytes: 16 << 10,
     };
     /// A step done on the blocking pool, where the hop costs about as much as a few files.
     pub(crate) const ON_POOL: Step = Step {
@@ -89,7 +89,7 @@ where
 /// How much in-place work a thread does before the store gives the runtime back: a bound on
 /// how long one poll of a store future holds the thread (plus one step), and a yield's cost
 /// (about a microsecond) spread over this much work.
-const POLL_BUDGET: Duration = Duration::from_micros(50);
+pub(crate) const POLL_BUDGET: Duration = Duration::from_micros(30);
 
 thread_local! {
     /// In-place work done on this thread since the store last yielded on it. Work of other
@@ -122,12 +122,10 @@ fn in_place<T>(op: &'static str, f: impl FnOnce() -> T) -> Result<T, Error> {
     catch_unwind(AssertUnwindSafe(f)).map_err(|_| Error::Blocking { op, panicked: true })
 }
 
-/// Between two steps of work done in place: gives the runtime back once the thread has done
-/// a poll's worth of work, so that the task's other futures (a `select!` arm, a ticker) and
-/// other tasks run, and a dropped future stops here. Nothing to do after a step on the pool,
-/// whose await has already yielded.
-pub(crate) async fn pause(here: bool) {
-    if here {
-        yield_if_spent().await;
-    }
+/// Between two steps of work, or two entries decoded: gives the runtime back once the
+/// thread has done a poll's worth of in-place work, so that the task's other futures (a
+/// `select!` arm, a ticker) and other tasks run, and a dropped future stops here. Work done on
+/// the pool does not count: its await has yielded already.
+pub(crate) async fn pause() {
+    yield_if_spent().await;
 }

@@ -40,7 +40,7 @@ pub(crate) fn stream<B: Batcher>(
             let mut batcher = batcher?;
             let hold = batcher.hold().clone();
             if started {
-                place::pause(hold.in_place()).await;
+                place::pause().await;
             }
             let hop = hold.operate(op, false, move |_, step| {
                 let mut out = Vec::new();
@@ -161,6 +161,8 @@ where
                 match raw.items.next() {
                     Some(Taken::Ready(item)) => return Some((item, raw)),
                     Some(Taken::Bytes(id, at)) => {
+                        // A step's entries, decoded one by one, can make a poll's worth too.
+                        place::pause().await;
                         let decoded =
                             place::charged(|| read::decode_entry(&raw.dir, id, &raw.bytes[at]));
                         return Some((decoded, raw));
@@ -174,7 +176,7 @@ where
                 let mut listing = raw.listing.take()?;
                 let hold = listing.hold.clone();
                 if std::mem::replace(&mut raw.stepped, true) {
-                    place::pause(hold.in_place()).await;
+                    place::pause().await;
                 }
                 // The byte buffer goes to the step and comes back, to be reused.
                 let mut bytes = std::mem::take(&mut raw.bytes);
