@@ -2,6 +2,8 @@
 //! ran adopts them: each entry disappears within a moment of its child's exit, not before,
 //! and nothing else in the store is lost.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -25,35 +27,9 @@ const MOMENT: Duration = Duration::from_millis(800);
 /// A bound on anything that must end: a deadlock detector, not a speed check.
 const DEADLOCK: Duration = Duration::from_secs(30);
 
-/// The `supervisor` example, built now: `cargo test --test adopt` alone does not build
-/// examples, and would run a stale one.
+/// The `supervisor` example, built now.
 fn supervisor_binary() -> PathBuf {
-    let mut cargo = Command::new(env!("CARGO"));
-    cargo
-        .args([
-            "build",
-            "--quiet",
-            "--example",
-            "supervisor",
-            "--message-format=json",
-        ])
-        .current_dir(env!("CARGO_MANIFEST_DIR"));
-    if !cfg!(debug_assertions) {
-        cargo.arg("--release");
-    }
-    let out = cargo.output().expect("cargo runs");
-    assert!(
-        out.status.success(),
-        "cargo build --example supervisor failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-        .filter(|msg| msg["target"]["name"] == "supervisor")
-        .find_map(|msg| msg["executable"].as_str().map(PathBuf::from))
-        .expect("cargo reports the supervisor executable")
+    common::example_binary("supervisor")
 }
 
 /// One child of the killed supervisor, as its table showed it.

@@ -1,5 +1,7 @@
 //! Runs the `ps` example against a real store.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -14,38 +16,10 @@ struct Config {
     other: u32,
 }
 
-/// The `ps` example, built now. `cargo test` builds examples too, but a run of this file
-/// alone (`cargo test --test ps_example`) does not, and would test a stale binary.
+/// The `ps` example, built now, once per run of this file.
 fn ps_binary() -> &'static Path {
     static PS: OnceLock<PathBuf> = OnceLock::new();
-    PS.get_or_init(|| {
-        let mut cargo = Command::new(env!("CARGO"));
-        cargo
-            .args([
-                "build",
-                "--quiet",
-                "--example",
-                "ps",
-                "--message-format=json",
-            ])
-            .current_dir(env!("CARGO_MANIFEST_DIR"));
-        if !cfg!(debug_assertions) {
-            cargo.arg("--release");
-        }
-        let out = cargo.output().expect("cargo runs");
-        assert!(
-            out.status.success(),
-            "cargo build --example ps failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout)
-            .unwrap()
-            .lines()
-            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-            .filter(|msg| msg["target"]["name"] == "ps")
-            .find_map(|msg| msg["executable"].as_str().map(PathBuf::from))
-            .expect("cargo reports the ps executable")
-    })
+    PS.get_or_init(|| common::example_binary("ps"))
 }
 
 fn ps(args: &[&str]) -> (String, String) {

@@ -443,3 +443,34 @@ pub fn flock_waiters(path: &Path) -> usize {
         })
         .count()
 }
+
+/// The executable of example `name`, built now: `cargo test` builds examples, but a run of
+/// one test file alone (`cargo test --test NAME`) does not, and would run a stale one.
+pub fn example_binary(name: &str) -> PathBuf {
+    let mut cargo = std::process::Command::new(env!("CARGO"));
+    cargo
+        .args([
+            "build",
+            "--quiet",
+            "--example",
+            name,
+            "--message-format=json",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    if !cfg!(debug_assertions) {
+        cargo.arg("--release");
+    }
+    let out = cargo.output().expect("cargo runs");
+    assert!(
+        out.status.success(),
+        "cargo build --example {name} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|msg| msg["target"]["name"] == name)
+        .find_map(|msg| msg["executable"].as_str().map(PathBuf::from))
+        .unwrap_or_else(|| panic!("cargo reports the {name} executable"))
+}
