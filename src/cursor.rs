@@ -10,6 +10,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::disk::aid_dir::{AidDir, TempMark};
+use crate::disk::read::Found;
 use crate::disk::{format, read};
 use crate::lock::hold::{GoneOnDrop, Hold};
 use crate::shell::place::{self, IN_PLACE_MAX_BYTES};
@@ -317,17 +318,25 @@ where
 
     /// Reads the entry of `id`, or `None` if there is none.
     pub async fn load(&mut self, id: InstanceId) -> Result<Option<State<C>>, Error> {
-        let read = self.hold.operate("load", false, move |hold, _| {
-            let mut bytes = Vec::new();
-            Ok(hold.dir().read_entry(id, &mut bytes)?.then_some(bytes))
-        });
-        let Some(bytes) = read.await? else {
-            return Ok(None);
+        let read = |big| {
+            self.hold.operate("load", big, move |hold, step| {
+                let mut bytes = Vec::new();
+                let found = hold.dir().read_entry(id, &mut bytes, step.max_file)?;
+                Ok((found, bytes))
+            })
+        };
+        // Read in place unless the file is too large for that; then read it on the pool.
+        let (found, bytes) = match read(false).await? {
+            (Found::TooLargeHere, _) => read(true).await?,
+            read => read,
         };
         let dir = self.hold.dir().path();
-        match bytes.len() > IN_PLACE_MAX_BYTES {
-            true => steps::decode_on_pool(dir, id, &bytes).await.map(Some),
-            false => read::decode_entry(dir, id, &bytes).map(Some),
+        match found {
+            Found::Read if bytes.len() > IN_PLACE_MAX_BYTES => {
+                steps::decode_on_pool(dir, id, bytes).await.map(Some)
+            }
+            Found::Read => place::charged(|| read::decode_entry(dir, id, &bytes)).map(Some),
+            Found::Missing | Found::TooLargeHere => Ok(None),
         }
     }
 

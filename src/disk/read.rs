@@ -20,13 +20,30 @@ use crate::disk::secure::open_flags;
 use crate::error::CorruptKind;
 use crate::{Error, InstanceId, State};
 
+/// What a read of one entry file found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Found {
+    /// The file's bytes, now in the buffer.
+    Read,
+    /// No such file: never saved, or removed since it was listed.
+    Missing,
+    /// A file larger than the read was allowed to take where it runs (in place); nothing
+    /// was read, so that the blocking pool can read it.
+    TooLargeHere,
+}
+
 impl AidDir {
-    /// Reads the bytes of the entry of `id` into `buf`, undecoded; `Ok(false)` if there is
-    /// none.
-    pub(crate) fn read_entry(&self, id: InstanceId, buf: &mut Vec<u8>) -> Result<bool, Error> {
+    /// Reads the bytes of the entry of `id` into `buf`, undecoded, unless the file is over
+    /// `max_file` bytes (see [`Found`]).
+    pub(crate) fn read_entry(
+        &self,
+        id: InstanceId,
+        buf: &mut Vec<u8>,
+        max_file: u64,
+    ) -> Result<Found, Error> {
         let name = layout::entry_name(id);
         buf.clear();
-        self.read_file(layout::as_cstr(&name), id, buf)
+        self.read_file(layout::as_cstr(&name), id, buf, max_file)
     }
 
     /// Reads and decodes the entry of `id`, reusing `buf`.
@@ -35,12 +52,11 @@ impl AidDir {
         id: InstanceId,
         buf: &mut Vec<u8>,
     ) -> Result<Option<State<C>>, Error> {
-        let name = layout::entry_name(id);
-        buf.clear();
-        if !self.read_file(layout::as_cstr(&name), id, buf)? {
-            return Ok(None);
+        match self.read_entry(id, buf, u64::MAX)? {
+            Found::Read => decode_entry(&self.path, id, buf).map(Some),
+            // With no size bound here, only a missing file is not read.
+            Found::Missing | Found::TooLargeHere => Ok(None),
         }
-        decode_entry(&self.path, id, buf).map(Some)
     }
 
     /// Reads the next entry files of `scan`, undecoded, one after another into `bytes`: at
@@ -50,14 +66,16 @@ impl AidDir {
     /// Streams decode the entries later, one at a time as they are taken: decoded in a
     /// batch, a hundred configs would be alive at once, and the allocator's churn on them
     /// cost more than the hop the batch saves.
+    ///
+    /// Returns `true` if it stopped at a file over `max_file` bytes, left unread for a
+    /// larger step on the blocking pool.
     pub(crate) fn read_raw_batch(
         &self,
         scan: &mut Scan,
-        max: usize,
-        max_bytes: usize,
+        (max, max_bytes, max_file): (usize, usize, u64),
         bytes: &mut Vec<u8>,
         out: &mut Vec<Result<(InstanceId, Range<usize>), Error>>,
-    ) {
+    ) -> bool {
         while out.len() < max && bytes.len() < max_bytes {
             let id = match scan.next_id(&self.path) {
                 None => break,
@@ -69,18 +87,29 @@ impl AidDir {
             };
             let start = bytes.len();
             let name = layout::entry_name(id);
-            match self.read_file(layout::as_cstr(&name), id, bytes) {
-                Ok(true) => out.push(Ok((id, start..bytes.len()))),
+            match self.read_file(layout::as_cstr(&name), id, bytes, max_file) {
+                Ok(Found::Read) => out.push(Ok((id, start..bytes.len()))),
                 // Destroyed since it was listed (by a foreign process): no longer an entry.
-                Ok(false) => {}
+                Ok(Found::Missing) => {}
+                Ok(Found::TooLargeHere) => {
+                    scan.unget();
+                    return true;
+                }
                 Err(e) => out.push(Err(e)),
             }
         }
+        false
     }
 
     /// Reads a whole entry file into `buf`; `Ok(false)` if it does not exist. The size cap is
     /// checked on the open file before a byte is read, so a huge file costs nothing.
-    fn read_file(&self, name: &CStr, id: InstanceId, buf: &mut Vec<u8>) -> Result<bool, Error> {
+    fn read_file(
+        &self,
+        name: &CStr,
+        id: InstanceId,
+        buf: &mut Vec<u8>,
+        max_file: u64,
+    ) -> Result<Found, Error> {
         let not_a_file = || Error::corrupt(self.entry_path(id), CorruptKind::NotAFile);
         let fd = match openat(
             &self.dir,
@@ -89,7 +118,7 @@ impl AidDir {
             Mode::empty(),
         ) {
             Ok(fd) => fd,
-            Err(Errno::NOENT) => return Ok(false),
+            Err(Errno::NOENT) => return Ok(Found::Missing),
             Err(Errno::LOOP | Errno::NXIO | Errno::ISDIR) => return Err(not_a_file()),
             Err(e) => return Err(Error::io("read", self.entry_path(id), e)),
         };
@@ -104,6 +133,9 @@ impl AidDir {
                 self.entry_path(id),
                 CorruptKind::TooLarge { size, limit },
             ));
+        }
+        if size > max_file {
+            return Ok(Found::TooLargeHere);
         }
         let start = buf.len();
         let mut file = File::from(fd);
@@ -147,7 +179,7 @@ impl AidDir {
         if result.is_err() {
             buf.truncate(start);
         }
-        result.map(|()| true)
+        result.map(|()| Found::Read)
     }
 
     /// The next entry of `scan`, read into `buf` and decoded, or the error in its place.
@@ -223,5 +255,63 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         s.clone()
     } else {
         "a panic without a message".to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::disk::state_dir::StateDir;
+    use crate::{Aid, Options};
+
+    /// A read bounded to what may be read in place leaves a larger file unread, and a step
+    /// of a listing stops before it, so that the pool reads it; unbounded, both read it.
+    #[test]
+    fn a_file_over_the_bound_is_left_unread_for_the_pool() {
+        let run = tempfile::tempdir_in("/dev/shm").unwrap();
+        let options = Options::new();
+        let state = Arc::new(StateDir::open(run.path(), &options).unwrap());
+        let dir = AidDir::open(state, Aid::new(1).unwrap()).unwrap();
+        let (small, large) = (
+            InstanceId::from_bytes([1; 16]),
+            InstanceId::from_bytes([2; 16]),
+        );
+        std::fs::write(dir.path().join(small.to_string()), [0u8; 100]).unwrap();
+        std::fs::write(dir.path().join(large.to_string()), vec![0u8; 5000]).unwrap();
+
+        let mut buf = Vec::new();
+        assert_eq!(
+            dir.read_entry(large, &mut buf, 4096).unwrap(),
+            Found::TooLargeHere
+        );
+        assert!(buf.is_empty(), "nothing read");
+        assert_eq!(
+            dir.read_entry(large, &mut buf, u64::MAX).unwrap(),
+            Found::Read
+        );
+        assert_eq!(buf.len(), 5000);
+        assert_eq!(
+            dir.read_entry(InstanceId::from_bytes([3; 16]), &mut buf, 4096)
+                .unwrap(),
+            Found::Missing
+        );
+
+        // Steps of up to 10 files: one in place stops at the large file, whichever comes
+        // first in the directory, and the next step, on the pool, reads it.
+        let mut scan = dir.scan().unwrap();
+        let mut read_ids = Vec::new();
+        let mut stopped = 0;
+        for max_file in [4096, 4096, u64::MAX] {
+            let (mut bytes, mut out) = (Vec::new(), Vec::new());
+            if dir.read_raw_batch(&mut scan, (10, 1 << 20, max_file), &mut bytes, &mut out) {
+                stopped += 1;
+            }
+            read_ids.extend(out.into_iter().map(|item| item.unwrap().0));
+        }
+        read_ids.sort();
+        assert_eq!(read_ids, [small, large], "each file read once");
+        assert!(stopped >= 1, "an in-place step stopped at the large file");
     }
 }

@@ -169,6 +169,11 @@ impl Scan {
         Some(Ok(id))
     }
 
+    /// Gives back the id [`Scan::next_id`] returned last, to be returned again.
+    pub(crate) fn unget(&mut self) {
+        self.next = self.next.saturating_sub(1);
+    }
+
     /// Appends the next entries' ids to `out` until it holds `max` items or the listing
     /// ends.
     pub(crate) fn next_ids(

@@ -46,6 +46,8 @@ pub(crate) struct StoreState {
     opening_state_dir: tokio::sync::Mutex<()>,
     /// The aids whose directory is open, oldest first (see [`StoreState::keep_open`]).
     open: Mutex<VecDeque<Aid>>,
+    /// Whether `open` was left over the cache's size by aids held at the time.
+    over: AtomicBool,
     /// Every hold keeps a read guard; `close` takes the write side to wait for them all.
     gate: Arc<RwLock<()>>,
     closed: AtomicBool,
@@ -71,6 +73,7 @@ impl StoreState {
             state_dir: Mutex::new(None),
             opening_state_dir: tokio::sync::Mutex::new(()),
             open: Mutex::new(VecDeque::new()),
+            over: AtomicBool::new(false),
             gate: Arc::new(RwLock::new(())),
             closed: AtomicBool::new(false),
             made_in: fork_guard::Epoch::now(),
@@ -126,7 +129,14 @@ impl StoreState {
         slot.used.store(true, Ordering::Relaxed);
         let mut cached = slot.files.lock().await;
         if let Some(files) = &*cached {
-            return Ok(files.clone());
+            let files = files.clone();
+            drop(cached);
+            // Aids held together when they were opened are closed once let go, at the next
+            // hold: one relaxed load while the cache is within its size.
+            if self.over.load(Ordering::Relaxed) {
+                self.trim(lock(&self.open));
+            }
+            return Ok(files);
         }
         let state = self.state_dir().await?;
         let files = place::run_step("open", state.in_place(), move |_| OpenAid::open(state, aid));
@@ -156,6 +166,12 @@ impl StoreState {
     fn keep_open(&self, aid: Aid) {
         let mut open = lock(&self.open);
         open.push_back(aid);
+        self.trim(open);
+    }
+
+    /// Closes the least recently used unheld aids' files beyond the cache's size, and notes
+    /// whether held aids keep it over its size, so that a later hold trims again.
+    fn trim(&self, mut open: std::sync::MutexGuard<'_, VecDeque<Aid>>) {
         let mut closing = Vec::new();
         let mut looked = 0;
         while open.len() > self.options.open_aids && looked < 2 * open.len() {
@@ -179,6 +195,8 @@ impl StoreState {
                 open.push_back(oldest);
             }
         }
+        self.over
+            .store(open.len() > self.options.open_aids, Ordering::Relaxed);
         drop(open);
         // Two close(2) calls each, outside the table's lock.
         drop(closing);

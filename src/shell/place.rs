@@ -30,14 +30,17 @@ use crate::Error;
 /// The largest entry written or decoded in place; larger ones go to the pool.
 pub(crate) const IN_PLACE_MAX_BYTES: usize = 64 << 10;
 
-/// How much one step of a long operation may do. A step reads at least one file whatever
-/// its size (up to the store's entry size cap).
+/// How much one step of a long operation may do. A step on the pool reads at least one file
+/// whatever its size (up to the store's entry size cap); one in place leaves a file over
+/// [`IN_PLACE_MAX_BYTES`] to a step on the pool, unread.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Step {
     /// Files read at most.
     pub(crate) files: usize,
     /// Bytes read at most, so large entries make smaller steps.
     pub(crate) bytes: usize,
+    /// The largest file the step reads: a larger one is left for a step on the pool.
+    pub(crate) max_file: u64,
 }
 
 impl Step {
@@ -45,11 +48,13 @@ impl Step {
     pub(crate) const IN_PLACE: Step = Step {
         files: 4,
         bytes: 16 << 10,
+        max_file: IN_PLACE_MAX_BYTES as u64,
     };
     /// A step done on the blocking pool, where the hop costs about as much as a few files.
     pub(crate) const ON_POOL: Step = Step {
         files: 128,
         bytes: 512 << 10,
+        max_file: u64::MAX,
     };
 }
 

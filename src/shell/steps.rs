@@ -167,10 +167,6 @@ where
                             place::charged(|| read::decode_entry(&raw.dir, id, &raw.bytes[at]));
                         return Some((decoded, raw));
                     }
-                    Some(Taken::Big(id, at)) => {
-                        let decoded = decode_on_pool(&raw.dir, id, &raw.bytes[at]).await;
-                        return Some((decoded, raw));
-                    }
                     None => {}
                 }
                 let mut listing = raw.listing.take()?;
@@ -180,31 +176,32 @@ where
                 }
                 // The byte buffer goes to the step and comes back, to be reused.
                 let mut bytes = std::mem::take(&mut raw.bytes);
-                // Once large entries have shown up, the rest is read on the pool.
+                // Once a large entry has shown up, the rest is read on the pool.
                 let hop = hold.operate("entries", raw.big, move |hold, step| {
                     bytes.clear();
                     let mut read = Vec::new();
+                    let mut left_large = false;
                     let more = listing.fill_with(&mut read, |dir, scan, out| {
-                        dir.read_raw_batch(scan, step.files, step.bytes, &mut bytes, out)
+                        let bounds = (step.files, step.bytes, step.max_file);
+                        left_large = dir.read_raw_batch(scan, bounds, &mut bytes, out);
                     });
-                    let on_pool = step.files > Step::IN_PLACE.files;
                     let items: Vec<Taken<C>> = read
                         .into_iter()
                         .map(|item| match item {
                             Ok((id, at)) if at.len() <= IN_PLACE_MAX_BYTES => Taken::Bytes(id, at),
-                            // Already on the pool: decoded here, with the step.
-                            Ok((id, at)) if on_pool => {
+                            // A step in place leaves larger files unread, so this one was read
+                            // on the pool: decoded there, with its step.
+                            Ok((id, at)) => {
                                 Taken::Ready(read::decode_entry(hold.dir().path(), id, &bytes[at]))
                             }
-                            Ok((id, at)) => Taken::Big(id, at),
                             Err(e) => Taken::Ready(Err(e)),
                         })
                         .collect();
-                    Ok((more.then_some(listing), bytes, items))
+                    Ok((more.then_some(listing), bytes, items, left_large))
                 });
                 match hop.await {
-                    Ok((listing, bytes, items)) => {
-                        raw.big |= items.iter().any(|t| matches!(t, Taken::Big(..)));
+                    Ok((listing, bytes, items, left_large)) => {
+                        raw.big |= left_large;
                         raw.listing = listing;
                         raw.bytes = bytes;
                         raw.items = items.into_iter();
@@ -222,12 +219,12 @@ where
 pub(crate) async fn decode_on_pool<C>(
     dir: &Path,
     id: InstanceId,
-    bytes: &[u8],
+    bytes: Vec<u8>,
 ) -> Result<State<C>, Error>
 where
     C: DeserializeOwned + Send + 'static,
 {
-    let (dir, bytes) = (dir.to_owned(), bytes.to_vec());
+    let dir = dir.to_owned();
     place::on_pool("decode", move || read::decode_entry(&dir, id, &bytes)).await?
 }
 
@@ -241,7 +238,8 @@ struct RawEntries<C> {
     items: std::vec::IntoIter<Taken<C>>,
     /// Whether a step has run: the next one pauses first.
     stepped: bool,
-    /// Whether a large entry has been met: the remaining steps go to the pool.
+    /// Whether a file too large to read in place has been met: the remaining steps go to
+    /// the pool.
     big: bool,
 }
 
@@ -249,8 +247,6 @@ struct RawEntries<C> {
 enum Taken<C> {
     /// A small entry's bytes, at this range of the step's buffer, to decode when taken.
     Bytes(InstanceId, Range<usize>),
-    /// A large entry's bytes, read in place, to decode on the pool when taken.
-    Big(InstanceId, Range<usize>),
     /// An error, or a large entry decoded with its step on the pool.
     Ready(Result<State<C>, Error>),
 }
