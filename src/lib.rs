@@ -105,6 +105,10 @@ mod disk;
 mod lock;
 mod shell;
 
+// Only for tests of code that uses the store.
+#[cfg(feature = "test-util")]
+pub mod testing;
+
 pub use aid::Aid;
 pub use cursor::{Cursor, ReadCursor};
 pub use disk::liveness::{Liveness, ProcessIdentity};

@@ -4,7 +4,7 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::future;
 use futures::stream::{self, Stream, StreamExt};
@@ -570,9 +570,10 @@ where
     }
 }
 
-/// The wait that ends `limit` from now (or never, for a limit too large to represent).
+/// The wait that ends `limit` from now on tokio's clock (or never, for a limit too large to
+/// represent).
 fn deadline(limit: Duration) -> Wait {
-    match Instant::now().checked_add(limit) {
+    match tokio::time::Instant::now().checked_add(limit) {
         Some(at) => Wait::Until(at, limit),
         None => Wait::Forever,
     }

@@ -24,6 +24,7 @@ use crate::disk::aid_dir::{AidDir, TempMark};
 use crate::lock::file::LockFile;
 use crate::lock::kernel_wait::{Granted, Kind, Locked};
 use crate::lock::open_aid::OpenAid;
+use crate::shell::clock_hold;
 use crate::shell::place::{self, Step};
 use crate::{Aid, Error};
 
@@ -40,8 +41,9 @@ pub(crate) enum Wait {
     Forever,
     /// Fail with `WouldBlock` rather than wait at all.
     Never,
-    /// Fail with `Timeout` at this instant (needs tokio's timer).
-    Until(Instant, Duration),
+    /// Fail with `Timeout` at this instant of tokio's clock (needs tokio's timer), which a
+    /// paused clock keeps at real speed while the wait is on another process.
+    Until(tokio::time::Instant, Duration),
 }
 
 #[derive(Debug)]
@@ -66,7 +68,8 @@ async fn handed_by_thread(
     wait: Wait,
     handed: oneshot::Receiver<Granted>,
 ) -> Result<Granted, Error> {
-    wait_as(aid, wait, || None, handed)
+    // The thread is out of tokio's sight: keep a paused clock from jumping past the wait.
+    wait_as(aid, wait, || None, clock_hold::outside(handed))
         .await?
         // The thread answers unless it panicked.
         .map_err(|_| Error::Blocking {
@@ -226,7 +229,7 @@ pub(super) async fn wait_as<T>(
     match wait {
         Wait::Forever => Ok(fut.await),
         Wait::Never => now().ok_or(Error::WouldBlock { aid }),
-        Wait::Until(deadline, waited) => tokio::time::timeout_at(deadline.into(), fut)
+        Wait::Until(deadline, waited) => tokio::time::timeout_at(deadline, fut)
             .await
             .map_err(|_| Error::Timeout { aid, waited }),
     }
@@ -386,7 +389,11 @@ impl Claim {
         let (aid, until) = match wait {
             Wait::Never => return Err(Error::WouldBlock { aid: claim.aid }),
             Wait::Forever => (claim.aid, None),
-            Wait::Until(deadline, _) => (claim.aid, Some(deadline)),
+            // On the pool, whose task tokio counts as busy: the same limit, on the real clock.
+            Wait::Until(deadline, _) => {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                (claim.aid, Instant::now().checked_add(left))
+            }
         };
         let waiter = GoneOnDrop::default();
         let gone = waiter.0.clone();

@@ -13,6 +13,7 @@ use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
 use crate::disk::liveness;
+use crate::shell::clock_hold;
 use crate::{AsyncStore, Error, Liveness, Options, ProcessIdentity, State};
 
 impl<C> AsyncStore<C>
@@ -182,17 +183,39 @@ impl Watch {
         #[allow(deprecated)]
         let fd = AsyncFd::with_interest(fd, Interest::READABLE)
             .map_err(|e| Error::io("register pidfd", self.path(), e))?;
-        let _ready = fd
-            .readable()
+        // The exit is out of tokio's sight: keep a paused clock from jumping past it.
+        let _ready = clock_hold::outside(fd.readable())
             .await
             .map_err(|e| Error::io("await pidfd", self.path(), e))?;
         Ok(())
     }
 
-    /// Looks at `/proc` until it shows the process dead.
+    /// Looks at `/proc` until it shows the process dead. A real process exits out of tokio's
+    /// sight, so a paused clock is kept at real speed meanwhile; a fake one of
+    /// [`crate::testing::FakeProc`] is ended by the test itself, which wakes the wait.
     async fn poll_proc(&self) {
-        while self.liveness() != Liveness::Dead {
-            tokio::time::sleep(Options::EXIT_POLL_INTERVAL).await;
+        #[cfg(feature = "test-util")]
+        if crate::testing::is_fake(&self.proc_root) {
+            return self.poll_fake().await;
+        }
+        clock_hold::outside(async {
+            while self.liveness() != Liveness::Dead {
+                tokio::time::sleep(Options::EXIT_POLL_INTERVAL).await;
+            }
+        })
+        .await
+    }
+
+    /// [`Watch::poll_proc`] for a fake `/proc`, woken by each change the kit makes to one.
+    #[cfg(feature = "test-util")]
+    async fn poll_fake(&self) {
+        loop {
+            let changed = crate::testing::changed();
+            if self.liveness() == Liveness::Dead {
+                return;
+            }
+            let sleep = std::pin::pin!(tokio::time::sleep(Options::EXIT_POLL_INTERVAL));
+            futures::future::select(sleep, changed).await;
         }
     }
 
