@@ -79,6 +79,22 @@
 //! purpose, so the store also works where panics abort. The `*_timeout` methods need
 //! tokio's timer, as `tokio::time` does.
 //!
+//! # Tests with a paused clock
+//!
+//! Under tokio's paused clock (`#[tokio::test(start_paused = true)]`), tokio moves the
+//! clock to the next timer whenever the runtime is idle. The store's waits on another
+//! process (for its lock, or its exit in [`AsyncStore::wait_exit`]) are out of tokio's
+//! sight, so while one lasts the store keeps a paused clock moving at real speed, with a
+//! `spawn_blocking` task as tokio does for its own: the wait ends when the other process
+//! acts, and a limit fires after its duration of real time, never at once. It learns whether
+//! the clock is paused at the start of each such wait, and costs nothing when it is not.
+//! [`AsyncStore::watch`] and [`AsyncStore::wait_empty`] do not hold the clock: the changes
+//! they report normally come from the test's own tasks.
+//!
+//! The `test-util` feature adds `runstate::testing`: a temporary store removed when
+//! dropped, fake processes for liveness, an aid held as by another process, and
+//! `real_time` for any other wait on the outside world under a paused clock.
+//!
 //! See the README for the on-disk layout and format and for the guarantees and what they
 //! rest on.
 

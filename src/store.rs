@@ -209,6 +209,20 @@ where
     ///
     /// Needs a runtime with tokio's timer enabled (as `#[tokio::main]` and `#[tokio::test]`
     /// set up), like `tokio::time::timeout`.
+    ///
+    /// # Which clock
+    ///
+    /// The limit is measured on tokio's clock, as `tokio::time::timeout` measures it, from
+    /// the call. Under a paused clock (tokio's `test-util`, as in
+    /// `#[tokio::test(start_paused = true)]`), tokio moves the clock to the next timer
+    /// whenever the runtime is idle; so a wait for another holder of this process (a task,
+    /// which tokio sees) may be skipped that way, as any wait on a `tokio::sync` lock is.
+    /// But while the store waits for another process's lock, it keeps a paused clock moving
+    /// at real speed (in steps of about 20 ms of real time), as tokio does for a
+    /// `spawn_blocking` task: the wait lasts until the other process lets go, and the limit
+    /// then fires after about that much real time, never at once. The same holds for a
+    /// `tokio::time::timeout` around [`with_aid`](AsyncStore::with_aid) or any other call
+    /// that waits for another process's lock. With the clock not paused, this costs nothing.
     pub async fn with_aid_timeout<T, E>(
         &self,
         aid: Aid,

@@ -86,7 +86,7 @@ impl Drop for TempDir {
 /// let t = TempStore::<u32>::new()?;
 /// let state = State::new(InstanceId::random(), std::process::id(), 7);
 /// t.save(Aid::new(3)?, &state).await?;
-/// assert_eq!(t.len(Aid::new(3)?).await?, 1);
+/// assert_eq!(t.load(Aid::new(3)?, state.id).await?, Some(state));
 /// let dir = t.path().to_owned();
 /// drop(t);
 /// assert!(!dir.exists());
@@ -271,8 +271,10 @@ impl Drop for ForeignHold {
 /// It holds what the store reads: `<pid>/stat` (state, thread count and start time),
 /// `sys/kernel/random/boot_id`, and `self/timens_offsets` (no offset). Its pids are above
 /// the kernel's largest, so they never name a real process. `wait_exit` on a fake process
-/// looks at the tree, and each change made here wakes it at once, so under a paused clock it
-/// returns at the instant of the test's clock when the process was ended.
+/// looks at the tree at each change made through this type (not on a timer, and not at
+/// changes made to the files by other means), so under a paused clock it returns at the
+/// instant of the test's clock when the process was ended, and meanwhile leaves tokio free
+/// to move the clock.
 ///
 /// ```
 /// use runstate::testing::{FakeProc, TempStore};
@@ -294,13 +296,13 @@ impl Drop for ForeignHold {
 pub struct FakeProc {
     dir: TempDir,
     next_pid: AtomicU32,
-    /// Clock ticks since the fake boot: each process starts one tick after the last.
+    /// Clock ticks since the fake boot: each process starts a little after the last.
     ticks: AtomicU64,
     boot_id: Mutex<String>,
 }
 
-/// The fake trees alive in this process, by path: `wait_exit` polls those without holding
-/// the clock, woken by [`CHANGED`].
+/// The fake trees alive in this process, by path: `wait_exit` looks at those at each
+/// [`CHANGED`], without a timer and without holding the clock.
 static FAKE_ROOTS: Mutex<Option<HashSet<PathBuf>>> = Mutex::new(None);
 
 /// Rung at each change to a fake tree.
@@ -319,6 +321,9 @@ pub(crate) fn is_fake(proc_root: &Path) -> bool {
 pub(crate) fn changed() -> std::pin::Pin<Box<tokio::sync::futures::Notified<'static>>> {
     Box::pin(CHANGED.notified())
 }
+
+/// Clock ticks between two fake starts: more than the tick the store allows for rounding.
+const TICKS_APART: u64 = 100;
 
 /// The first fake pid: above `PID_MAX_LIMIT` (2^22), so no real process has it.
 const FIRST_PID: u32 = 1 << 22 | 1;
@@ -405,7 +410,7 @@ impl FakeProc {
     /// If the tree cannot be written.
     pub fn exit(&self, pid: u32) -> std::io::Result<()> {
         let start = self.identity(pid).map_or_else(
-            || self.ticks.fetch_add(1, Ordering::Relaxed),
+            || self.ticks.fetch_add(TICKS_APART, Ordering::Relaxed),
             |i| i.start_time,
         );
         self.stat(pid, 'Z', start)
@@ -446,7 +451,7 @@ impl FakeProc {
 
     /// `pid` runs, started now.
     fn run(&self, pid: u32) -> std::io::Result<()> {
-        let start = self.ticks.fetch_add(1, Ordering::Relaxed);
+        let start = self.ticks.fetch_add(TICKS_APART, Ordering::Relaxed);
         std::fs::create_dir_all(self.path().join(pid.to_string()))?;
         self.stat(pid, 'S', start)
     }

@@ -207,3 +207,37 @@ fn wait_empty_in_real_time_lasts_until_another_store_empties_the_aid() {
         assert!(cleaner.join().unwrap());
     });
 }
+
+/// A runtime dropped while a store call waits for another process under a paused clock
+/// shuts down: the blocking task that holds the clock ends with the dropped waiter.
+#[test]
+fn a_runtime_dropped_while_a_wait_holds_the_clock_shuts_down() {
+    let t = TempStore::<()>::new().unwrap();
+    let aid = Aid::new(8).unwrap();
+    let other = t.hold_elsewhere(aid, false).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    let store = t.store().clone();
+    rt.block_on(async {
+        let waiter = tokio::spawn(async move { store.with_aid(aid, async |_| ok()).await });
+        // Let it reach the wait and hold the clock for a while.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!waiter.is_finished());
+    });
+    let real = Instant::now();
+    drop(rt);
+    assert!(
+        real.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        real.elapsed()
+    );
+    drop(other);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(t.try_with_aid(aid, async |_| ok())).unwrap();
+}

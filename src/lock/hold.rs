@@ -24,7 +24,6 @@ use crate::disk::aid_dir::{AidDir, TempMark};
 use crate::lock::file::LockFile;
 use crate::lock::kernel_wait::{Granted, Kind, Locked};
 use crate::lock::open_aid::OpenAid;
-use crate::shell::clock_hold;
 use crate::shell::place::{self, Step};
 use crate::{Aid, Error};
 
@@ -69,7 +68,7 @@ async fn handed_by_thread(
     handed: oneshot::Receiver<Granted>,
 ) -> Result<Granted, Error> {
     // The thread is out of tokio's sight: keep a paused clock from jumping past the wait.
-    wait_as(aid, wait, || None, clock_hold::outside(handed))
+    wait_as(aid, wait, || None, place::wait_outside(handed))
         .await?
         // The thread answers unless it panicked.
         .map_err(|_| Error::Blocking {

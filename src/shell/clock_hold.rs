@@ -44,7 +44,14 @@ pub(crate) fn paused() -> bool {
 #[derive(Debug, Default)]
 pub(crate) struct ClockHold {
     phase: Phase,
+    /// When the wait began holding the clock, in real time and on the paused clock.
+    since: Option<(std::time::Instant, tokio::time::Instant)>,
 }
+
+/// tokio's timer rounds each deadline up to its next millisecond, so a catch-up can carry
+/// the clock that much past the real time; aiming this much short keeps the paused clock
+/// from ever running ahead of real time.
+const TIMER_TICK: Duration = Duration::from_millis(1);
 
 #[derive(Debug, Default)]
 enum Phase {
@@ -54,11 +61,7 @@ enum Phase {
     /// The clock is not paused: nothing to do until the wait ends.
     Running,
     /// A blocking task holds the clock for a slice of real time.
-    Holding {
-        task: JoinHandle<()>,
-        _stop: Stop,
-        started: std::time::Instant,
-    },
+    Holding { task: JoinHandle<()>, _stop: Stop },
     /// The slice is over: the clock may move on by the real time it lasted.
     CatchingUp(Pin<Box<tokio::time::Sleep>>),
 }
@@ -83,7 +86,6 @@ impl Phase {
         }
         let shared = Arc::new((Mutex::new(false), Condvar::new()));
         let theirs = shared.clone();
-        let started = std::time::Instant::now();
         // tokio holds a paused clock from here until the task has returned.
         let task = tokio::task::spawn_blocking(move || {
             let (stopped, bell) = &*theirs;
@@ -93,7 +95,6 @@ impl Phase {
         Phase::Holding {
             task,
             _stop: Stop(shared),
-            started,
         }
     }
 }
@@ -103,12 +104,21 @@ impl ClockHold {
     pub(crate) fn pending(&mut self, cx: &mut Context<'_>) {
         loop {
             self.phase = match &mut self.phase {
-                Phase::Idle => Phase::hold(),
+                Phase::Idle => {
+                    let since = (std::time::Instant::now(), tokio::time::Instant::now());
+                    self.since = Some(since);
+                    Phase::hold()
+                }
                 Phase::Running => return,
-                Phase::Holding { task, started, .. } => match Pin::new(task).poll(cx) {
+                Phase::Holding { task, .. } => match Pin::new(task).poll(cx) {
                     Poll::Pending => return,
+                    // Measured from the start of the wait, so that rounding does not add up.
                     Poll::Ready(Ok(())) => {
-                        Phase::CatchingUp(Box::pin(tokio::time::sleep(started.elapsed())))
+                        let (real, paused) = self.since.unwrap_or_else(|| {
+                            (std::time::Instant::now(), tokio::time::Instant::now())
+                        });
+                        let passed = real.elapsed().saturating_sub(TIMER_TICK);
+                        Phase::CatchingUp(Box::pin(tokio::time::sleep_until(paused + passed)))
                     }
                     // Cancelled: the runtime is shutting down; hold no more.
                     Poll::Ready(Err(_)) => Phase::Running,
@@ -124,6 +134,7 @@ impl ClockHold {
     /// The wait is over: let go of the clock at once.
     pub(crate) fn done(&mut self) {
         self.phase = Phase::Idle;
+        self.since = None;
     }
 }
 

@@ -56,6 +56,18 @@ where
     /// Dropping the future at any point closes its pidfd or cancels its timer: it leaves
     /// nothing behind.
     ///
+    /// # Paused clock
+    ///
+    /// A process exits out of tokio's sight, so under a paused clock (tokio's `test-util`)
+    /// the wait keeps the clock moving at real speed while it lasts (in steps of about 20 ms
+    /// of real time, with a `spawn_blocking` task that holds the clock, as tokio does for
+    /// its own blocking tasks): a `tokio::time::timeout` around it fires after its duration
+    /// of real time, not at once, and the `/proc` fallback looks every
+    /// [`Options::EXIT_POLL_INTERVAL`] of real time. Processes faked with the `test-util`
+    /// feature's `runstate::testing::FakeProc` live on the test's clock instead: the wait
+    /// looks again at each change made to them, and leaves tokio free to move the clock
+    /// meanwhile. With the clock not paused, none of this costs anything.
+    ///
     /// # Errors
     ///
     /// [`Error::Io`] if the pidfd cannot be opened for want of file descriptors or memory
@@ -206,7 +218,8 @@ impl Watch {
         .await
     }
 
-    /// [`Watch::poll_proc`] for a fake `/proc`, woken by each change the kit makes to one.
+    /// [`Watch::poll_proc`] for a fake `/proc`: looked at again at each change the kit makes
+    /// to one, and never on a timer, so a paused clock runs free meanwhile.
     #[cfg(feature = "test-util")]
     async fn poll_fake(&self) {
         loop {
@@ -214,8 +227,7 @@ impl Watch {
             if self.liveness() == Liveness::Dead {
                 return;
             }
-            let sleep = std::pin::pin!(tokio::time::sleep(Options::EXIT_POLL_INTERVAL));
-            futures::future::select(sleep, changed).await;
+            changed.await;
         }
     }
 

@@ -25,6 +25,11 @@ use std::time::{Duration, Instant};
 
 use tokio::runtime::Handle;
 
+/// Waits on something out of tokio's sight (another process) without letting a paused clock
+/// jump past it (`shell/clock_hold.rs`); here so that the locking layer finds it where it
+/// finds the rest of where its work runs.
+pub(crate) use crate::shell::clock_hold::outside as wait_outside;
+
 use crate::Error;
 
 /// The largest entry written or decoded in place; larger ones go to the pool.
