@@ -156,14 +156,17 @@ extern "C" fn after_fork_in_parent() {
     if !FORKING_HERE.replace(false) {
         return;
     }
-    let _ = STATE.fetch_update(AcqRel, Acquire, |s| {
+    let before = STATE.fetch_update(AcqRel, Acquire, |s| {
         let s = s & !FORKING;
         Some(match s & WANT_OPEN_MASK {
             0 => s,
             _ => s | OPENERS_TURN,
         })
     });
-    wake();
+    // A system call only if someone waits.
+    if before.is_ok_and(|s| s & (WANT_OPEN_MASK | WANT_FORK_MASK) != 0) {
+        wake();
+    }
 }
 
 /// The child handler: runs in the new child, where only the forking thread exists and
