@@ -109,7 +109,11 @@ pub enum Error {
     /// The store was made in another process and came into this one through `fork(2)`.
     /// A forked child never keeps the store's lock descriptors (they are closed in the child
     /// right after the fork, so that a child cannot keep its parent's locks), so the store
-    /// refuses to work there. Make a new store in the child.
+    /// refuses to work there: every operation of the store, and of its cursors, streams,
+    /// watches and waits carried into the child, including [`close`]. Make a new store in the
+    /// child.
+    ///
+    /// [`close`]: crate::AsyncStore::close
     #[error(
         "the store was made in the parent of this forked process and cannot be used here: \
          make a new store"

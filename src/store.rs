@@ -553,6 +553,10 @@ where
     /// [`Error::Closed`] (`liveness`, `run_dir`, `options` and `is_closed` still answer).
     /// Closing twice is fine.
     ///
+    /// In a forked child of the process that made the store, it fails at once with
+    /// [`Error::Forked`] and changes nothing: the holds in flight at the fork belong to
+    /// threads the child does not have, so it waits for none of them. Drop the store there.
+    ///
     /// The holds waited for include those still queued, such as a `with_aid` waiting for an
     /// aid that another process holds: drop or time out such waiters first (they let go at
     /// once). A process-wide thread left waiting for another process's lock by a waiter that
@@ -574,8 +578,12 @@ where
     /// # Ok(()) }
     /// ```
     pub async fn close(&self) -> Result<(), Error> {
-        self.shared.close().await;
-        Ok(())
+        self.shared.close().await
+    }
+
+    /// The process the store was made in, for the checks that refuse it in a forked child.
+    pub(crate) fn made_in(&self) -> crate::lock::fork_guard::Epoch {
+        self.shared.made_in()
     }
 
     /// Whether [`close`](AsyncStore::close) has been called.

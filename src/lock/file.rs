@@ -76,6 +76,12 @@ impl LockFile {
         &self.path
     }
 
+    /// Whether this process is a forked child of the one that opened the file: the
+    /// descriptor is then no longer the lock file's, and the aid is not this process's.
+    pub(crate) fn inherited(&self) -> bool {
+        self.fd.inherited()
+    }
+
     /// Whether the file is still linked: one removed while open locks nothing that anyone
     /// who opens its path again would see.
     pub(crate) fn is_linked(&self) -> bool {
@@ -280,7 +286,8 @@ mod tests {
                     .open(&path)
                     .map(std::os::fd::OwnedFd::from)
             };
-            LockFile::new(TrackedFd::open(open, |e| e).unwrap(), path.clone())
+            let fd = crate::lock::fork_guard::may_wait(true, || TrackedFd::open(open, |e| e));
+            LockFile::new(fd.unwrap(), path.clone())
         };
         let (ours, theirs) = (open(), open());
         (dir, ours, theirs)

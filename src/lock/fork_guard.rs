@@ -13,10 +13,15 @@
 //! atomic slots, allocated by the parent, linked atomically and never freed.
 //!
 //! A descriptor is opened and listed in two steps, and a fork in between would give the
-//! child an unlisted one. So a fork is counted as it starts and as it ends (the prepare
-//! and parent handlers), and a descriptor is kept only if no fork was under way or began
-//! while it was being opened and listed; otherwise it is closed (it holds no lock yet) and
-//! opened again. Forks are never delayed.
+//! child an unlisted one. So opening-and-listing and forking exclude each other, through a
+//! lock of atomics ([`STATE`]) that openers take shared and the prepare handler takes for
+//! the fork (released by the parent handler, reset by the child handler). Forks take turns
+//! with openers: once a fork ends, the openers that wait go before the next fork, so neither
+//! side waits longer than one turn of the other: an opener at most one fork (the kernel
+//! serialises forks of a process anyway: it copies the memory map under its write lock), a
+//! fork at most the openings under way (an `open(2)` each, on tmpfs microseconds). An opening
+//! never fails because of forks, and it never waits on a runtime thread: there it only tries,
+//! and the caller moves it to a thread that may wait ([`may_wait`]) if a fork is in the way.
 //!
 //! A store carried into a forked child refuses to work there ([`Epoch`],
 //! [`Error::Forked`]): its descriptors are no longer what it thinks they are.
@@ -27,13 +32,13 @@
 //! `clone`/`fork` system call made around libc is not covered.
 
 use std::alloc::Layout;
+use std::cell::Cell;
 use std::io;
 use std::mem::ManuallyDrop;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd as _, OwnedFd, RawFd};
 use std::sync::OnceLock;
-use std::sync::atomic::Ordering::SeqCst;
-use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicU64};
-use std::time::{Duration, Instant};
+use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release, SeqCst};
+use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicU32, AtomicU64};
 
 use rustix::fs::{Mode, OFlags};
 use rustix::io::DupFlags;
@@ -62,29 +67,106 @@ struct Chunk {
 /// The newest chunk of the table; the others follow through `next`.
 static TABLE: AtomicPtr<Chunk> = AtomicPtr::new(std::ptr::null_mut());
 
-/// Forks of this process: the number begun (high 32 bits, wrapping) and the number under
-/// way (low 32 bits), so that one load tells whether any fork overlapped an interval.
-static FORKS: AtomicU64 = AtomicU64::new(0);
-const UNDER_WAY: u64 = 0xffff_ffff;
-const BEGUN: u64 = 1 << 32;
+/// Openings and forks, which exclude each other: openers inside ([`OPEN`]), a fork inside
+/// ([`FORKING`]), openers and forks waiting ([`WANT_OPEN`], [`WANT_FORK`]), and whose turn
+/// it is once a fork ends ([`OPENERS_TURN`]). One word, so that each step is one CAS.
+static STATE: AtomicU64 = AtomicU64::new(0);
+const OPEN: u64 = 1;
+const OPEN_MASK: u64 = 0xffff;
+const FORKING: u64 = 1 << 16;
+/// Set by a fork that ends while openers wait: they go before the next fork; cleared once
+/// every opener that waited is in.
+const OPENERS_TURN: u64 = 1 << 17;
+const WANT_OPEN: u64 = 1 << 20;
+const WANT_OPEN_MASK: u64 = 0xf_ffff << 20;
+const WANT_FORK: u64 = 1 << 40;
+const WANT_FORK_MASK: u64 = 0xf_ffff << 40;
+
+/// Bumped whenever a waiter of [`STATE`] may go on: the futex word they sleep on.
+static WAKE: AtomicU32 = AtomicU32::new(0);
+
+/// The longest a waiter sleeps before it looks again: a safety net only, as every change a
+/// waiter waits for wakes it.
+const NAP_NS: i64 = 10_000_000;
 
 /// Bumped in each forked child: which process, in a line of forks, this one is.
 static GENERATION: AtomicU64 = AtomicU64::new(0);
 
-/// How long [`TrackedFd::open`] waits for forks under way, and how many times it opens
-/// again after one raced it, before it gives up.
-const PATIENCE: Duration = Duration::from_secs(1);
-const ATTEMPTS: u32 = 100;
-
-/// The prepare handler: runs in the parent just before each fork.
-extern "C" fn before_fork() {
-    FORKS.fetch_add(BEGUN + 1, SeqCst);
+thread_local! {
+    /// Whether this thread's fork entered [`STATE`] (its prepare handler ran ours).
+    static FORKING_HERE: Cell<bool> = const { Cell::new(false) };
+    /// Whether this thread may wait for forks to end ([`may_wait`]).
+    static MAY_WAIT: Cell<bool> = const { Cell::new(false) };
 }
 
-/// The parent handler: runs in the parent once the fork is done.
+/// Sleeps until [`WAKE`] moves from `seen` (or a nap has passed).
+fn nap(seen: u32) {
+    let nap = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: NAP_NS,
+    };
+    // SAFETY: FUTEX_WAIT reads the aligned, live word and sleeps; nothing else is touched.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            WAKE.as_ptr(),
+            libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+            seen,
+            &nap as *const libc::timespec,
+        )
+    };
+}
+
+/// Wakes every waiter of [`STATE`].
+fn wake() {
+    WAKE.fetch_add(1, Release);
+    // SAFETY: FUTEX_WAKE only reads the word's address.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            WAKE.as_ptr(),
+            libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+            i32::MAX,
+        )
+    };
+}
+
+/// The prepare handler: runs in the parent just before each fork. Waits for the openings
+/// under way (and, if the last fork let openers wait, for their turn), so that the child
+/// has every descriptor of the store listed.
+extern "C" fn before_fork() {
+    STATE.fetch_add(WANT_FORK, AcqRel);
+    loop {
+        let seen = WAKE.load(Acquire);
+        let entered = STATE.fetch_update(AcqRel, Acquire, |s| {
+            (s & (OPEN_MASK | FORKING | OPENERS_TURN) == 0).then(|| s - WANT_FORK + FORKING)
+        });
+        if entered.is_ok() {
+            FORKING_HERE.set(true);
+            return;
+        }
+        nap(seen);
+    }
+}
+
+/// The parent handler: runs in the parent once the fork is done; the openers that waited
+/// go next.
 extern "C" fn after_fork_in_parent() {
-    // Never below zero, even for a fork that began before the handlers were registered.
-    let _ = FORKS.fetch_update(SeqCst, SeqCst, |f| (f & UNDER_WAY != 0).then_some(f - 1));
+    // Not for a fork whose prepare handler was registered after it began.
+    if !FORKING_HERE.replace(false) {
+        return;
+    }
+    let before = STATE.fetch_update(AcqRel, Acquire, |s| {
+        let s = s & !FORKING;
+        Some(match s & WANT_OPEN_MASK {
+            0 => s,
+            _ => s | OPENERS_TURN,
+        })
+    });
+    // A system call only if someone waits.
+    if before.is_ok_and(|s| s & (WANT_OPEN_MASK | WANT_FORK_MASK) != 0) {
+        wake();
+    }
 }
 
 /// The child handler: runs in the new child, where only the forking thread exists and
@@ -92,8 +174,9 @@ extern "C" fn after_fork_in_parent() {
 /// directly, without allocating or touching errno).
 extern "C" fn after_fork_in_child() {
     GENERATION.fetch_add(1, SeqCst);
-    // The forks under way were the parent's, and this child's threads are gone.
-    FORKS.fetch_and(!UNDER_WAY, SeqCst);
+    // The openers, forks and waiters were the parent's, and this child's threads are gone.
+    FORKING_HERE.set(false);
+    STATE.store(0, SeqCst);
     // An `O_PATH` descriptor can be neither read, written nor locked; opened at the first
     // listed descriptor, so that a process without any pays nothing.
     let mut inert: Option<Option<OwnedFd>> = None;
@@ -111,6 +194,96 @@ extern "C" fn after_fork_in_child() {
         }
         chunk = c.next.load(SeqCst);
     }
+}
+
+/// An opening, inside [`STATE`]: no fork begins until it is dropped.
+struct Opening;
+
+impl Opening {
+    /// Enters at once if no fork is under way or waiting.
+    fn try_enter() -> Option<Opening> {
+        STATE
+            .fetch_update(Acquire, Relaxed, |s| {
+                (s & (FORKING | WANT_FORK_MASK) == 0 && s & OPEN_MASK < OPEN_MASK)
+                    .then_some(s + OPEN)
+            })
+            .ok()
+            .map(|_| Opening)
+    }
+
+    /// Enters, waiting for the fork under way and then for this opener's turn: at most one
+    /// fork, since forks that come meanwhile wait for the openers that waited.
+    fn enter() -> Opening {
+        if let Some(opening) = Opening::try_enter() {
+            return opening;
+        }
+        STATE.fetch_add(WANT_OPEN, AcqRel);
+        loop {
+            let seen = WAKE.load(Acquire);
+            let entered = STATE.fetch_update(AcqRel, Acquire, |s| {
+                let turn = s & WANT_FORK_MASK == 0 || s & OPENERS_TURN != 0;
+                (s & FORKING == 0 && turn && s & OPEN_MASK < OPEN_MASK).then(|| {
+                    let s = s - WANT_OPEN + OPEN;
+                    match s & WANT_OPEN_MASK {
+                        // Every opener that waited is in: the forks' turn.
+                        0 => s & !OPENERS_TURN,
+                        _ => s,
+                    }
+                })
+            });
+            if entered.is_ok() {
+                return Opening;
+            }
+            nap(seen);
+        }
+    }
+}
+
+impl Drop for Opening {
+    fn drop(&mut self) {
+        let before = STATE.fetch_sub(OPEN, Release);
+        if before & (WANT_FORK_MASK | WANT_OPEN_MASK) != 0 {
+            wake();
+        }
+    }
+}
+
+/// Runs `f` with this thread allowed (`allowed`) to wait for forks while it opens tracked
+/// descriptors: on the blocking pool or a thread of the store's own, never on a runtime
+/// thread. Elsewhere, an opening that meets a fork fails with an error [`busy`] recognises.
+pub(crate) fn may_wait<T>(allowed: bool, f: impl FnOnce() -> T) -> T {
+    /// Restores the thread's permission, even if `f` panics.
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            MAY_WAIT.set(self.0);
+        }
+    }
+    let _restore = Restore(MAY_WAIT.replace(allowed));
+    f()
+}
+
+/// The error of an opening that met a fork on a thread that may not wait for it.
+#[derive(Debug)]
+struct ForkUnderWay;
+
+impl std::fmt::Display for ForkUnderWay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a fork is under way in another thread; open where waiting is allowed")
+    }
+}
+
+impl std::error::Error for ForkUnderWay {}
+
+/// Whether `e` says that an opening met a fork and opened nothing: do it again on a thread
+/// that may wait ([`may_wait`]).
+pub(crate) fn busy(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|e| e.is::<ForkUnderWay>())
+}
+
+/// [`busy`], for the store's error.
+pub(crate) fn busy_error(e: &Error) -> bool {
+    matches!(e, Error::Io { source, .. } if busy(source))
 }
 
 /// Makes the child's descriptor `fd` refer to `inert` instead of the parent's open file
@@ -183,28 +356,6 @@ fn list(fd: RawFd) -> io::Result<&'static AtomicI32> {
     }
 }
 
-/// Waits until no fork is under way; the count of forks then.
-fn quiet(deadline: Instant) -> io::Result<u64> {
-    loop {
-        let forks = FORKS.load(SeqCst);
-        if forks & UNDER_WAY == 0 {
-            return Ok(forks);
-        }
-        if Instant::now() >= deadline {
-            return Err(raced());
-        }
-        std::thread::yield_now();
-    }
-}
-
-fn raced() -> io::Error {
-    io::Error::new(
-        io::ErrorKind::WouldBlock,
-        "forks in other threads kept racing the descriptor's opening, so a child might have \
-         kept it unseen",
-    )
-}
-
 /// A descriptor that no forked child keeps: listed for the fork handler from the moment it
 /// is opened until it is closed. Use it for every descriptor that holds or may hold a lock
 /// of the store, as the lock file's and the waiting threads' descriptors do.
@@ -220,55 +371,46 @@ pub(crate) struct TrackedFd {
 }
 
 impl TrackedFd {
-    /// Opens a descriptor with `open` and lists it, so that no fork can slip in between: if
-    /// a fork was under way or began meanwhile, the descriptor, which holds no lock yet, is
-    /// closed and `open` called again. Fails with `fail`'s error if the fork handlers cannot
-    /// be registered, if the table cannot grow (no memory), or if forks kept racing the
-    /// opening for about a second: never with a descriptor left unlisted.
+    /// Opens a descriptor with `open` and lists it, with no fork in between: forks wait for
+    /// the opening, and an opening waits for the fork under way, where this thread may wait
+    /// ([`may_wait`]). Elsewhere (a runtime thread) it fails instead, opening nothing, with
+    /// `fail`'s error of an error that [`busy`] recognises. Fails with `fail`'s error too if
+    /// the fork handlers cannot be registered or the table cannot grow (no memory): never
+    /// with a descriptor left unlisted.
     pub(crate) fn open<E>(
-        open: impl FnMut() -> Result<OwnedFd, E>,
-        fail: impl FnOnce(io::Error) -> E,
-    ) -> Result<TrackedFd, E> {
-        TrackedFd::open_within(PATIENCE, open, fail)
-    }
-
-    fn open_within<E>(
-        patience: Duration,
-        mut open: impl FnMut() -> Result<OwnedFd, E>,
+        open: impl FnOnce() -> Result<OwnedFd, E>,
         fail: impl FnOnce(io::Error) -> E,
     ) -> Result<TrackedFd, E> {
         if let Err(e) = register() {
             return Err(fail(e));
         }
-        let deadline = Instant::now() + patience;
-        for _ in 0..ATTEMPTS {
-            let before = match quiet(deadline) {
-                Ok(forks) => forks,
-                Err(e) => return Err(fail(e)),
-            };
-            let fd = open()?;
-            let slot = match list(fd.as_raw_fd()) {
-                Ok(slot) => slot,
-                Err(e) => return Err(fail(e)),
-            };
-            if FORKS.load(SeqCst) == before {
-                return Ok(TrackedFd {
-                    fd: ManuallyDrop::new(fd),
-                    slot,
-                    generation: GENERATION.load(SeqCst),
-                });
+        let opening = match Opening::try_enter() {
+            Some(opening) => opening,
+            None if MAY_WAIT.get() => Opening::enter(),
+            None => {
+                return Err(fail(io::Error::new(
+                    io::ErrorKind::WouldBlock,
+                    ForkUnderWay,
+                )));
             }
-            // A child forked meanwhile may have it unlisted: let it keep this one.
-            slot.store(0, SeqCst);
-            drop(fd);
-        }
-        Err(fail(raced()))
+        };
+        let fd = open()?;
+        let slot = match list(fd.as_raw_fd()) {
+            Ok(slot) => slot,
+            Err(e) => return Err(fail(e)),
+        };
+        drop(opening);
+        Ok(TrackedFd {
+            fd: ManuallyDrop::new(fd),
+            slot,
+            generation: GENERATION.load(Relaxed),
+        })
     }
 
     /// Whether this process is a forked child of the one that opened the descriptor, which
     /// then no longer refers to the file it was opened on.
     pub(crate) fn inherited(&self) -> bool {
-        GENERATION.load(SeqCst) != self.generation
+        generation() != self.generation
     }
 }
 
@@ -296,8 +438,16 @@ impl AsRawFd for TrackedFd {
     }
 }
 
-/// Which process a store was made in, to refuse its use in a forked child.
-#[derive(Debug)]
+/// This process's place in a line of forks: different in every forked child of the process.
+pub(crate) fn generation() -> u64 {
+    // The child handler bumps it on the one thread a child starts with, before any of the
+    // child's code runs, and threads started later see it: no ordering needed.
+    GENERATION.load(Relaxed)
+}
+
+/// Which process a store was made in, to refuse its use in a forked child: every operation
+/// checks it, with one relaxed load.
+#[derive(Clone, Copy, Debug)]
 pub(crate) struct Epoch(u64);
 
 impl Epoch {
@@ -305,17 +455,33 @@ impl Epoch {
     pub(crate) fn now() -> Epoch {
         // A failure shows at the first descriptor opened, which needs the handlers.
         let _ = register();
-        Epoch(GENERATION.load(SeqCst))
+        Epoch(generation())
     }
 
     /// `Err(Error::Forked)` in a forked child of the process the epoch was taken in.
-    pub(crate) fn check(&self) -> Result<(), Error> {
-        if GENERATION.load(SeqCst) == self.0 {
-            Ok(())
-        } else {
-            Err(Error::Forked)
+    pub(crate) fn check(self) -> Result<(), Error> {
+        match generation() == self.0 {
+            true => Ok(()),
+            false => Err(Error::Forked),
         }
     }
+}
+
+/// A future that refuses with `Error::Forked` when polled in a forked child of the process
+/// whose `epoch` it was given, before it polls `fut`: a future carried into a child holds
+/// descriptors and registrations of the parent's.
+pub(crate) async fn refuse_in_child<T>(
+    epoch: Epoch,
+    fut: impl Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    let mut fut = std::pin::pin!(fut);
+    std::future::poll_fn(move |cx| {
+        if let Err(e) = epoch.check() {
+            return std::task::Poll::Ready(Err(e));
+        }
+        fut.as_mut().poll(cx)
+    })
+    .await
 }
 
 #[cfg(test)]
@@ -323,16 +489,18 @@ mod tests {
     use super::*;
 
     fn open_null() -> TrackedFd {
-        TrackedFd::open(
-            || {
-                rustix::fs::open(
-                    c"/dev/null",
-                    OFlags::RDONLY | OFlags::CLOEXEC,
-                    Mode::empty(),
-                )
-            },
-            |e| panic!("track: {e}"),
-        )
+        may_wait(true, || {
+            TrackedFd::open(
+                || {
+                    rustix::fs::open(
+                        c"/dev/null",
+                        OFlags::RDONLY | OFlags::CLOEXEC,
+                        Mode::empty(),
+                    )
+                },
+                |e| panic!("track: {e}"),
+            )
+        })
         .unwrap()
     }
 
@@ -361,53 +529,77 @@ mod tests {
         assert!(listed(again.as_raw_fd()) && !again.inherited());
     }
 
-    /// An opening raced by a fork (simulated by the handlers' counts) is made again.
+    /// An opening that meets a fork (simulated by the handlers) fails at once, opening
+    /// nothing, where the thread may not wait, and waits for the fork's end where it may; a
+    /// fork waits for the opening under way. (Briefly: other tests' openings wait too.)
     #[test]
-    fn an_opening_raced_by_a_fork_is_made_again() {
-        let mut opened = 0;
-        let fd = TrackedFd::open(
+    fn openings_and_forks_exclude_each_other() {
+        let (forking_tx, forking_rx) = std::sync::mpsc::channel();
+        let (end_tx, end_rx) = std::sync::mpsc::channel::<()>();
+        let fork = std::thread::spawn(move || {
+            before_fork();
+            forking_tx.send(()).unwrap();
+            end_rx.recv().unwrap();
+            after_fork_in_parent();
+        });
+        forking_rx.recv().unwrap();
+        let mut opened = false;
+        let refused = TrackedFd::open(
             || {
-                opened += 1;
-                if opened == 1 {
-                    before_fork();
-                    after_fork_in_parent();
-                }
+                opened = true;
                 rustix::fs::open(
                     c"/dev/null",
                     OFlags::RDONLY | OFlags::CLOEXEC,
                     Mode::empty(),
                 )
+                .map_err(io::Error::from)
             },
-            |e| panic!("track: {e}"),
+            |e| e,
         )
-        .unwrap();
-        assert!(opened >= 2, "the raced descriptor was kept");
+        .unwrap_err();
+        assert!(busy(&refused) && !opened, "{refused}");
+
+        let waiter = std::thread::spawn(|| may_wait(true, open_null));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert!(!waiter.is_finished(), "an opening went on during a fork");
+        end_tx.send(()).unwrap();
+        fork.join().unwrap();
+        let fd = waiter.join().unwrap();
         assert!(listed(fd.as_raw_fd()));
+
+        // A fork waits for the opening under way.
+        let opening = Opening::enter();
+        let fork = std::thread::spawn(|| {
+            before_fork();
+            after_fork_in_parent();
+        });
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert!(!fork.is_finished(), "a fork began during an opening");
+        drop(opening);
+        fork.join().unwrap();
     }
 
-    /// A fork that does not end (as seen from here) makes opening fail, opening nothing.
-    /// (Briefly: other tests' openings wait for it meanwhile.)
+    /// Openers that wait for a fork go before the next fork: a line of forks cannot keep
+    /// them out.
     #[test]
-    fn a_fork_under_way_for_too_long_fails_the_opening() {
-        let patience = Duration::from_millis(20);
-        before_fork();
-        let start = Instant::now();
-        let mut opened = false;
-        let got = TrackedFd::open_within(
-            patience,
-            || {
-                opened = true;
-                Ok(rustix::fs::open(
-                    c"/dev/null",
-                    OFlags::RDONLY | OFlags::CLOEXEC,
-                    Mode::empty(),
-                )?)
-            },
-            |e: io::Error| e,
-        );
-        after_fork_in_parent();
-        let err = got.unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::WouldBlock, "{err}");
-        assert!(start.elapsed() >= patience && !opened);
+    fn waiting_openers_go_before_the_next_fork() {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let forkers: Vec<_> = (0..3)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    while !stop.load(SeqCst) {
+                        before_fork();
+                        std::thread::sleep(std::time::Duration::from_millis(2));
+                        after_fork_in_parent();
+                    }
+                })
+            })
+            .collect();
+        for _ in 0..20 {
+            drop(may_wait(true, open_null));
+        }
+        stop.store(true, SeqCst);
+        forkers.into_iter().for_each(|f| f.join().unwrap());
     }
 }

@@ -102,6 +102,11 @@ pub(super) struct Flock {
 
 impl Drop for Flock {
     fn drop(&mut self) {
+        // In a forked child the lock is the parent's, and the counts' mutexes may have been
+        // held by a thread the child does not have.
+        if self.files.lock().inherited() {
+            return;
+        }
         match self.shared {
             false => self.files.lock().unlock(),
             true => self.files.lock().leave_shared(),
@@ -156,6 +161,10 @@ impl Hold {
         T: Send + 'static,
         F: FnOnce(&Hold, Step) -> Result<T, Error> + Send + 'static,
     {
+        // A hold carried into a forked child: its aid is the parent's to touch.
+        if self.claim.files.lock().inherited() {
+            return Err(Error::Forked);
+        }
         let turn = self.ops.clone().lock_owned().await;
         let hold = self.clone();
         place::run_step(op, !big && self.in_place(), move |step| {
@@ -200,7 +209,10 @@ enum AtGate {
 impl Drop for AtGate {
     fn drop(&mut self) {
         if let AtGate::Store(files) = self {
-            files.lock().open_gate();
+            // In a forked child, the descriptor is no longer the lock file's.
+            if !files.lock().inherited() {
+                files.lock().open_gate();
+            }
         }
     }
 }

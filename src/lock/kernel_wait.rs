@@ -18,19 +18,24 @@
 //! each keeps its descriptor until the lock comes, even past the store's `close`; then it
 //! holds the lock for an instant before releasing it.
 //!
+//! A forked child has none of these threads, so the table is per process: a child makes a
+//! table of its own at its first wait, and leaves the one it inherited alone (its mutex may
+//! have been held by a thread of the parent at the fork).
+//!
 //! A writer that must wait makes two such waits, one after the other: for the gate, which it
 //! then keeps in its future, and for the flock. So a writer that gives up while it waits
 //! for the flock lets go of the gate at once, as its future drops it.
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd};
+use std::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use rustix::fs::{FlockOperation, Mode, OFlags, flock, fstat, open};
 use rustix::io::Errno;
 use tokio::sync::oneshot;
 
-use crate::lock::fork_guard::TrackedFd;
+use crate::lock::fork_guard::{self, TrackedFd};
 use crate::lock::gate;
 
 /// What a waiting thread waits for.
@@ -97,7 +102,40 @@ pub(crate) type Granted = Result<Locked, Errno>;
 /// kind.
 type Table = HashMap<(u64, u64, Kind), Vec<Arc<Mutex<Bell>>>>;
 
-static WAITING: Mutex<Option<Table>> = Mutex::new(None);
+/// The waiting threads of one process ([`fork_guard::generation`]).
+struct Waiting {
+    generation: u64,
+    table: Mutex<Table>,
+}
+
+/// This process's [`Waiting`], made at its first wait; a forked child makes its own.
+static WAITING: AtomicPtr<Waiting> = AtomicPtr::new(std::ptr::null_mut());
+
+/// This process's table of waiting threads. One the process inherited through a fork lists
+/// threads it does not have, so it is left as it is (never freed: its senders belong to the
+/// parent's waiters) and replaced.
+fn waiting() -> &'static Waiting {
+    let now = fork_guard::generation();
+    loop {
+        let current = WAITING.load(Ordering::Acquire);
+        // SAFETY: a published table is never freed.
+        if let Some(waiting) = unsafe { current.as_ref() } {
+            if waiting.generation == now {
+                return waiting;
+            }
+        }
+        let fresh = Box::into_raw(Box::new(Waiting {
+            generation: now,
+            table: Mutex::new(HashMap::new()),
+        }));
+        match WAITING.compare_exchange(current, fresh, Ordering::AcqRel, Ordering::Acquire) {
+            // SAFETY: just published, never freed from now on.
+            Ok(_) => return unsafe { &*fresh },
+            // SAFETY: made above and never published.
+            Err(_) => drop(unsafe { Box::from_raw(fresh) }),
+        }
+    }
+}
 
 /// What a waiting thread and its waiter share.
 #[derive(Debug)]
@@ -122,8 +160,8 @@ pub(crate) fn start(file: impl AsFd, kind: Kind) -> std::io::Result<oneshot::Rec
     let (tx, rx) = oneshot::channel();
     let st = fstat(&file)?;
     let key = (st.st_dev, st.st_ino, kind);
-    let mut waiting = lock(&WAITING);
-    let table = waiting.get_or_insert_with(HashMap::new);
+    let waiting = waiting();
+    let mut table = lock(&waiting.table);
     for bell in table.get(&key).into_iter().flatten() {
         let mut bell = lock(bell);
         if bell.waiter.as_ref().is_none_or(|w| w.is_closed()) {
@@ -131,27 +169,40 @@ pub(crate) fn start(file: impl AsFd, kind: Kind) -> std::io::Result<oneshot::Rec
             return Ok(rx);
         }
     }
-    let own = reopen(file.as_fd())?;
+    // Opened here if no fork is in the way; otherwise by the thread, which may wait for the
+    // fork, through an anchor that holds no lock (a child may keep it unlisted) and keeps
+    // the file for it.
+    let own = match reopen(file.as_fd()) {
+        Ok(own) => Ok(own),
+        Err(e) if fork_guard::busy(&e) => Err(open(
+            format!("/proc/self/fd/{}", file.as_fd().as_raw_fd()),
+            OFlags::PATH | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?),
+        Err(e) => return Err(e),
+    };
     let bell = Arc::new(Mutex::new(Bell { waiter: Some(tx) }));
     let ring = bell.clone();
     std::thread::Builder::new()
         .name("runstate-flock".into())
         .stack_size(64 << 10)
         .spawn(move || {
-            let got = kind.take(&own).map(|()| Locked(own, kind));
+            let own = own.or_else(|anchor| fork_guard::may_wait(true, || reopen(&anchor)));
+            let got = match own {
+                Ok(own) => kind.take(&own).map(|()| Locked(own, kind)),
+                Err(e) => Err(Errno::from_io_error(&e).unwrap_or(Errno::IO)),
+            };
             // Out of the table first, under its lock, so that no waiter joins a thread that
             // has had its answer.
-            let mut waiting = lock(&WAITING);
-            if let Some(table) = waiting.as_mut() {
-                if let Some(threads) = table.get_mut(&key) {
-                    threads.retain(|b| !Arc::ptr_eq(b, &ring));
-                    if threads.is_empty() {
-                        table.remove(&key);
-                    }
+            let mut table = lock(&waiting.table);
+            if let Some(threads) = table.get_mut(&key) {
+                threads.retain(|b| !Arc::ptr_eq(b, &ring));
+                if threads.is_empty() {
+                    table.remove(&key);
                 }
             }
             let waiter = lock(&ring).waiter.take();
-            drop(waiting);
+            drop(table);
             if let Some(waiter) = waiter {
                 // If the waiter has gone, the lock comes back and is released here; one left
                 // unreceived in the channel is released when the receiver is dropped.

@@ -139,8 +139,17 @@ impl StoreState {
             return Ok(files);
         }
         let state = self.state_dir().await?;
-        let files = place::run_step("open", state.in_place(), move |_| OpenAid::open(state, aid));
-        let files = Arc::new(files.await?);
+        let (in_place, again) = (state.in_place(), state.clone());
+        let open = move |_| fork_guard::may_wait(!in_place, || OpenAid::open(state, aid));
+        let files = match place::run_step("open", in_place, open).await {
+            // A fork under way in another thread: opened on the pool, which may wait for it.
+            Err(e) if fork_guard::busy_error(&e) => {
+                let open = move || fork_guard::may_wait(true, || OpenAid::open(again, aid));
+                place::on_pool("open", open).await??
+            }
+            files => files?,
+        };
+        let files = Arc::new(files);
         *cached = Some(files.clone());
         drop(cached);
         self.keep_open(aid);
@@ -288,12 +297,21 @@ impl StoreState {
     }
 
     /// Refuses new holds, waits for the current ones, and closes every file of the store.
-    pub(crate) async fn close(&self) {
+    /// In a forked child it does nothing and fails with `Forked`: the holds it would wait
+    /// for belong to threads the child does not have, and the files are the parent's.
+    pub(crate) async fn close(&self) -> Result<(), Error> {
+        self.made_in.check()?;
         self.closed.store(true, Ordering::Release);
         let _all = self.gate.write().await;
         lock(&self.slots).clear();
         lock(&self.open).clear();
         *lock(&self.state_dir) = None;
+        Ok(())
+    }
+
+    /// The process the store was made in.
+    pub(crate) fn made_in(&self) -> fork_guard::Epoch {
+        self.made_in
     }
 
     pub(crate) fn is_closed(&self) -> bool {

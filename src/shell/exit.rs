@@ -72,6 +72,7 @@ where
     ///
     /// [`Error::Io`] if the pidfd cannot be opened for want of file descriptors or memory
     /// (`EMFILE`, `ENFILE`, `ENOMEM`), or cannot be registered with the reactor.
+    /// [`Error::Forked`] if polled in a forked child of the process that made the store.
     ///
     /// # Panics
     ///
@@ -116,7 +117,10 @@ where
             identity: state.process.clone(),
         };
         let pidfds = self.options().uses_pidfds();
-        async move {
+        // Refused in a forked child, at every poll: the pidfd and its registration are the
+        // parent's.
+        let made_in = self.made_in();
+        crate::lock::fork_guard::refuse_in_child(made_in, async move {
             if pidfds && liveness::proc_is_ours(&watch.proc_root) {
                 match watch.open_pidfd()? {
                     Opened::Gone => return Ok(()),
@@ -126,7 +130,7 @@ where
             }
             watch.poll_proc().await;
             Ok(())
-        }
+        })
     }
 }
 

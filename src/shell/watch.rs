@@ -35,6 +35,7 @@ use tokio::io::unix::AsyncFd;
 use crate::disk::layout::{self, STATE_DIR};
 use crate::disk::scan;
 use crate::disk::state_dir::StateDir;
+use crate::lock::fork_guard;
 use crate::shell::place;
 use crate::{Aid, AsyncStore, Error, InstanceId};
 
@@ -120,6 +121,8 @@ pub struct Watch {
     buf: Vec<MaybeUninit<u8>>,
     book: Book,
     done: bool,
+    /// The process the watch was made in: its descriptor is that process's.
+    made_in: fork_guard::Epoch,
 }
 
 /// What a watch knows about its watches, and the items it has still to hand out.
@@ -366,7 +369,15 @@ impl Stream for Watch {
             buf,
             book,
             done,
+            made_in,
         } = self.get_mut();
+        // In a forked child the inotify descriptor is shared with the parent: reading it
+        // would take the parent's events.
+        if !*done && made_in.check().is_err() {
+            *done = true;
+            book.pending.clear();
+            return Poll::Ready(Some(Err(Error::Forked)));
+        }
         loop {
             if let Some(item) = book.pending.pop_front() {
                 return Poll::Ready(Some(item));
@@ -448,6 +459,7 @@ where
     /// # Ok(()) }
     /// ```
     pub async fn watch(&self) -> Result<Watch, Error> {
+        self.made_in().check()?;
         if self.is_closed() {
             return Err(Error::Closed);
         }
@@ -482,6 +494,7 @@ where
             buf: vec![MaybeUninit::uninit(); EVENT_BUF],
             book,
             done: false,
+            made_in: self.made_in(),
         })
     }
 
@@ -515,6 +528,7 @@ where
     /// # Ok(()) }
     /// ```
     pub async fn wait_empty(&self, aid: Aid) -> Result<(), Error> {
+        self.made_in().check()?;
         if self.is_closed() {
             return Err(Error::Closed);
         }
@@ -541,6 +555,8 @@ where
                 .readable()
                 .await
                 .map_err(|e| Error::io("wait_empty", &path, e))?;
+            // Carried into a forked child: the descriptor is shared with the parent.
+            self.made_in().check()?;
             // Drained whole, so that one check serves every removal queued so far.
             let mut removed = false;
             loop {
