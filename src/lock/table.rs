@@ -138,9 +138,26 @@ impl StoreState {
             }
             return Ok(files);
         }
-        let state = self.state_dir().await?;
-        let files = place::run_step("open", state.in_place(), move |_| OpenAid::open(state, aid));
-        let files = Arc::new(files.await?);
+        let mut state = self.state_dir().await?;
+        let mut reopened = 0;
+        let files = loop {
+            let opening = state.clone();
+            let files = place::run_step("open", state.in_place(), move |_| {
+                OpenAid::open(opening, aid)
+            });
+            match files.await {
+                Ok(files) => break Arc::new(files),
+                // Nothing can be made in a removed state directory: open the one at its
+                // path. Checked only here, when an open failed, so a store that has its aids
+                // open pays nothing for it.
+                Err(e) if e.is_not_found() && reopened < MAX_REOPENS && !state.is_current() => {
+                    reopened += 1;
+                    self.forget_state_dir(&state);
+                    state = self.state_dir().await?;
+                }
+                Err(e) => return Err(e),
+            }
+        };
         *cached = Some(files.clone());
         drop(cached);
         self.keep_open(aid);
@@ -158,6 +175,32 @@ impl StoreState {
         if state.as_ref().is_some_and(|s| !s.is_current()) {
             *state = None;
         }
+    }
+
+    /// Drops the cached state directory if it is still `stale`, so that the next use opens
+    /// the one at its path.
+    fn forget_state_dir(&self, stale: &Arc<StateDir>) {
+        let mut state = lock(&self.state_dir);
+        if state.as_ref().is_some_and(|s| Arc::ptr_eq(s, stale)) {
+            tracing::warn!(
+                path = %stale.path().display(),
+                "the state directory was removed while open; opening it again"
+            );
+            *state = None;
+        }
+    }
+
+    /// The store's state directory, checked against its path (two `stat` calls), opened
+    /// again if it was removed or replaced: for the watch and `wait_empty`, which open names
+    /// in it outside any hold, as a hold does.
+    pub(crate) async fn current_state_dir(&self) -> Result<Arc<StateDir>, Error> {
+        let _open = self.enter()?;
+        let state = self.state_dir().await?;
+        if state.is_current() {
+            return Ok(state);
+        }
+        self.forget_state_dir(&state);
+        self.state_dir().await
     }
 
     /// Lists `aid` among those whose directory is open, and closes the directories of the
