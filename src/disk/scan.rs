@@ -285,8 +285,14 @@ pub(crate) fn list_aids(run_dir: &Path) -> Result<Vec<Aid>, Error> {
     // Listed names are only as good as the directory: one that others may write is refused
     // here as it is when an aid is held.
     check_private(&fd, &state_path, FileType::Directory)?;
+    list_aids_in(fd, &state_path)
+}
+
+/// The aids that have a directory in the state directory open as `fd` (at `state_path`, for
+/// messages), ascending. Pass a descriptor of its own: the listing moves its position.
+pub(crate) fn list_aids_in(fd: OwnedFd, state_path: &Path) -> Result<Vec<Aid>, Error> {
     let mut aids = Vec::new();
-    for_each_dirent(&fd, &state_path, |name, kind| {
+    for_each_dirent(&fd, state_path, |name, kind| {
         let Some(aid) = layout::parse_aid_name(name.to_bytes()) else {
             return;
         };

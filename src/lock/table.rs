@@ -192,15 +192,26 @@ impl StoreState {
 
     /// The store's state directory, checked against its path (two `stat` calls), opened
     /// again if it was removed or replaced: for the watch and `wait_empty`, which open names
-    /// in it outside any hold, as a hold does.
-    pub(crate) async fn current_state_dir(&self) -> Result<Arc<StateDir>, Error> {
+    /// in it outside any hold, as a hold does. Unless `make`, nothing is made: `None` if
+    /// there is no state directory.
+    pub(crate) async fn current_state_dir(
+        &self,
+        make: bool,
+    ) -> Result<Option<Arc<StateDir>>, Error> {
         let _open = self.enter()?;
-        let state = self.state_dir().await?;
-        if state.is_current() {
-            return Ok(state);
+        let cached = lock(&self.state_dir).clone();
+        if let Some(state) = cached {
+            if state.is_current() {
+                return Ok(Some(state));
+            }
+            self.forget_state_dir(&state);
         }
-        self.forget_state_dir(&state);
-        self.state_dir().await
+        if make {
+            return self.state_dir().await.map(Some);
+        }
+        let (run_dir, options) = (self.run_dir.clone(), self.options.clone());
+        let state = place::on_pool("open", move || StateDir::open_existing(&run_dir, &options));
+        Ok(state.await??.map(Arc::new))
     }
 
     /// Lists `aid` among those whose directory is open, and closes the directories of the
