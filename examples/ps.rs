@@ -208,7 +208,9 @@ async fn watch(store: &Store) -> Result<(), Box<dyn Error>> {
                 rows = list_all(store).await?;
                 (None, '!')
             }
-            Some(Ok(Change::Resync)) => {
+            // Changes were lost (in a new aid, or anywhere): list again. Aids are new
+            // rarely, so one listing of everything keeps this simple.
+            Some(Ok(Change::Resync | Change::ResyncAid { .. })) => {
                 rows = list_all(store).await?;
                 (None, '!')
             }

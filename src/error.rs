@@ -185,6 +185,12 @@ impl std::fmt::Display for CorruptKind {
 }
 
 impl Error {
+    /// Whether this is an `Io` error for a name that is not there (`ENOENT`): the sign of a
+    /// directory removed under the store, which the callers then check for.
+    pub(crate) fn is_not_found(&self) -> bool {
+        matches!(self, Error::Io { source, .. } if source.kind() == io::ErrorKind::NotFound)
+    }
+
     pub(crate) fn io(
         op: &'static str,
         path: impl Into<PathBuf>,

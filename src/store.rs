@@ -98,6 +98,11 @@ where
         self.shared.options()
     }
 
+    /// The store's shared state, for the shell's watches.
+    pub(crate) fn state(&self) -> &StoreState {
+        &self.shared
+    }
+
     /// Runs `f` while holding the aid's lock exclusively, against every other task of this
     /// process (first come, first served) and every other process.
     ///

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
-use runstate::{Aid, AsyncStore, Error, InstanceId, State};
+use runstate::{Aid, AsyncStore, Error, InstanceId, Options, State};
 use tokio::sync::oneshot;
 
 use common::{DEADLOCK, Inside, aid, flock_waiters, run_dir, state_dir};
@@ -359,9 +359,11 @@ async fn waiter_on_a_removed_lock_file_moves_to_the_new_one() {
 
 both_runtimes!(waiter_on_a_removed_lock_file_moves_to_the_new_one);
 
-/// A save inside a hold whose aid directory was removed under it cannot succeed (nothing can
-/// be linked into a removed directory), but its error must name the entry being saved, as
-/// every other failed save does, and leave no temporary-file mark on the lock file.
+/// A save inside a hold whose aid directory was removed under it (the lock file stays, so
+/// the hold still excludes) goes into the directory made anew at its path, and leaves no
+/// temporary-file mark on the lock file. With the whole state directory removed, nothing can
+/// be saved where others look: the save fails, and its error names the entry being saved, as
+/// every other failed save does.
 ///
 /// Before 21eaed2, `linkat`'s `ENOENT` in the removed directory was taken for "this way of
 /// publishing is unsupported": the save fell back to a named temporary file, failed there,
@@ -375,9 +377,24 @@ fn a_save_into_a_removed_directory_names_the_entry() {
         let aid = aid(8);
         let store = Store::new(run);
         let s = state("A");
-        let err = store
+        store
             .with_aid(aid, async |c| {
                 Removal::AidDir.apply(run, aid);
+                c.save(&s).await
+            })
+            .await
+            .unwrap();
+        assert!(listed(run, aid).await.contains_key(&s.id));
+        let mark = std::fs::metadata(lock_path(run, aid)).unwrap().len();
+        assert_eq!(
+            mark, 0,
+            "the lock file is marked as if a temporary file was left"
+        );
+
+        let s = state("A, after rm -rf state/");
+        let err = store
+            .with_aid(aid, async |c| {
+                Removal::StateDir.apply(run, aid);
                 Ok::<_, Error>(c.save(&s).await.unwrap_err())
             })
             .await
@@ -390,12 +407,7 @@ fn a_save_into_a_removed_directory_names_the_entry() {
             }
             other => panic!("{other:?}"),
         }
-        let mark = std::fs::metadata(lock_path(run, aid)).unwrap().len();
-        assert_eq!(
-            mark, 0,
-            "the lock file is marked as if a temporary file was left"
-        );
-        // The next hold finds the directory gone and makes it anew.
+        // The next hold finds the files gone and makes them anew.
         store
             .with_aid(aid, async |c| c.save(&s).await)
             .await
@@ -403,3 +415,89 @@ fn a_save_into_a_removed_directory_names_the_entry() {
         assert!(listed(run, aid).await.contains_key(&s.id));
     });
 }
+
+/// After `rm -rf state/`, aids that the store does not have open are held at once: the
+/// removed state directory is found when opening an aid's files fails, not only once an aid
+/// it has open is held again (issue 17, item 5). With no aid kept open (`open_aids(0)`) every
+/// hold opens the files; with a cache, aids 2 to 4 are new to the store.
+async fn aids_not_open_are_held_after_state_dir_removed(open_aids: usize) {
+    let tmp = run_dir();
+    let run = tmp.path();
+    let store = Store::with_options(run, Options::new().open_aids(open_aids));
+    store.save(aid(1), &state("before")).await.unwrap();
+    Removal::StateDir.apply(run, aid(1));
+    for n in [2, 3, 4, 1] {
+        for _ in 0..3 {
+            let s = state("after the removal");
+            store
+                .save(aid(n), &s)
+                .await
+                .unwrap_or_else(|e| panic!("open_aids({open_aids}), aid {n}: {e}"));
+            assert!(listed(run, aid(n)).await.contains_key(&s.id));
+            assert_eq!(store.load(aid(n), s.id).await.unwrap(), Some(s));
+        }
+    }
+    store.close().await.unwrap();
+}
+
+async fn uncached_aids_after_state_dir_removed() {
+    aids_not_open_are_held_after_state_dir_removed(0).await;
+}
+
+async fn new_aids_after_state_dir_removed() {
+    aids_not_open_are_held_after_state_dir_removed(64).await;
+}
+
+both_runtimes!(
+    uncached_aids_after_state_dir_removed,
+    new_aids_after_state_dir_removed
+);
+
+/// The holder checks only its lock file after each lock; an aid directory removed while the
+/// store was idle and made anew by another store, with entries, is found where it is used.
+/// A read must never take the removed directory for an empty aid, and a save, a replace or a
+/// destroy must act on the directory at the path.
+async fn a_directory_removed_while_idle_is_found_where_it_is_used() {
+    let tmp = run_dir();
+    let run = tmp.path();
+    let aid = aid(6);
+    let (a, b) = (Store::new(run), Store::new(run));
+    let old = state("A, before");
+    a.save(aid, &old).await.unwrap();
+    Removal::AidDir.apply(run, aid);
+    let theirs = state("B");
+    b.save(aid, &theirs).await.unwrap();
+    // Reads of every kind, on A's open directory, which was removed.
+    let seen = a
+        .with_aid_shared(aid, async |c| {
+            Ok::<_, Error>((
+                c.load(theirs.id).await?,
+                c.len().await?,
+                c.load_all().await?,
+            ))
+        })
+        .await
+        .unwrap();
+    assert_eq!(seen.0.as_ref(), Some(&theirs));
+    assert_eq!(seen.1, 1);
+    assert_eq!(seen.2, BTreeMap::from([(theirs.id, theirs.clone())]));
+    // Writes after a second removal, the first thing in the hold each time.
+    Removal::AidDir.apply(run, aid);
+    b.save(aid, &theirs).await.unwrap();
+    let mut replaced = theirs.clone();
+    replaced.config = "A replaced it".into();
+    assert!(
+        a.with_aid(aid, async |c| c.replace(&replaced).await)
+            .await
+            .unwrap()
+    );
+    Removal::AidDir.apply(run, aid);
+    b.save(aid, &theirs).await.unwrap();
+    assert!(a.destroy(aid, theirs.id).await.unwrap());
+    assert_eq!(listed(run, aid).await, BTreeMap::new());
+    for store in [a, b] {
+        store.close().await.unwrap();
+    }
+}
+
+both_runtimes!(a_directory_removed_while_idle_is_found_where_it_is_used);

@@ -88,12 +88,11 @@ async fn changes_from_another_process() {
     let mut watch = store.watch().await.unwrap();
     let mut kid = spawn_child("script", dir.path(), Flavor::Current);
     let (a, b, c, d) = (id(0xa), id(0xb), id(0xc), id(0xd));
-    // Aid 2 is new: the watch must have seen its directory before the child goes on to
-    // destroy there (see `watch`'s documentation).
+    // Aid 2 is new: the watch says so, and the child goes on once it has.
     kid.expect("NEW_AID").await;
     let mut seen = Vec::new();
-    no_deadlock("aid 2's first entry", async {
-        while seen.last() != Some(&Change::Saved { aid: aid(2), id: c }) {
+    no_deadlock("aid 2's resync", async {
+        while seen.last() != Some(&Change::ResyncAid { aid: aid(2) }) {
             seen.push(watch.next().await.unwrap().unwrap());
         }
     })
@@ -117,17 +116,27 @@ async fn changes_from_another_process() {
         "all: {seen:?}"
     );
     let two = aid(2);
+    // The first save in aid 2 is reported if the stream watched the directory before it.
+    let mut of_two = of(two, &seen);
+    let raced = of_two.get(1) == Some(&Change::Saved { aid: two, id: c });
+    if raced {
+        of_two.remove(1);
+    }
     assert_eq!(
-        of(two, &seen),
+        of_two,
         [
-            Change::Saved { aid: two, id: c },
+            Change::ResyncAid { aid: two },
             Change::Replaced { aid: two, id: c },
             Change::Destroyed { aid: two, id: c },
             Change::Saved { aid: two, id: d },
         ],
         "all: {seen:?}"
     );
-    assert_eq!(seen.len(), 9, "nothing else shows: {seen:?}");
+    assert_eq!(
+        seen.len(),
+        9 + raced as usize,
+        "nothing else shows: {seen:?}"
+    );
 }
 
 /// The child's side of [`changes_from_another_process`].
@@ -186,13 +195,28 @@ async fn new_aids_race_their_watch() {
     let store = Store::new(dir.path());
     save(&store, aid(1), id(0xee)).await;
     let mut watch = store.watch().await.unwrap();
-    // Read while the child works, so that new directories are watched as they come.
+    // Read while the child works, so that new directories are watched as they come, and
+    // list each new aid again when told, as `ResyncAid` says.
     let sentinel = InstanceId::random();
+    let lister = store.clone();
     let reader = tokio::spawn(async move {
         let mut seen = Vec::new();
+        let mut listed = std::collections::BTreeMap::new();
         loop {
             match watch.next().await.unwrap().unwrap() {
-                Change::Saved { id, .. } if id == sentinel => return seen,
+                Change::Saved { id, .. } if id == sentinel => return (seen, listed),
+                Change::ResyncAid { aid } => {
+                    let ids = lister
+                        .with_aid_shared(aid, async |c| {
+                            Ok::<_, Error>(c.ids().collect::<Vec<_>>().await)
+                        })
+                        .await
+                        .unwrap();
+                    let mut ids: Vec<InstanceId> = ids.into_iter().map(Result::unwrap).collect();
+                    ids.sort();
+                    listed.insert(aid, ids);
+                    seen.push(Change::ResyncAid { aid });
+                }
                 change => seen.push(change),
             }
         }
@@ -201,21 +225,31 @@ async fn new_aids_race_their_watch() {
         .finish()
         .await;
     save(&store, aid(1), sentinel).await;
-    let seen = no_deadlock("the sentinel", reader).await.unwrap();
+    let (seen, listed) = no_deadlock("the sentinel", reader).await.unwrap();
+    let mut saved = 0;
     for n in 0..NEW_AIDS {
         let a = aid(100 + n);
-        let mut got = of(a, &seen);
-        // Listed in directory order, which is not the order of the saves.
-        got.sort_by_key(|c| c.id());
-        let want: Vec<Change> = (0..3)
+        let got = of(a, &seen);
+        // First the resync, then the saves made after the watch was added, in order: the
+        // last ones of the three.
+        assert_eq!(got.first(), Some(&Change::ResyncAid { aid: a }), "{seen:?}");
+        let after: Vec<Change> = (3 - (got.len() as u8 - 1)..3)
             .map(|k| Change::Saved {
                 aid: a,
                 id: new_aid_id(n, k),
             })
             .collect();
-        assert_eq!(got, want, "aid {a}; all: {seen:?}");
+        assert_eq!(got[1..], after, "aid {a}; all: {seen:?}");
+        saved += after.len();
+        // The listing made on the resync and the saves after it: all three, none missed.
+        let mut all = listed[&a].clone();
+        all.extend(after.iter().filter_map(Change::id));
+        all.sort();
+        all.dedup();
+        let want: Vec<InstanceId> = (0..3).map(|k| new_aid_id(n, k)).collect();
+        assert_eq!(all, want, "aid {a}; all: {seen:?}");
     }
-    assert_eq!(seen.len(), NEW_AIDS as usize * 3, "{seen:?}");
+    assert_eq!(seen.len(), NEW_AIDS as usize + saved, "{seen:?}");
 }
 
 const NEW_AIDS: u16 = 40;
@@ -290,10 +324,13 @@ async fn watch_before_anything_exists() {
     let store = Store::new(&run);
     let mut watch = store.watch().await.unwrap();
     assert!(run.join("state").is_dir());
-    let seen = until_sentinel(&store, &mut watch, aid(5)).await;
-    assert_eq!(seen, []);
-    // The sentinel's aid was new: its first entry came from the listing, and its create
-    // event was not reported again.
+    // Aid 5 is new: its first save came before the stream could watch its directory.
+    save(&store, aid(5), id(2)).await;
+    let first = no_deadlock("a resync", watch.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first, Change::ResyncAid { aid: aid(5) });
     save(&store, aid(5), id(1)).await;
     let next = no_deadlock("a change", watch.next())
         .await
@@ -374,10 +411,13 @@ async fn foreign_names_never_show() {
     }
     // A file named like an aid is not an aid directory.
     std::fs::write(state_dir.join("12"), b"x").unwrap();
-    // An aid directory with nothing of the store's in it yet.
+    // An aid directory with nothing of the store's in it yet: new, so listed again.
     std::fs::create_dir(state_dir.join("13")).unwrap();
     std::fs::write(state_dir.join("13").join("README"), b"x").unwrap();
-    assert_eq!(until_sentinel(&store, &mut watch, aid(1)).await, []);
+    assert_eq!(
+        until_sentinel(&store, &mut watch, aid(1)).await,
+        [Change::ResyncAid { aid: aid(13) }]
+    );
 }
 
 /// The state directory removed under the stream: its entries' removals, then an error
@@ -412,6 +452,137 @@ async fn a_removed_state_directory_ends_the_stream() {
     );
     assert!(watch.next().await.is_none());
 }
+
+/// `rm -rf state/` while another process keeps the old directory open, as any store with an
+/// aid open does: the stream still ends at once with the error naming it. The kernel reports
+/// the directory's own removal (`IN_DELETE_SELF`) only once that process closes it; before,
+/// the stream went deaf, silently, for as long as the other process ran (issue 17, item 6).
+async fn a_removed_state_directory_ends_the_stream_while_another_process_keeps_it_open() {
+    let dir = run_dir();
+    let store = Store::new(dir.path());
+    save(&store, aid(1), id(1)).await;
+    store.close().await.unwrap();
+    let mut kid = spawn_child("keeper", dir.path(), Flavor::Current);
+    kid.expect("KEEPING").await;
+    let watcher = Store::new(dir.path());
+    let mut watch = watcher.watch().await.unwrap();
+    watcher.close().await.unwrap();
+    std::fs::remove_dir_all(dir.path().join("state")).unwrap();
+    let end = no_deadlock("the error naming the removed state directory", async {
+        loop {
+            match watch.next().await.expect("an error before the end") {
+                Ok(_) => {}
+                Err(e) => return e,
+            }
+        }
+    })
+    .await;
+    assert!(
+        matches!(&end, Error::Io { path, .. } if path == &dir.path().join("state")),
+        "{end}"
+    );
+    assert!(watch.next().await.is_none());
+    writeln!(kid.stdin.as_mut().unwrap(), "go").unwrap();
+    kid.finish().await;
+}
+
+/// The child's side: keeps aid 1 of the store open until told.
+async fn child_keeper(run_dir: &Path) {
+    let store = Store::new(run_dir);
+    store
+        .with_aid_shared(aid(1), async |c| c.len().await)
+        .await
+        .unwrap();
+    say("KEEPING");
+    let mut go = String::new();
+    std::io::stdin().read_line(&mut go).unwrap();
+    drop(store);
+}
+
+/// One entry saved, replaced and destroyed in an aid made right after `watch()` returned,
+/// before the stream is polled: inotify cannot have seen any of it, and the stream says so
+/// (`ResyncAid`) rather than nothing (issue 17, item 7).
+async fn changes_in_a_brand_new_aid_are_never_missed_silently() {
+    let dir = run_dir();
+    let store = Store::new(dir.path());
+    save(&store, aid(1), id(0xee)).await;
+    let mut watch = store.watch().await.unwrap();
+    let new = aid(9);
+    store
+        .with_aid(new, async |c| {
+            c.save(&state(id(1), "a")).await?;
+            assert!(c.replace(&state(id(1), "b")).await?);
+            c.destroy(id(1)).await
+        })
+        .await
+        .unwrap();
+    let seen = until_sentinel(&store, &mut watch, aid(1)).await;
+    assert_eq!(seen, [Change::ResyncAid { aid: new }]);
+    // From then on, its changes come in order.
+    store
+        .with_aid(new, async |c| {
+            c.save(&state(id(2), "a")).await?;
+            c.destroy(id(2)).await
+        })
+        .await
+        .unwrap();
+    let seen = until_sentinel(&store, &mut watch, aid(1)).await;
+    assert_eq!(
+        seen,
+        [
+            Change::Saved {
+                aid: new,
+                id: id(2)
+            },
+            Change::Destroyed {
+                aid: new,
+                id: id(2)
+            }
+        ]
+    );
+}
+
+/// `state` swapped for a symlink to another directory, by whoever may write the run
+/// directory (here, as root, the same swap): `wait_empty` and `watch` refuse it as holds do,
+/// on a store that had the real one open and on a fresh one. Before, `wait_empty` answered
+/// from the other directory, where the aid was empty, while the real aid held an entry
+/// (issue 17, item 8).
+async fn a_symlinked_state_directory_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = run_dir();
+    let run = dir.path();
+    let store = Store::new(run);
+    save(&store, aid(1), id(1)).await;
+    let decoy = run.join("decoy");
+    std::fs::create_dir_all(decoy.join("1")).unwrap();
+    for d in [decoy.clone(), decoy.join("1")] {
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    std::fs::rename(run.join("state"), run.join("real")).unwrap();
+    std::os::unix::fs::symlink(&decoy, run.join("state")).unwrap();
+    for (who, store) in [
+        ("the store", store.clone()),
+        ("a fresh store", Store::new(run)),
+    ] {
+        let waited = no_deadlock("wait_empty", store.wait_empty(aid(1))).await;
+        assert!(
+            matches!(waited, Err(Error::Insecure { .. })),
+            "{who}: wait_empty gave {waited:?}"
+        );
+        let watched = store.watch().await;
+        assert!(
+            matches!(watched, Err(Error::Insecure { .. })),
+            "{who}: watch gave {:?}",
+            watched.map(drop)
+        );
+    }
+}
+
+both_runtimes!(
+    a_removed_state_directory_ends_the_stream_while_another_process_keeps_it_open,
+    changes_in_a_brand_new_aid_are_never_missed_silently,
+    a_symlinked_state_directory_is_refused,
+);
 
 both_runtimes!(
     a_removed_state_directory_ends_the_stream,
@@ -590,6 +761,7 @@ fn child_process() {
             "new_aids" => child_new_aids(&dir).await,
             "destroyer" => child_destroyer(&dir).await,
             "fds" => child_fds(&dir).await,
+            "keeper" => child_keeper(&dir).await,
             other => panic!("unknown role {other}"),
         }
     });

@@ -4,13 +4,14 @@
 //! Nothing here is async; the async shell runs whole operations where they cannot stall the
 //! runtime (see `shell/place.rs`).
 
-use std::os::fd::OwnedFd;
+use std::mem::ManuallyDrop;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustix::fs::fstat;
 use rustix::fs::ftruncate;
-use rustix::io::{pread, pwrite};
+use rustix::io::{DupFlags, dup3, pread, pwrite};
 
 use crate::disk::secure::open_private_dir;
 use crate::disk::state_dir::StateDir;
@@ -51,6 +52,42 @@ impl AidDir {
     /// Whether the directory is still linked: entries published into a removed one are lost.
     pub(crate) fn is_linked(&self) -> bool {
         fstat(&self.dir).is_ok_and(|st| st.st_nlink > 0)
+    }
+
+    /// After a name was not found: if the directory was removed (an admin's `rm -rf`, a
+    /// cleaner), opens the aid's directory in the state directory again (making it, as a
+    /// hold does) and returns `true`, so that the caller tries once more. `false` if the
+    /// directory is still linked: the name really is not there.
+    ///
+    /// The holder checks only its lock file after each lock (`lock/open_aid.rs`), so this is
+    /// where a directory removed while the store was idle is found, at the cost of one
+    /// `fstat` on the path that missed, never on one that found its name. With the state
+    /// directory removed too, `false`: the lock held is then in the removed directory as
+    /// well, and the next hold opens everything anew.
+    pub(crate) fn revive(&self) -> Result<bool, Error> {
+        if self.is_linked() {
+            return Ok(false);
+        }
+        let name = self.aid.to_string();
+        let durable = self.state_dir.options().durable;
+        let fresh = match open_private_dir(self.state_dir.fd(), &name, &self.path, durable) {
+            Ok(fresh) => fresh,
+            // The state directory is gone too: there is nothing at the path to go to.
+            Err(e) if e.is_not_found() => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        // The new directory takes the old one's descriptor number, in one step: every user
+        // of `self.dir`, on any thread, has the old directory or the new one, and no
+        // descriptor is closed under it.
+        // SAFETY: the number stays owned by `self.dir`; the ManuallyDrop never closes it.
+        let mut ours = ManuallyDrop::new(unsafe { OwnedFd::from_raw_fd(self.dir.as_raw_fd()) });
+        dup3(&fresh, &mut ours, DupFlags::CLOEXEC)
+            .map_err(|e| Error::io("open directory", &self.path, e))?;
+        tracing::warn!(
+            path = %self.path.display(),
+            "the aid's directory was removed while open; opened it again"
+        );
+        Ok(true)
     }
 
     /// Whether short file work here runs in place rather than on the blocking pool.

@@ -25,7 +25,11 @@ impl AidDir {
         bytes: &[u8],
         mark: TempMark<'_>,
     ) -> Result<(), Error> {
-        self.save_as(&PUBLISH, id, bytes, mark)
+        match self.save_as(&PUBLISH, id, bytes, mark) {
+            // Nothing can be linked into a removed directory: save into the one at its path.
+            Err(e) if e.is_not_found() && self.revive()? => self.save_as(&PUBLISH, id, bytes, mark),
+            saved => saved,
+        }
     }
 
     /// [`AidDir::save`], trying the ways from `publish` on and keeping there the first that
@@ -190,7 +194,12 @@ impl AidDir {
     /// Removes the entry of `id`; `Ok(false)` if there was none.
     pub(crate) fn destroy(&self, id: InstanceId) -> Result<bool, Error> {
         let name = layout::entry_name(id);
-        match unlinkat(&self.dir, layout::as_cstr(&name), AtFlags::empty()) {
+        let unlink = || unlinkat(&self.dir, layout::as_cstr(&name), AtFlags::empty());
+        let unlinked = match unlink() {
+            Err(Errno::NOENT) if self.revive()? => unlink(),
+            unlinked => unlinked,
+        };
+        match unlinked {
             Ok(()) => self.sync_dir().map(|()| true),
             Err(Errno::NOENT) => Ok(false),
             Err(e) => Err(Error::io("destroy", self.entry_path(id), e)),
@@ -214,7 +223,12 @@ impl AidDir {
         self.check_size(id, bytes)?;
         let name = layout::entry_name(id);
         let name = layout::as_cstr(&name);
-        match statat(&self.dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+        let stat = || statat(&self.dir, name, AtFlags::SYMLINK_NOFOLLOW);
+        let found = match stat() {
+            Err(Errno::NOENT) if self.revive()? => stat(),
+            found => found,
+        };
+        match found {
             Ok(_) => {}
             Err(Errno::NOENT) => return Ok(false),
             Err(e) => return Err(Error::io("replace", self.entry_path(id), e)),

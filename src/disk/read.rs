@@ -111,12 +111,20 @@ impl AidDir {
         max_file: u64,
     ) -> Result<Found, Error> {
         let not_a_file = || Error::corrupt(self.entry_path(id), CorruptKind::NotAFile);
-        let fd = match openat(
-            &self.dir,
-            name,
-            OFlags::RDONLY | open_flags(),
-            Mode::empty(),
-        ) {
+        let open = || {
+            openat(
+                &self.dir,
+                name,
+                OFlags::RDONLY | open_flags(),
+                Mode::empty(),
+            )
+        };
+        // A directory removed since it was opened has no names: read the one at its path.
+        let opened = match open() {
+            Err(Errno::NOENT) if self.revive()? => open(),
+            opened => opened,
+        };
+        let fd = match opened {
             Ok(fd) => fd,
             Err(Errno::NOENT) => return Ok(Found::Missing),
             Err(Errno::LOOP | Errno::NXIO | Errno::ISDIR) => return Err(not_a_file()),

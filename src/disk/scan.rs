@@ -27,16 +27,26 @@ impl AidDir {
         .map_err(|e| Error::io("list", &self.path, e))
     }
 
-    /// Starts a listing of the directory's entry names.
+    /// Starts a listing of the directory's entry names, with its first buffer read.
+    ///
+    /// A removed directory must never read as "no entries": `getdents64` fails on it with
+    /// `ENOENT`, found by the first read that the listing makes anyway, and then the
+    /// directory at its path is listed instead ([`AidDir::revive`]).
     pub(crate) fn scan(&self) -> Result<Scan, Error> {
-        let fd = self.reopen()?;
-        Ok(Scan {
-            fd,
-            buf: vec![MaybeUninit::uninit(); DIRENT_BUF],
-            ids: Vec::new(),
-            next: 0,
-            more: true,
-        })
+        let first = || {
+            let mut scan = Scan {
+                fd: self.reopen()?,
+                buf: vec![MaybeUninit::uninit(); DIRENT_BUF],
+                ids: Vec::new(),
+                next: 0,
+                more: true,
+            };
+            scan.fetch(&self.path).map(|()| scan)
+        };
+        match first() {
+            Err(e) if e.is_not_found() && self.revive()? => first(),
+            scan => scan,
+        }
     }
 
     /// Removes temporary files that a killed process left behind, and the lock file's mark
@@ -61,25 +71,19 @@ impl AidDir {
     /// at the end the lock file's mark. Returns whether there is more.
     pub(crate) fn sweep_step(&self, sweep: &mut Sweep, mark: TempMark<'_>) -> Result<bool, Error> {
         let mut failed = None;
-        let more = read_dirents(&sweep.fd, &mut sweep.buf, |name, kind| {
-            if failed.is_none()
-                && layout::is_temp_name(name.to_bytes())
-                && kind != FileType::Directory
-            {
-                let path = || self.path.join(name.to_string_lossy().as_ref());
-                match unlinkat(&self.dir, name, AtFlags::empty()) {
-                    Ok(()) => tracing::info!(
-                        path = %path().display(),
-                        "removed a temporary file that a killed save left"
-                    ),
-                    Err(Errno::NOENT) => {}
-                    // A directory (where d_type is not filled in) or an immutable file: not
-                    // something a save left, and failing would fail every exclusive hold.
-                    Err(Errno::ISDIR | Errno::PERM) => {}
-                    Err(e) => failed = Some(Error::io("remove temporary file", path(), e)),
-                }
+        let mut read = |fd: &OwnedFd, buf: &mut [MaybeUninit<u8>]| {
+            read_dirents(fd, buf, |name, kind| {
+                self.sweep_name(name, kind, &mut failed)
+            })
+        };
+        let more = match read(&sweep.fd, &mut sweep.buf) {
+            // A removed directory (see `scan`): sweep the one at its path.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && self.revive()? => {
+                sweep.fd = self.reopen()?;
+                read(&sweep.fd, &mut sweep.buf)
             }
-        })
+            more => more,
+        }
         .map_err(|e| Error::io("list", &self.path, e))?;
         if let Some(e) = failed {
             return Err(e);
@@ -93,6 +97,25 @@ impl AidDir {
             mark.set(false)?;
         }
         Ok(false)
+    }
+
+    /// Removes `name` if it is a temporary file, keeping the first failure in `failed`.
+    fn sweep_name(&self, name: &CStr, kind: FileType, failed: &mut Option<Error>) {
+        if failed.is_none() && layout::is_temp_name(name.to_bytes()) && kind != FileType::Directory
+        {
+            let path = || self.path.join(name.to_string_lossy().as_ref());
+            match unlinkat(&self.dir, name, AtFlags::empty()) {
+                Ok(()) => tracing::info!(
+                    path = %path().display(),
+                    "removed a temporary file that a killed save left"
+                ),
+                Err(Errno::NOENT) => {}
+                // A directory (where d_type is not filled in) or an immutable file: not
+                // something a save left, and failing would fail every exclusive hold.
+                Err(Errno::ISDIR | Errno::PERM) => {}
+                Err(e) => *failed = Some(Error::io("remove temporary file", path(), e)),
+            }
+        }
     }
 }
 
@@ -262,8 +285,14 @@ pub(crate) fn list_aids(run_dir: &Path) -> Result<Vec<Aid>, Error> {
     // Listed names are only as good as the directory: one that others may write is refused
     // here as it is when an aid is held.
     check_private(&fd, &state_path, FileType::Directory)?;
+    list_aids_in(fd, &state_path)
+}
+
+/// The aids that have a directory in the state directory open as `fd` (at `state_path`, for
+/// messages), ascending. Pass a descriptor of its own: the listing moves its position.
+pub(crate) fn list_aids_in(fd: OwnedFd, state_path: &Path) -> Result<Vec<Aid>, Error> {
     let mut aids = Vec::new();
-    for_each_dirent(&fd, &state_path, |name, kind| {
+    for_each_dirent(&fd, state_path, |name, kind| {
         let Some(aid) = layout::parse_aid_name(name.to_bytes()) else {
             return;
         };

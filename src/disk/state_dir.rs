@@ -5,11 +5,11 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{AtFlags, CWD, Mode, OFlags, fstat, openat, statat};
+use rustix::fs::{AtFlags, CWD, FileType, Mode, OFlags, fstat, openat, statat};
 use rustix::io::Errno;
 
 use crate::disk::layout::{DIR_MODE, FILE_MODE, STATE_DIR};
-use crate::disk::secure::{open_flags, open_private_dir, sync_parent};
+use crate::disk::secure::{check_private, open_flags, open_private_dir, sync_parent};
 use crate::{Error, Options};
 
 /// The open `<run_dir>/state` directory: one per store, shared by its aids' directories.
@@ -53,17 +53,55 @@ impl StateDir {
         .map_err(|e| Error::io("open directory", run_dir, e))?;
         let path = run_dir.join(STATE_DIR);
         let fd = open_private_dir(run.as_fd(), STATE_DIR, &path, durable)?;
+        Ok(StateDir::opened(fd, path, options))
+    }
+
+    /// Opens `<run_dir>/state` as [`StateDir::open`] does, checked the same way, but makes
+    /// nothing: `Ok(None)` if it or the run directory is not there.
+    pub(crate) fn open_existing(
+        run_dir: &Path,
+        options: &Options,
+    ) -> Result<Option<StateDir>, Error> {
+        let parent = if run_dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            run_dir
+        };
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        let run = match openat(CWD, parent, flags, Mode::empty()) {
+            Ok(run) => run,
+            Err(Errno::NOENT) => return Ok(None),
+            Err(e) => return Err(Error::io("open directory", run_dir, e)),
+        };
+        let path = run_dir.join(STATE_DIR);
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | open_flags();
+        let fd = match openat(&run, STATE_DIR, flags, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(Errno::NOENT) => return Ok(None),
+            Err(Errno::LOOP | Errno::NOTDIR) => {
+                let reason = "not a directory (a symlink or a file stands there)";
+                return Err(Error::insecure(&path, reason));
+            }
+            Err(e) => return Err(Error::io("open directory", &path, e)),
+        };
+        check_private(&fd, &path, FileType::Directory)?;
+        Ok(Some(StateDir::opened(fd, path, options)))
+    }
+
+    /// The state directory open as `fd`, with what is learned once about it.
+    fn opened(fd: OwnedFd, path: PathBuf, options: &Options) -> StateDir {
+        let durable = options.durable;
         // f_type's width differs between targets.
         #[allow(clippy::unnecessary_cast)]
         let on_memory = rustix::fs::fstatfs(&fd)
             .is_ok_and(|fs| matches!(fs.f_type as i64, TMPFS_MAGIC | RAMFS_MAGIC));
         let in_place = on_memory && !durable && !options.on_pool;
-        Ok(StateDir {
+        StateDir {
             fd,
             path,
             in_place,
             options: options.clone(),
-        })
+        }
     }
 
     /// Whether short file work here runs in place rather than on the blocking pool.
@@ -84,6 +122,17 @@ impl StateDir {
     /// The open directory, to open names in.
     pub(crate) fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
+    }
+
+    /// A new descriptor of the directory, for a listing, which needs a position of its own.
+    pub(crate) fn reopen(&self) -> Result<OwnedFd, Error> {
+        openat(
+            &self.fd,
+            c".",
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| Error::io("list", &self.path, e))
     }
 
     /// Opens the lock file `name` (at `path`, for messages), making it if missing. Returns

@@ -26,13 +26,15 @@ impl OpenAid {
         Ok(OpenAid { lock, dir })
     }
 
-    /// Whether the lock file and the directory opened are still linked. Locking a lock file
-    /// that was removed would exclude nobody who opens the new one, so a holder checks this
-    /// once it has the lock, and opens them again if not. Two `fstat` calls: a removal, or a
-    /// file renamed over, unlinks the old inode (a file renamed away keeps its link and is
-    /// not noticed; nothing in the store does that).
+    /// Whether the lock file opened is still linked. Locking a lock file that was removed
+    /// would exclude nobody who opens the new one, so a holder checks this once it has the
+    /// lock, and opens both files again if not. One `fstat`: a removal (of the file, or of
+    /// the whole state directory), or a file renamed over, unlinks the old inode (a file
+    /// renamed away keeps its link and is not noticed; nothing in the store does that).
+    /// The directory is checked where it is used, when a name is not found in it
+    /// (`AidDir::revive`), so a hold that finds what it looks for pays nothing for it.
     pub(crate) fn is_current(&self) -> bool {
-        self.lock.is_linked() && self.dir.is_linked()
+        self.lock.is_linked()
     }
 
     /// The aid's directory, whose methods are the core's whole operations.

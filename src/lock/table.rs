@@ -138,22 +138,40 @@ impl StoreState {
             }
             return Ok(files);
         }
-        let state = self.state_dir().await?;
-        let (in_place, again) = (state.in_place(), state.clone());
-        let open = move |_| fork_guard::may_wait(!in_place, || OpenAid::open(state, aid));
-        let files = match place::run_step("open", in_place, open).await {
-            // A fork under way in another thread: opened on the pool, which may wait for it.
-            Err(e) if fork_guard::busy_error(&e) => {
-                let open = move || fork_guard::may_wait(true, || OpenAid::open(again, aid));
-                place::on_pool("open", open).await??
+        let mut state = self.state_dir().await?;
+        let mut reopened = 0;
+        let files = loop {
+            match Self::open_aid(state.clone(), aid).await {
+                Ok(files) => break Arc::new(files),
+                // Nothing can be made in a removed state directory: open the one at its
+                // path. Checked only here, when an open failed, so a store that has its aids
+                // open pays nothing for it.
+                Err(e) if e.is_not_found() && reopened < MAX_REOPENS && !state.is_current() => {
+                    reopened += 1;
+                    self.forget_state_dir(&state);
+                    state = self.state_dir().await?;
+                }
+                Err(e) => return Err(e),
             }
-            files => files?,
         };
-        let files = Arc::new(files);
         *cached = Some(files.clone());
         drop(cached);
         self.keep_open(aid);
         Ok(files)
+    }
+
+    /// Opens an aid's files where the state directory says work runs; a fork under way in
+    /// another thread sends the opening to the pool, which may wait for it.
+    async fn open_aid(state: Arc<StateDir>, aid: Aid) -> Result<OpenAid, Error> {
+        let (in_place, again) = (state.in_place(), state.clone());
+        let open = move |_| fork_guard::may_wait(!in_place, || OpenAid::open(state, aid));
+        match place::run_step("open", in_place, open).await {
+            Err(e) if fork_guard::busy_error(&e) => {
+                let open = move || fork_guard::may_wait(true, || OpenAid::open(again, aid));
+                place::on_pool("open", open).await?
+            }
+            files => files,
+        }
     }
 
     /// Drops the cached directory of an aid once found stale, and the state directory too if
@@ -167,6 +185,43 @@ impl StoreState {
         if state.as_ref().is_some_and(|s| !s.is_current()) {
             *state = None;
         }
+    }
+
+    /// Drops the cached state directory if it is still `stale`, so that the next use opens
+    /// the one at its path.
+    fn forget_state_dir(&self, stale: &Arc<StateDir>) {
+        let mut state = lock(&self.state_dir);
+        if state.as_ref().is_some_and(|s| Arc::ptr_eq(s, stale)) {
+            tracing::warn!(
+                path = %stale.path().display(),
+                "the state directory was removed while open; opening it again"
+            );
+            *state = None;
+        }
+    }
+
+    /// The store's state directory, checked against its path (two `stat` calls), opened
+    /// again if it was removed or replaced: for the watch and `wait_empty`, which open names
+    /// in it outside any hold, as a hold does. Unless `make`, nothing is made: `None` if
+    /// there is no state directory.
+    pub(crate) async fn current_state_dir(
+        &self,
+        make: bool,
+    ) -> Result<Option<Arc<StateDir>>, Error> {
+        let _open = self.enter()?;
+        let cached = lock(&self.state_dir).clone();
+        if let Some(state) = cached {
+            if state.is_current() {
+                return Ok(Some(state));
+            }
+            self.forget_state_dir(&state);
+        }
+        if make {
+            return self.state_dir().await.map(Some);
+        }
+        let (run_dir, options) = (self.run_dir.clone(), self.options.clone());
+        let state = place::on_pool("open", move || StateDir::open_existing(&run_dir, &options));
+        Ok(state.await??.map(Arc::new))
     }
 
     /// Lists `aid` among those whose directory is open, and closes the directories of the

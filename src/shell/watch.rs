@@ -12,11 +12,13 @@
 //! parsers.
 //!
 //! Reading a few kilobytes of events from an inotify descriptor never blocks, so it runs on
-//! the polling thread. So does the listing of a newly made aid directory (it is new, so
-//! small) and the relisting of aids after an overflow (rare); the initial setup, which may
-//! list up to 10,000 aids, runs as the store's other file work does.
+//! the polling thread. So does the relisting of aids after an overflow (rare); the initial
+//! setup, which may list up to 10,000 aids, runs as the store's other file work does.
+//!
+//! Names are watched through the state directory's descriptor (`/proc/self/fd/<n>`), as a
+//! hold opens them relative to it: a `state` name swapped for a symlink is never followed.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -26,7 +28,7 @@ use std::task::{Context, Poll};
 
 use futures::Stream;
 use rustix::fs::inotify::{self, CreateFlags, ReadFlags, WatchFlags};
-use rustix::fs::{CWD, Mode, OFlags, RawDir, openat};
+use rustix::fs::{FileType, Mode, OFlags, RawDir, openat};
 use rustix::io::Errno;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -34,6 +36,7 @@ use tokio::io::unix::AsyncFd;
 
 use crate::disk::layout::{self, STATE_DIR};
 use crate::disk::scan;
+use crate::disk::secure::{check_private, open_flags};
 use crate::disk::state_dir::StateDir;
 use crate::lock::fork_guard;
 use crate::shell::place;
@@ -78,9 +81,26 @@ pub enum Change {
         /// The entry's id.
         id: InstanceId,
     },
-    /// The kernel's event queue overflowed, so some changes were lost: list the store
-    /// again. Changes made after this item are reported as usual.
+    /// The kernel's event queue overflowed, so some changes were lost: list the whole store
+    /// again, as for [`Change::ResyncAid`] but for every aid. Changes made after this item
+    /// are reported as usual.
     Resync,
+    /// Changes in this aid may have been missed: its directory is new (made after the watch
+    /// started, or made again after it was removed), and inotify reports what happens in a
+    /// directory only once it watches it, which is after it appears. Everything that happens
+    /// in it after its watch was added is reported after this item, in order.
+    ///
+    /// What to do: list the aid again (say `with_aid_shared(aid, async |c|
+    /// c.load_all().await)`), take the listing for all you know of the aid, and go on
+    /// applying the changes that follow. Those may repeat what the listing already showed,
+    /// since they can have happened between this item and the listing: apply them by id,
+    /// idempotently. On `Saved` or `Replaced`, load the entry (`None`: it is gone again,
+    /// forget it); on `Destroyed`, forget the id if you have it. Applied that way, the
+    /// listing and the changes that follow it end at what the aid holds.
+    ResyncAid {
+        /// The aid to list again.
+        aid: Aid,
+    },
 }
 
 impl Change {
@@ -89,18 +109,20 @@ impl Change {
         match *self {
             Change::Saved { aid, .. }
             | Change::Destroyed { aid, .. }
-            | Change::Replaced { aid, .. } => Some(aid),
+            | Change::Replaced { aid, .. }
+            | Change::ResyncAid { aid } => Some(aid),
             Change::Resync => None,
         }
     }
 
-    /// The id of the entry the change is about; `None` for [`Change::Resync`].
+    /// The id of the entry the change is about; `None` for [`Change::Resync`] and
+    /// [`Change::ResyncAid`].
     pub fn id(&self) -> Option<InstanceId> {
         match *self {
             Change::Saved { id, .. }
             | Change::Destroyed { id, .. }
             | Change::Replaced { id, .. } => Some(id),
-            Change::Resync => None,
+            Change::Resync | Change::ResyncAid { .. } => None,
         }
     }
 }
@@ -113,7 +135,8 @@ impl Change {
 ///
 /// An `Err` item means that changes may have been missed (a new aid directory could not be
 /// watched, say): list again as for [`Change::Resync`]. The stream ends, after an error
-/// item, only if reading inotify fails or the state directory itself is removed.
+/// item, only if reading inotify fails or the state directory itself is removed (or renamed,
+/// or replaced): then watch again.
 #[derive(Debug)]
 #[must_use = "a watch reports nothing unless it is polled"]
 pub struct Watch {
@@ -128,27 +151,53 @@ pub struct Watch {
 /// What a watch knows about its watches, and the items it has still to hand out.
 #[derive(Debug)]
 struct Book {
-    run_dir: PathBuf,
-    state_path: PathBuf,
+    /// The state directory, open as a hold opens it: names in it are watched through this
+    /// descriptor ([`Book::at`]), never through the `state` name in the run directory, which
+    /// may stand for another directory by now.
+    state: Arc<StateDir>,
+    /// Where the state directory is watched: `/proc/self/fd/<its descriptor>`.
+    at: PathBuf,
+    /// The run directory's watch, for the `state` name's removal or replacement.
+    run_wd: i32,
     state_wd: i32,
     /// Watch descriptor to aid, for every aid directory watched.
     aids: HashMap<i32, Aid>,
-    /// Per aid directory watch: the ids that a listing of the newly made directory reported
-    /// as saved. Their `IN_CREATE` may still be queued, and must not be reported again. An
-    /// id's next event decides: a create is that duplicate; anything else ends the doubt.
-    /// Cleared whenever the queue is found empty, as everything queued before the listing
-    /// has been read by then.
-    listed: HashMap<i32, HashSet<InstanceId>>,
     pending: VecDeque<Result<Change, Error>>,
 }
 
+/// Events on the run directory: `state` removed, renamed or replaced. The kernel reports a
+/// directory's own removal (`IN_DELETE_SELF`) only once every descriptor of it is closed, in
+/// every process, and any other store that has an aid open keeps one; its name going away
+/// is reported at once.
+fn run_mask() -> WatchFlags {
+    WatchFlags::DELETE | WatchFlags::MOVED_FROM | WatchFlags::MOVED_TO | WatchFlags::ONLYDIR
+}
+
+/// The path through which names in the open state directory are watched: its descriptor in
+/// `/proc/self/fd`, a link the kernel follows to the directory itself, whatever stands at its
+/// path now. Without `/proc`, its path, checked against the descriptor once watched.
+fn watch_path(state: &StateDir) -> PathBuf {
+    let fd = PathBuf::from(format!("/proc/self/fd/{}", state.fd().as_raw_fd()));
+    if fd.is_dir() {
+        fd
+    } else {
+        state.path().to_owned()
+    }
+}
+
+/// The error that ends a watch whose state directory was removed.
+fn state_removed(path: &Path) -> Error {
+    let gone = std::io::Error::new(
+        std::io::ErrorKind::NotFound,
+        "the state directory was removed; watch again",
+    );
+    Error::io("watch", path, gone)
+}
+
 /// Events on the state directory: aid directories appearing, and the directory going away.
+/// Watched through [`watch_path`], a link to follow.
 fn state_mask() -> WatchFlags {
-    WatchFlags::CREATE
-        | WatchFlags::MOVED_TO
-        | WatchFlags::DELETE_SELF
-        | WatchFlags::ONLYDIR
-        | WatchFlags::DONT_FOLLOW
+    WatchFlags::CREATE | WatchFlags::MOVED_TO | WatchFlags::DELETE_SELF | WatchFlags::ONLYDIR
 }
 
 /// Events on an aid directory: names appearing, replaced and going away.
@@ -183,19 +232,13 @@ fn register<T: AsRawFd>(fd: T, path: &Path) -> Result<AsyncFd<T>, Error> {
         .map_err(|e| Error::io("watch", path, e))
 }
 
-/// The entry ids in the directory at `path`, calling `each` for each; `Ok(false)` if
-/// `each` asked to stop. A directory that is not there has none.
-fn list_ids(path: &Path, mut each: impl FnMut(InstanceId) -> bool) -> Result<bool, Error> {
-    let fd = match openat(
-        CWD,
-        path,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    ) {
-        Ok(fd) => fd,
-        Err(Errno::NOENT | Errno::NOTDIR) => return Ok(true),
-        Err(e) => return Err(Error::io("list", path, e)),
-    };
+/// The entry ids in the directory open as `fd` (at `path`, for messages), calling `each`
+/// for each; `Ok(false)` if `each` asked to stop.
+fn list_ids(
+    fd: OwnedFd,
+    path: &Path,
+    mut each: impl FnMut(InstanceId) -> bool,
+) -> Result<bool, Error> {
     let mut buf = vec![MaybeUninit::uninit(); 8 << 10];
     let mut dir = RawDir::new(fd, &mut buf);
     while let Some(entry) = dir.next() {
@@ -210,14 +253,11 @@ fn list_ids(path: &Path, mut each: impl FnMut(InstanceId) -> bool) -> Result<boo
 }
 
 impl Book {
-    fn aid_path(&self, aid: Aid) -> PathBuf {
-        self.state_path.join(aid.to_string())
-    }
-
     /// Watches the directory of `aid`. `Ok(None)` if it is not there (any more).
     fn watch_aid(&mut self, inotify: BorrowedFd<'_>, aid: Aid) -> Result<Option<i32>, Error> {
-        let path = self.aid_path(aid);
-        match inotify::add_watch(inotify, &path, aid_mask()) {
+        let name = aid.to_string();
+        let path = self.state.path().join(&name);
+        match inotify::add_watch(inotify, self.at.join(&name), aid_mask()) {
             Ok(wd) => {
                 self.aids.insert(wd, aid);
                 Ok(Some(wd))
@@ -230,38 +270,28 @@ impl Book {
 
     /// Watches every aid directory there is.
     fn watch_all(&mut self, inotify: BorrowedFd<'_>) -> Result<(), Error> {
-        for aid in scan::list_aids(&self.run_dir)? {
+        for aid in scan::list_aids_in(self.state.reopen()?, self.state.path())? {
             self.watch_aid(inotify, aid)?;
         }
         Ok(())
     }
 
-    /// A new aid directory: watched first, then listed, so that an entry saved in it before
-    /// the watch was in place is reported from the listing, and one saved after, from its
-    /// event (once: see [`Book::listed`]).
+    /// A new aid directory: watched, then the caller told to list it again. What happened in
+    /// it before its watch was added cannot be known (an entry saved and destroyed again
+    /// leaves nothing); what happens after comes from its events, which are queued behind
+    /// the one being handled, so after this item. Listing it here instead would report its
+    /// entries in directory order, not in the order they were made, and still miss what came
+    /// and went.
     fn new_aid(&mut self, inotify: BorrowedFd<'_>, aid: Aid) {
-        let wd = match self.watch_aid(inotify, aid) {
-            Ok(Some(wd)) => wd,
-            Ok(None) => return,
-            Err(e) => return self.pending.push_back(Err(e)),
-        };
-        let listed = self.listed.entry(wd).or_default();
-        let pending = &mut self.pending;
-        let path = self.state_path.join(aid.to_string());
-        if let Err(e) = list_ids(&path, |id| {
-            if listed.insert(id) {
-                pending.push_back(Ok(Change::Saved { aid, id }));
-            }
-            true
-        }) {
-            pending.push_back(Err(e));
-        }
+        let item = self
+            .watch_aid(inotify, aid)
+            .map(|_| Change::ResyncAid { aid });
+        self.pending.push_back(item);
     }
 
     /// The queue overflowed: aid directories made meanwhile are watched now, and the
     /// caller is told to list again.
     fn overflowed(&mut self, inotify: BorrowedFd<'_>) {
-        self.listed.clear();
         if let Err(e) = self.watch_all(inotify) {
             self.pending.push_back(Err(e));
         }
@@ -288,12 +318,7 @@ impl Book {
                 }
                 Ok(more)
             }
-            Err(Errno::AGAIN) => {
-                // Everything queued so far has been read, including the creates that a
-                // listing of a new aid directory may have raced with.
-                self.listed.clear();
-                Err(Errno::AGAIN)
-            }
+            Err(Errno::AGAIN) => Err(Errno::AGAIN),
             Err(e) => Err(e),
         }
     }
@@ -307,14 +332,19 @@ impl Book {
         }
         let wd = event.wd();
         let name = event.file_name();
+        if wd == self.run_wd {
+            let is_state = name.is_some_and(|n| n.to_bytes() == STATE_DIR.as_bytes());
+            if is_state && !mask.contains(ReadFlags::IGNORED) {
+                self.pending
+                    .push_back(Err(state_removed(self.state.path())));
+                return false;
+            }
+            return true;
+        }
         if wd == self.state_wd {
             if mask.intersects(ReadFlags::DELETE_SELF | ReadFlags::IGNORED) {
-                let gone = std::io::Error::new(
-                    std::io::ErrorKind::NotFound,
-                    "the state directory was removed; watch again",
-                );
                 self.pending
-                    .push_back(Err(Error::io("watch", &self.state_path, gone)));
+                    .push_back(Err(state_removed(self.state.path())));
                 return false;
             }
             if mask.intersects(ReadFlags::CREATE | ReadFlags::MOVED_TO)
@@ -333,20 +363,12 @@ impl Book {
         if mask.contains(ReadFlags::IGNORED) {
             // The directory is gone; its entries' removals were reported before this.
             self.aids.remove(&wd);
-            self.listed.remove(&wd);
             return true;
         }
         let Some(id) = name.and_then(layout::parse_entry_name) else {
             return true;
         };
-        let listed = self
-            .listed
-            .get_mut(&wd)
-            .is_some_and(|listed| listed.remove(&id));
         let change = if mask.contains(ReadFlags::CREATE) {
-            if listed {
-                return true;
-            }
             Change::Saved { aid, id }
         } else if mask.contains(ReadFlags::MOVED_TO) {
             Change::Replaced { aid, id }
@@ -390,7 +412,7 @@ impl Stream for Watch {
                 Poll::Ready(Ok(guard)) => guard,
                 Poll::Ready(Err(e)) => {
                     *done = true;
-                    return Poll::Ready(Some(Err(Error::io("watch", &book.state_path, e))));
+                    return Poll::Ready(Some(Err(Error::io("watch", book.state.path(), e))));
                 }
             };
             match book.read(guard.get_inner().as_fd(), buf) {
@@ -399,7 +421,7 @@ impl Stream for Watch {
                 Err(Errno::INTR) => {}
                 Err(e) => {
                     *done = true;
-                    return Poll::Ready(Some(Err(Error::io("watch", &book.state_path, e))));
+                    return Poll::Ready(Some(Err(Error::io("watch", book.state.path(), e))));
                 }
             }
         }
@@ -419,26 +441,34 @@ where
     /// Watches the store: a stream of every entry saved, destroyed or replaced, by any
     /// process on the host, from the moment this returns.
     ///
-    /// - Every change made after this returns is reported, once, in order within each aid,
-    ///   including in aids whose directory is made later. (Changes made while it sets up may
-    ///   be reported or not.) Temporary files, lock files and foreign names never show.
+    /// - No change made after this returns is missed silently: each is reported, once, in
+    ///   order within its aid, or the stream says which aid (or that every aid) must be
+    ///   listed again. (Changes made while it sets up may be reported or not.) Temporary
+    ///   files, lock files and foreign names never show.
     /// - inotify cannot watch a directory before it exists, so a new aid's directory is
-    ///   watched when the stream, polled, sees it appear, and then listed: the entries it
-    ///   holds by then are reported as saved, each once (in directory order), and changes
-    ///   from then on as they come. An entry saved *and destroyed again* in a new aid
-    ///   before the stream saw its directory is not reported; keep polling the stream to
-    ///   keep that moment short.
+    ///   watched when the stream, polled, sees it appear, and the stream then yields
+    ///   [`Change::ResyncAid`]: list that aid, as its documentation says; every change in it
+    ///   from then on follows, in order. Aids are made once (an aid's directory stays when
+    ///   its entries go), so this happens once per new aid.
     /// - Where the kernel's event queue overflows (a consumer that does not keep up with
     ///   `fs.inotify.max_queued_events` changes), the stream yields [`Change::Resync`]:
-    ///   changes were lost, list the store again. No change is ever dropped silently.
+    ///   changes were lost, list the store again.
+    /// - If the state directory is removed, renamed or replaced (an admin's `rm -rf`), the
+    ///   stream yields an error naming it, at once, even while other processes keep the old
+    ///   directory open, and ends: watch again.
     /// - The stream only reports names: to see an entry, load it (it may be gone again).
     ///
     /// To follow the store's content, watch first, then list, then apply the changes: what
-    /// happens between the two is then both listed and reported, never missed.
+    /// happens between the two is then both listed and reported, never missed. Apply them by
+    /// id, idempotently, as [`Change::ResyncAid`] says, so that a change that the listing
+    /// already showed changes nothing.
     ///
-    /// The state directory is made if it is missing, as a hold does. The stream needs a
-    /// runtime with tokio's I/O driver enabled (as `#[tokio::main]` and `#[tokio::test]` set
-    /// up) and holds one inotify descriptor and one watch per aid directory
+    /// The state directory is made if it is missing, as a hold does, and checked as a hold
+    /// checks it: a symlink, another user's directory or one that others may write is
+    /// refused (`Error::Insecure`). Names in it are watched through the descriptor opened
+    /// then, never through its path. The stream needs a runtime with tokio's I/O driver
+    /// enabled (as `#[tokio::main]` and `#[tokio::test]` set up) and holds one inotify
+    /// descriptor, the state directory's descriptor, and one watch per aid directory plus two
     /// (`fs.inotify.max_user_watches`), until it is dropped.
     ///
     /// ```
@@ -452,7 +482,8 @@ where
     ///
     /// let (aid, id) = (Aid::new(8)?, InstanceId::random());
     /// store.with_aid(aid, async |c| c.save(&State::new(id, 1, "x".into())).await).await?;
-    /// assert_eq!(changes.next().await.transpose()?, Some(Change::Saved { aid, id }));
+    /// // Aid 8 is new: its first save came before the stream could watch its directory.
+    /// assert_eq!(changes.next().await.transpose()?, Some(Change::ResyncAid { aid }));
     ///
     /// store.with_aid(aid, async |c| c.destroy(id).await).await?;
     /// assert_eq!(changes.next().await.transpose()?, Some(Change::Destroyed { aid, id }));
@@ -464,31 +495,42 @@ where
             return Err(Error::Closed);
         }
         let run_dir = self.run_dir().to_owned();
-        let options = self.options().clone();
-        let state_path = run_dir.join(STATE_DIR);
-        let book = Book {
-            run_dir,
-            state_path,
-            state_wd: -1,
-            aids: HashMap::new(),
-            listed: HashMap::new(),
-            pending: VecDeque::new(),
+        let Some(state) = self.state().current_state_dir(true).await? else {
+            return Err(state_removed(&run_dir.join(STATE_DIR)));
         };
         // Up to 10,000 directories to watch: on the pool.
         let (inotify, book) = place::on_pool("watch", move || {
-            let mut book = book;
-            // Made if missing, as a hold makes it, so there is something to watch.
-            drop(StateDir::open(&book.run_dir, &options)?);
-            let inotify = new_inotify(&book.state_path)?;
-            // The state directory first: an aid made after this is seen by its event, one
-            // made before by the listing (or both, which is harmless).
-            book.state_wd = inotify::add_watch(&inotify, &book.state_path, state_mask())
-                .map_err(|e| Error::io("watch", &book.state_path, e))?;
+            let state_path = state.path().to_owned();
+            let inotify = new_inotify(&state_path)?;
+            let run = if run_dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                &run_dir
+            };
+            // The run directory first: a state directory removed after this is reported.
+            let run_wd = inotify::add_watch(&inotify, run, run_mask())
+                .map_err(|e| Error::io("watch", run, e))?;
+            let at = watch_path(&state);
+            // Then the state directory: an aid made after this is seen by its event, one
+            // made before by the listing below (or both, which is harmless).
+            let state_wd = inotify::add_watch(&inotify, &at, state_mask())
+                .map_err(|e| Error::io("watch", &state_path, e))?;
+            if !state.is_current() {
+                return Err(state_removed(&state_path));
+            }
+            let mut book = Book {
+                state,
+                at,
+                run_wd,
+                state_wd,
+                aids: HashMap::new(),
+                pending: VecDeque::new(),
+            };
             book.watch_all(inotify.as_fd())?;
             Ok::<_, Error>((inotify, book))
         })
         .await??;
-        let fd = register(inotify, &book.state_path)?;
+        let fd = register(inotify, book.state.path())?;
         Ok(Watch {
             fd,
             buf: vec![MaybeUninit::uninit(); EVENT_BUF],
@@ -533,11 +575,15 @@ where
             return Err(Error::Closed);
         }
         let path = self.run_dir().join(STATE_DIR).join(aid.to_string());
+        // No state directory, so no entries.
+        let Some(state) = self.state().current_state_dir(false).await? else {
+            return Ok(());
+        };
         let inotify = {
             let path = path.clone();
             place::on_pool("wait_empty", move || {
                 let inotify = new_inotify(&path)?;
-                Ok::<_, Error>(match watch_then_check(&inotify, &path)? {
+                Ok::<_, Error>(match watch_then_check(&inotify, &state, aid)? {
                     true => None,
                     false => Some(inotify),
                 })
@@ -572,9 +618,15 @@ where
                 }
             }
             if removed {
-                let (inotify, path) = (fd.get_ref().clone(), path.clone());
-                let empty = place::on_pool("wait_empty", move || watch_then_check(&inotify, &path))
-                    .await??;
+                // The state directory as a hold finds it: opened again if it was removed.
+                let Some(state) = self.state().current_state_dir(false).await? else {
+                    return Ok(());
+                };
+                let inotify = fd.get_ref().clone();
+                let empty = place::on_pool("wait_empty", move || {
+                    watch_then_check(&inotify, &state, aid)
+                })
+                .await??;
                 if empty {
                     return Ok(());
                 }
@@ -583,21 +635,35 @@ where
     }
 }
 
-/// Watches the aid directory at `path` for removals (again: it may have been removed and
-/// made anew), then says whether it holds no entries.
-fn watch_then_check(inotify: &OwnedFd, path: &Path) -> Result<bool, Error> {
+/// Watches the directory of `aid` in `state` for removals (again: it may have been removed
+/// and made anew), then says whether it holds no entries. Both go through the open state
+/// directory, and the directory is checked as a hold checks it: a symlink, another user's
+/// directory or one that others may write is refused, never followed or believed.
+fn watch_then_check(inotify: &OwnedFd, state: &StateDir, aid: Aid) -> Result<bool, Error> {
+    let name = aid.to_string();
+    let path = state.path().join(&name);
     let mask = WatchFlags::DELETE
         | WatchFlags::MOVED_FROM
         | WatchFlags::DELETE_SELF
         | WatchFlags::ONLYDIR
         | WatchFlags::DONT_FOLLOW;
-    match inotify::add_watch(inotify, path, mask) {
+    let not_a_dir = || Error::insecure(&path, "not a directory (a symlink or a file stands there)");
+    match inotify::add_watch(inotify, watch_path(state).join(&name), mask) {
         Ok(_) => {}
         // No directory, so no entries.
         Err(Errno::NOENT) => return Ok(true),
-        Err(e) => return Err(Error::io("wait_empty", path, e)),
+        Err(Errno::NOTDIR | Errno::LOOP) => return Err(not_a_dir()),
+        Err(e) => return Err(Error::io("wait_empty", &path, e)),
     }
-    list_ids(path, |_| false)
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | open_flags();
+    let fd = match openat(state.fd(), name.as_str(), flags, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(Errno::NOENT) => return Ok(true),
+        Err(Errno::NOTDIR | Errno::LOOP) => return Err(not_a_dir()),
+        Err(e) => return Err(Error::io("wait_empty", &path, e)),
+    };
+    check_private(&fd, &path, FileType::Directory)?;
+    list_ids(fd, &path, |_| false)
 }
 
 #[cfg(test)]
@@ -611,48 +677,38 @@ mod tests {
         book.pending.drain(..).map(|item| item.unwrap()).collect()
     }
 
-    /// The race the listing of a new aid directory is for, played out step by step: an entry
-    /// saved after the directory's watch was added and before it was listed is both listed
-    /// and queued, and is reported once. So is one saved before the watch (listed only),
-    /// and one saved after the listing (queued only).
+    /// A new aid directory is watched, then reported as `ResyncAid`, before any of its own
+    /// changes: what happened in it before its watch was added (an entry saved and destroyed
+    /// again, another saved) cannot be known; what happens after comes in order after it.
     #[test]
-    fn an_entry_both_listed_and_queued_is_reported_once() {
+    fn a_new_aid_is_resynced_before_its_changes() {
         let run = tempfile::tempdir_in("/dev/shm").unwrap();
-        let state_path = run.path().join(STATE_DIR);
-        std::fs::create_dir(&state_path).unwrap();
-        let inotify = new_inotify(&state_path).unwrap();
+        let state = Arc::new(StateDir::open(run.path(), &crate::Options::new()).unwrap());
+        let inotify = new_inotify(state.path()).unwrap();
+        let at = watch_path(&state);
         let mut book = Book {
-            run_dir: run.path().to_owned(),
-            state_wd: inotify::add_watch(&inotify, &state_path, state_mask()).unwrap(),
-            state_path: state_path.clone(),
+            state_wd: inotify::add_watch(&inotify, &at, state_mask()).unwrap(),
+            run_wd: -1,
+            at,
+            state: state.clone(),
             aids: HashMap::new(),
-            listed: HashMap::new(),
             pending: VecDeque::new(),
         };
         let aid = Aid::new(7).unwrap();
-        let ids = [1, 2, 3].map(|n| InstanceId::from_bytes([n; 16]));
-        let entry = |id: InstanceId| state_path.join("7").join(id.to_string());
-        std::fs::create_dir(state_path.join("7")).unwrap();
-        std::fs::write(entry(ids[0]), b"").unwrap();
-        // What `new_aid` does when it handles the directory's event, with a save between
-        // its two steps.
-        book.watch_aid(inotify.as_fd(), aid).unwrap();
-        std::fs::write(entry(ids[1]), b"").unwrap();
-        book.new_aid(inotify.as_fd(), aid);
-        std::fs::write(entry(ids[2]), b"").unwrap();
-        let mut seen = drain(&mut book, &inotify);
-        seen.sort_by_key(|c| c.id());
-        let want = ids.map(|id| Change::Saved { aid, id });
-        assert_eq!(seen, want);
-        assert!(book.listed.is_empty(), "forgotten once the queue was empty");
-
-        std::fs::remove_file(entry(ids[1])).unwrap();
-        std::fs::write(entry(ids[1]), b"").unwrap();
+        let id = |n: u8| InstanceId::from_bytes([n; 16]);
+        let entry = |n: u8| state.path().join("7").join(id(n).to_string());
+        std::fs::create_dir(state.path().join("7")).unwrap();
+        std::fs::write(entry(1), b"").unwrap();
+        std::fs::remove_file(entry(1)).unwrap();
+        std::fs::write(entry(2), b"").unwrap();
+        assert_eq!(drain(&mut book, &inotify), [Change::ResyncAid { aid }]);
+        std::fs::write(entry(3), b"").unwrap();
+        std::fs::remove_file(entry(2)).unwrap();
         assert_eq!(
             drain(&mut book, &inotify),
             [
-                Change::Destroyed { aid, id: ids[1] },
-                Change::Saved { aid, id: ids[1] }
+                Change::Saved { aid, id: id(3) },
+                Change::Destroyed { aid, id: id(2) }
             ]
         );
     }
