@@ -197,10 +197,9 @@ async fn a_reused_pid_is_not_awaited() {
         // The true identity: pending (which shows the checks below are not vacuous).
         assert!(store.wait_exit(&state).now_or_never().is_none(), "{mode}");
 
-        // Two ticks earlier: start times match within one tick (a time namespace's offset
-        // need not be a whole number of ticks).
+        // One tick earlier: outside a time namespace start times are compared exactly.
         let mut earlier: ProcessIdentity = real.clone();
-        earlier.start_time -= 2;
+        earlier.start_time -= 1;
         let mut other_boot = real.clone();
         other_boot.boot_id = "00000000-0000-0000-0000-000000000000".into();
         for fake in [earlier, other_boot] {
