@@ -332,7 +332,7 @@ where
         };
         let dir = self.hold.dir().path();
         match found {
-            Found::Read if bytes.len() > IN_PLACE_MAX_BYTES => {
+            Found::Read if !place::decodes_in_place(bytes.len()) => {
                 steps::decode_on_pool(dir, id, bytes).await.map(Some)
             }
             Found::Read => place::charged(|| read::decode_entry(dir, id, &bytes)).map(Some),

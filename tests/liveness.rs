@@ -339,3 +339,182 @@ async fn an_exited_child_is_dead_before_it_is_reaped() {
     child.wait().unwrap();
     assert_eq!(pruned.len(), 1, "pruned before the child was reaped");
 }
+
+// ---------------------------------------------------------------------------------------
+// Real pid reuse, forced through `ns_last_pid` (as CRIU does) in a pid namespace of our own.
+
+/// The role of this binary run inside a new pid namespace by [`a_reused_pid_reads_as_dead`].
+const REUSE_ROLE: &str = "pid-reuse";
+
+/// Field 22 of `/proc/<pid>/stat`: the start time, in clock ticks after boot.
+fn start_ticks(pid: u32) -> u64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 1..];
+    after.split_whitespace().nth(19).unwrap().parse().unwrap()
+}
+
+/// CLOCK_BOOTTIME in clock ticks: the clock of start times.
+fn boottime_ticks() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid out-pointer.
+    assert_eq!(
+        unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) },
+        0
+    );
+    let hz = rustix::param::clock_ticks_per_second();
+    let nanos = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
+    nanos / (1_000_000_000 / hz)
+}
+
+/// Runs `sleep` at exactly `pid`, through `ns_last_pid`; `None` if another process took it.
+fn sleeper_at(pid: u32) -> Option<std::process::Child> {
+    fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string()).unwrap();
+    let child = std::process::Command::new("sleep")
+        .arg("1000")
+        .spawn()
+        .unwrap();
+    if child.id() == pid {
+        return Some(child);
+    }
+    let mut child = child;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    None
+}
+
+/// A pid reused by a process started one clock tick after the recorded one, or within the
+/// same tick: the entry reads as dead and `prune_dead` removes it. One tick later is told by
+/// the start time alone (the entry also without its pidfs inode, as on kernels before 6.9);
+/// the same tick only by the pidfs inode, where the kernel has one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_pid_reads_as_dead() {
+    let probe = std::process::Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc", "sh", "-c"])
+        .arg("echo 100 > /proc/sys/kernel/ns_last_pid")
+        .output();
+    match probe {
+        Ok(out) if out.status.success() => {}
+        Ok(out) => {
+            let why = String::from_utf8_lossy(&out.stderr);
+            return eprintln!("skipped: no pid namespace with a writable ns_last_pid: {why}");
+        }
+        Err(e) => return eprintln!("skipped: unshare: {e}"),
+    }
+    let dir = tempfile::tempdir_in("/dev/shm").unwrap();
+    let mut cmd = std::process::Command::new("unshare");
+    cmd.args(["--pid", "--fork", "--mount-proc"])
+        .arg(std::env::current_exe().unwrap())
+        .args(common::child::test_args("pid_reuse_child"))
+        .env(common::child::ROLE, REUSE_ROLE)
+        .env("RUNSTATE_REUSE_DIR", dir.path());
+    let mut kid = common::child::spawn_kid("pid reuse in a pid namespace", cmd);
+    let next_tick = kid.expect("NEXT_TICK").await;
+    let same_tick = kid.expect("SAME_TICK").await;
+    kid.finish().await;
+    for (what, result) in [("one tick later", next_tick), ("same tick", same_tick)] {
+        match result.strip_prefix("skipped") {
+            Some(why) => eprintln!("{what}: skipped{why}"),
+            None => eprintln!("{what}: {result}"),
+        }
+    }
+}
+
+/// Not a test of its own: the process that [`a_reused_pid_reads_as_dead`] runs as pid 1 of a
+/// new pid namespace. Without its role it does nothing.
+#[test]
+fn pid_reuse_child() {
+    if common::child::role().as_deref() != Some(REUSE_ROLE) {
+        return;
+    }
+    let dir = common::child::child_var("RUNSTATE_REUSE_DIR");
+    let rt = common::current_thread_runtime();
+    rt.block_on(async {
+        let store = AsyncStore::<u8>::new(&dir);
+        let aid = Aid::new(7).unwrap();
+        for same_tick in [false, true] {
+            let tag = if same_tick { "SAME_TICK" } else { "NEXT_TICK" };
+            let mut outcome = None;
+            // The reuse must land in the right tick; a busy machine can make it miss.
+            for _ in 0..50 {
+                let mut first = std::process::Command::new("sleep")
+                    .arg("1000")
+                    .spawn()
+                    .unwrap();
+                let pid = first.id();
+                let id = InstanceId::random();
+                let state = State::new(id, pid, 1u8);
+                store
+                    .with_aid(aid, async |c| c.save(&state).await)
+                    .await
+                    .unwrap();
+                let saved = store.load(aid, id).await.unwrap().unwrap();
+                let recorded = saved.process.clone().expect("identity recorded");
+                first.kill().unwrap();
+                first.wait().unwrap();
+                if !same_tick {
+                    // Into the next tick, a little past its start.
+                    while boottime_ticks() <= recorded.start_time {
+                        std::thread::sleep(Duration::from_micros(500));
+                    }
+                }
+                let Some(mut second) = sleeper_at(pid) else {
+                    store
+                        .with_aid(aid, async |c| c.destroy(id).await)
+                        .await
+                        .unwrap();
+                    continue;
+                };
+                let started = start_ticks(pid);
+                let want = recorded.start_time + u64::from(!same_tick);
+                if started != want || (same_tick && recorded.pidfs_inode.is_none()) {
+                    second.kill().unwrap();
+                    second.wait().unwrap();
+                    store
+                        .with_aid(aid, async |c| c.destroy(id).await)
+                        .await
+                        .unwrap();
+                    if same_tick && recorded.pidfs_inode.is_none() {
+                        outcome = Some(
+                            "skipped: no pidfs on this kernel (before 6.9): a pid reused in \
+                             the same tick cannot be told apart"
+                                .to_string(),
+                        );
+                        break;
+                    }
+                    continue;
+                }
+                assert_eq!(
+                    store.liveness(&saved).await,
+                    Liveness::Dead,
+                    "pid {pid} reused, recorded start {}, now {started}: {recorded:?}",
+                    recorded.start_time
+                );
+                if !same_tick {
+                    // As recorded where the kernel has no pidfs: the start time alone.
+                    let mut no_inode = saved.clone();
+                    no_inode.process.as_mut().unwrap().pidfs_inode = None;
+                    assert_eq!(store.liveness(&no_inode).await, Liveness::Dead);
+                }
+                let pruned = store.prune_dead().await.unwrap();
+                let pruned: Vec<InstanceId> = pruned.iter().map(|(_, s)| s.id).collect();
+                assert_eq!(pruned, [id], "the stale entry is pruned");
+                second.kill().unwrap();
+                second.wait().unwrap();
+                outcome = Some(format!(
+                    "dead: pid {pid} reused, start {} then {started}",
+                    recorded.start_time
+                ));
+                break;
+            }
+            let outcome = outcome.unwrap_or_else(|| {
+                "skipped: the reuse never landed in the tick it must (a busy machine)".into()
+            });
+            common::child::say(format!("{tag} {outcome}"));
+        }
+        store.close().await
+    })
+    .unwrap();
+}

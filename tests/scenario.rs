@@ -465,11 +465,20 @@ async fn entry_file_is_a_messagepack_map_with_named_keys() {
     let bytes = std::fs::read(entry_path(dir.path(), a, live.id)).unwrap();
     let map = as_map(&rmpv::decode::read_value(&mut bytes.as_slice()).unwrap());
     let process = as_map(&map["process"]);
-    assert_eq!(
-        process.keys().map(String::as_str).collect::<Vec<_>>(),
-        ["boot_id", "start_time"]
-    );
+    // pidfs_inode only where the kernel has pidfs (Linux 6.9 and later).
+    let keys: Vec<&str> = process.keys().map(String::as_str).collect();
     let identity = loaded.process.clone().expect("no identity for a live pid");
+    match identity.pidfs_inode {
+        Some(inode) => {
+            assert_eq!(
+                keys,
+                ["boot_id", "pidfs_inode", "start_exact", "start_time"]
+            );
+            assert_eq!(process["pidfs_inode"].as_u64(), Some(inode));
+        }
+        None => assert_eq!(keys, ["boot_id", "start_exact", "start_time"]),
+    }
+    assert_eq!(process["start_exact"].as_bool(), Some(identity.start_exact));
     assert_eq!(process["start_time"].as_u64(), Some(identity.start_time));
     assert_eq!(process["boot_id"].as_str(), Some(identity.boot_id.as_str()));
     assert_eq!(identity.boot_id.len(), 36, "a UUID: {:?}", identity.boot_id);

@@ -8,7 +8,7 @@
 //! | `id`      | bin 16                   | instance id; must match the file name       |
 //! | `pid`     | uint                     | child process id                            |
 //! | `time`    | map `{secs: int, nanos: uint}` | start time since the Unix epoch      |
-//! | `process` | map `{start_time: uint, boot_id: str}` or nil | the process's identity, nil when `/proc` did not show it |
+//! | `process` | map `{start_time: uint, boot_id: str, start_exact: bool, pidfs_inode: uint}` or nil | the process's identity, nil when `/proc` did not show it; `start_exact` and `pidfs_inode` may be missing (older writers; no pidfs) |
 //! | `config`  | the config's own encoding (structs as maps) | the application config   |
 //!
 //! The writer puts the keys in this order; readers must not depend on it.
@@ -207,11 +207,17 @@ pub(crate) fn encode_record(
     let _ = write_str(out, "process");
     match process {
         Some(p) => {
-            let _ = write_map_len(out, 2);
+            let _ = write_map_len(out, 3 + u32::from(p.pidfs_inode.is_some()));
             let _ = write_str(out, "start_time");
             let _ = write_uint(out, p.start_time);
             let _ = write_str(out, "boot_id");
             let _ = write_str(out, &p.boot_id);
+            let _ = write_str(out, "start_exact");
+            let _ = rmp::encode::write_bool(out, p.start_exact);
+            if let Some(inode) = p.pidfs_inode {
+                let _ = write_str(out, "pidfs_inode");
+                let _ = write_uint(out, inode);
+            }
         }
         None => {
             let _ = write_nil(out);
@@ -366,6 +372,38 @@ mod tests {
         assert!(decode::<rmpv::Value>(&deep).is_err());
         assert!(check_depth(&[0xc1], 4).is_err());
         assert!(check_depth(&[0x92, 0x01], 4).is_err());
+    }
+
+    /// The identity's later fields round-trip, and an entry of an earlier version, without
+    /// them, still reads: its start time then counts as inexact, and it has no inode.
+    #[test]
+    fn identities_with_and_without_the_later_fields_read() {
+        for inode in [Some(1u64 << 40), None] {
+            let mut state = sample();
+            let mut who = ProcessIdentity::new(4242, "boot");
+            who.pidfs_inode = inode;
+            state.process = Some(who);
+            let mut bytes = Vec::new();
+            encode(&state, &mut bytes).unwrap();
+            assert_eq!(decode::<BTreeMap<String, String>>(&bytes).unwrap(), state);
+        }
+        let mut generic: BTreeMap<String, rmpv::Value> = {
+            let mut bytes = Vec::new();
+            encode(&sample(), &mut bytes).unwrap();
+            rmp_serde::from_slice(&bytes).unwrap()
+        };
+        let old = rmpv::Value::Map(vec![
+            ("start_time".into(), 4242.into()),
+            ("boot_id".into(), "boot".into()),
+        ]);
+        generic.insert("process".into(), old);
+        let bytes = rmp_serde::to_vec_named(&generic).unwrap();
+        let who = decode::<BTreeMap<String, String>>(&bytes)
+            .unwrap()
+            .process
+            .unwrap();
+        assert_eq!((who.start_time, who.boot_id.as_str()), (4242, "boot"));
+        assert_eq!((who.start_exact, who.pidfs_inode), (false, None));
     }
 
     #[test]

@@ -6,7 +6,13 @@
 //! offset, so two supervisors in different time namespaces (`unshare --time`, a CRIU
 //! restore) read different numbers for one process. Start times are therefore recorded and
 //! compared in the host's clock: each reader undoes its own offset
-//! (`/proc/self/timens_offsets`).
+//! (`/proc/self/timens_offsets`). Only an offset that is not a whole number of ticks makes
+//! that conversion inexact (by one tick), so only then are start times compared within one
+//! tick; otherwise exactly.
+//!
+//! A start time tells apart only processes started in different ticks. From Linux 6.9 a
+//! pidfd's inode number (pidfs) is unique for the boot, so it is recorded too where the
+//! kernel has it, and a pid reused within the same tick is told apart as well.
 
 use std::path::Path;
 use std::sync::OnceLock;
@@ -31,6 +37,19 @@ pub struct ProcessIdentity {
     pub start_time: u64,
     /// The kernel's boot id (`/proc/sys/kernel/random/boot_id`), a UUID.
     pub boot_id: String,
+    /// Whether `start_time` is exact. It is not when it was converted from a time namespace
+    /// whose boottime offset is not a whole number of clock ticks (the conversion can then be
+    /// one tick off), nor in entries saved by versions that did not record this: such start
+    /// times are compared within one tick, others exactly.
+    #[serde(default)]
+    pub start_exact: bool,
+    /// The inode number of a pidfd of the process (`fstat` on `pidfd_open(pid)`), unique
+    /// among the processes of one boot where pidfds live in pidfs (Linux 6.9 and later,
+    /// 64-bit); `None` on older kernels, for a process in another pid namespace than the
+    /// recorder's `/proc`, and in entries saved by versions that did not record it. When both
+    /// sides have one, a process is the recorded one only if it has the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pidfs_inode: Option<u64>,
 }
 
 /// The boot id of this machine, read from `/proc` once per process: it cannot change while
@@ -38,11 +57,14 @@ pub struct ProcessIdentity {
 static BOOT_ID: OnceLock<String> = OnceLock::new();
 
 impl ProcessIdentity {
-    /// An identity from its parts, for states read from elsewhere and for tests.
+    /// An identity from its parts, for states read from elsewhere and for tests: its start
+    /// time is taken as exact, and it has no pidfs inode.
     pub fn new(start_time: u64, boot_id: impl Into<String>) -> ProcessIdentity {
         ProcessIdentity {
             start_time,
             boot_id: boot_id.into(),
+            start_exact: true,
+            pidfs_inode: None,
         }
     }
 
@@ -76,9 +98,11 @@ impl ProcessIdentity {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Liveness {
-    /// The pid exists, with the recorded start time, in the same boot. Start times are
-    /// compared in the host's clock, to the clock tick (10 ms): within one tick, since a
-    /// time namespace's offset that is not a whole number of ticks rounds either way.
+    /// The pid exists, with the recorded start time, in the same boot, and with the
+    /// recorded pidfs inode where both the entry and this kernel have one. Start times are
+    /// compared in the host's clock, to the clock tick (10 ms): exactly, unless a time
+    /// namespace's offset that is not a whole number of ticks was undone on either side
+    /// (see [`ProcessIdentity::start_exact`]), then within one tick.
     Alive,
     /// The pid is gone (`/proc` does not show it, and where that is this process's own
     /// `/proc`, `kill(pid, 0)` finds no process either), or now belongs to another process,
@@ -104,11 +128,18 @@ impl std::fmt::Display for Liveness {
 /// What reading a process's start time found.
 enum Probe {
     /// Running (or stopped, sleeping...), with this start time.
-    Started(u64),
+    Started(Start),
     /// Exited but not yet reaped by its parent (a zombie), with this start time.
-    Exited(u64),
+    Exited(Start),
     Gone,
     Unreadable,
+}
+
+/// A start time in the host's clock, and whether converting it there was exact.
+#[derive(Clone, Copy)]
+struct Start {
+    ticks: u64,
+    exact: bool,
 }
 
 fn start_time(proc_root: &Path, pid: u32) -> Probe {
@@ -119,20 +150,23 @@ fn start_time(proc_root: &Path, pid: u32) -> Probe {
     let Some(offset) = boottime_offset(proc_root) else {
         return Probe::Unreadable;
     };
+    let start = |s: &Stat| Start {
+        ticks: to_host(s.start, offset.ticks),
+        exact: offset.exact,
+    };
     match read_small(&path, &mut buf) {
-        Ok(stat) => match parse_stat(stat).map(|s| Stat {
-            start: to_host(s.start, offset),
-            ..s
-        }) {
+        Ok(stat) => match parse_stat(stat) {
             // Z: a zombie; X: dead, being reaped. The state is the main thread's: a process
             // whose main thread has exited while others run shows Z too, but with more than
             // one thread, and is alive.
-            Some(Stat {
-                state: b'Z' | b'X',
-                threads: ..=1,
-                start,
-            }) => Probe::Exited(start),
-            Some(Stat { start, .. }) => Probe::Started(start),
+            Some(
+                s @ Stat {
+                    state: b'Z' | b'X',
+                    threads: ..=1,
+                    ..
+                },
+            ) => Probe::Exited(start(&s)),
+            Some(s) => Probe::Started(start(&s)),
             None => Probe::Unreadable,
         },
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Probe::Gone,
@@ -143,13 +177,13 @@ fn start_time(proc_root: &Path, pid: u32) -> Probe {
 }
 
 /// This process's time namespace's boottime offset, in clock ticks (rounded down), by which
-/// the start times it reads in `/proc/<pid>/stat` are shifted; `None` if it cannot be
-/// read. Taken from `<proc_root>/self/timens_offsets` if there is one (a test's fake
+/// the start times it reads in `/proc/<pid>/stat` are shifted, and whether it is a whole
+/// number of ticks; `None` if it cannot be read. Taken from `<proc_root>/self/timens_offsets` if there is one (a test's fake
 /// `/proc`), else from this process's own `/proc`, read once: the offset of a process
 /// never changes (a time namespace is entered only by new children or before any other
 /// thread starts). No file means a kernel without time namespaces: no offset.
-fn boottime_offset(proc_root: &Path) -> Option<i64> {
-    static OURS: OnceLock<i64> = OnceLock::new();
+fn boottime_offset(proc_root: &Path) -> Option<Offset> {
+    static OURS: OnceLock<Offset> = OnceLock::new();
     if proc_root != Path::new("/proc") {
         match read_offset(&proc_root.join("self/timens_offsets")) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -161,16 +195,32 @@ fn boottime_offset(proc_root: &Path) -> Option<i64> {
     }
     let offset = match read_offset(Path::new("/proc/self/timens_offsets")) {
         Ok(offset) => offset,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Offset::NONE,
         // Tried again next time: a failure may be passing (no descriptor left).
         Err(_) => return None,
     };
     Some(*OURS.get_or_init(|| offset))
 }
 
+/// A time namespace's boottime offset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Offset {
+    /// In clock ticks, rounded down.
+    ticks: i64,
+    /// Whether it is a whole number of ticks, so that undoing it is exact.
+    exact: bool,
+}
+
+impl Offset {
+    const NONE: Offset = Offset {
+        ticks: 0,
+        exact: true,
+    };
+}
+
 /// The boottime line of a `timens_offsets` file (`boottime <secs> <nanos>`), in clock
 /// ticks, rounded down as the kernel rounds the start times it shows.
-fn read_offset(path: &Path) -> std::io::Result<i64> {
+fn read_offset(path: &Path) -> std::io::Result<Offset> {
     let mut buf = [0u8; 256];
     let text = read_small(path, &mut buf)?;
     let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, "bad timens_offsets");
@@ -180,7 +230,7 @@ fn read_offset(path: &Path) -> std::io::Result<i64> {
         .map(|l| l.split_ascii_whitespace().collect::<Vec<_>>())
         .find(|f| f.first() == Some(&"boottime"))
     else {
-        return Ok(0);
+        return Ok(Offset::NONE);
     };
     let (secs, nanos): (i128, i128) = match line[..] {
         [_, secs, nanos] => (
@@ -190,10 +240,12 @@ fn read_offset(path: &Path) -> std::io::Result<i64> {
         _ => return Err(bad()),
     };
     let hz = i128::from(rustix::param::clock_ticks_per_second());
-    let ticks = (secs * 1_000_000_000 + nanos)
-        .saturating_mul(hz)
-        .div_euclid(1_000_000_000);
-    i64::try_from(ticks).map_err(|_| bad())
+    let scaled = (secs * 1_000_000_000 + nanos).saturating_mul(hz);
+    let ticks = i64::try_from(scaled.div_euclid(1_000_000_000)).map_err(|_| bad())?;
+    Ok(Offset {
+        ticks,
+        exact: scaled.rem_euclid(1_000_000_000) == 0,
+    })
 }
 
 /// A start time read through a time namespace with boottime `offset` (in ticks), in the
@@ -203,11 +255,52 @@ fn to_host(read: u64, offset: i64) -> u64 {
     u64::try_from(host.max(0)).unwrap_or(u64::MAX)
 }
 
-/// Whether two start times in the host's clock are one process's: equal, or one tick apart,
-/// which undoing an offset that is not a whole number of ticks can leave. A pid is given
-/// out again only after the kernel has gone through the others, far longer than a tick.
-fn same_start(a: u64, b: u64) -> bool {
-    a.abs_diff(b) <= 1
+/// Whether a start time read now is the recorded one's: equal, or one tick apart where
+/// undoing an offset that is not a whole number of ticks, on either side, can leave that.
+/// A pid reused one tick later (`ns_last_pid`, a small `pid_max`) is told apart only where
+/// both conversions were exact, or by the pidfs inode.
+fn same_start(recorded: &ProcessIdentity, now: Start) -> bool {
+    match recorded.start_exact && now.exact {
+        true => recorded.start_time == now.ticks,
+        false => recorded.start_time.abs_diff(now.ticks) <= 1,
+    }
+}
+
+/// The pidfs inode of the process `pid` of this process's own pid namespace: `Ok(None)`
+/// where pidfds are not in pidfs (before Linux 6.9: every pidfd shares one anonymous inode)
+/// or inode numbers are not unique (32-bit), or no pidfd can be had (no descriptor left, a
+/// thread's id); `Err` only when no process has the pid.
+fn pidfs_inode(pid: u32) -> Result<Option<u64>, ()> {
+    const PIDFS_MAGIC: i64 = 0x5049_4446;
+    static IN_PIDFS: OnceLock<bool> = OnceLock::new();
+    if usize::BITS < 64 || IN_PIDFS.get() == Some(&false) {
+        return Ok(None);
+    }
+    // 0 would be this process, and pids beyond i32 are no process's.
+    let Some(pid) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    else {
+        return Err(());
+    };
+    let fd = match rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::SRCH) => return Err(()),
+        Err(_) => return Ok(None),
+    };
+    let in_pidfs = match IN_PIDFS.get() {
+        Some(&known) => known,
+        None => match rustix::fs::fstatfs(&fd) {
+            #[allow(clippy::unnecessary_cast)] // f_type's type differs between targets.
+            Ok(fs) => *IN_PIDFS.get_or_init(|| fs.f_type as i64 == PIDFS_MAGIC),
+            Err(_) => return Ok(None),
+        },
+    };
+    if !in_pidfs {
+        return Ok(None);
+    }
+    #[allow(clippy::unnecessary_cast)] // st_ino is u32 on some 32-bit targets.
+    Ok(rustix::fs::fstat(&fd).ok().map(|st| st.st_ino as u64))
 }
 
 /// Reads a small /proc file with one read(2) into `buf`. /proc files report size 0, so
@@ -267,9 +360,14 @@ pub(crate) fn identify(
 ) -> Option<ProcessIdentity> {
     // A zombie is identified too: an entry saved for a child that exited at once is then
     // known to be dead, rather than of unknown liveness.
-    let (Probe::Started(start_time) | Probe::Exited(start_time)) = start_time(proc_root, pid)
-    else {
+    let (Probe::Started(start) | Probe::Exited(start)) = start_time(proc_root, pid) else {
         return None;
+    };
+    // A pid reused between the two reads leaves an identity that matches no process, which
+    // reads as dead: so the recorded process is, by then.
+    let pidfs_inode = match proc_is_ours(proc_root) {
+        true => pidfs_inode(pid).ok().flatten(),
+        false => None,
     };
     let boot_id = match boot.get() {
         Some(id) => id.clone(),
@@ -280,8 +378,10 @@ pub(crate) fn identify(
         }
     };
     Some(ProcessIdentity {
-        start_time,
+        start_time: start.ticks,
         boot_id,
+        start_exact: start.exact,
+        pidfs_inode,
     })
 }
 
@@ -296,7 +396,16 @@ pub(crate) fn check(proc_root: &Path, pid: u32, identity: Option<&ProcessIdentit
         None => return Liveness::Unknown,
     }
     match start_time(proc_root, pid) {
-        Probe::Started(t) if same_start(t, identity.start_time) => Liveness::Alive,
+        Probe::Started(t) if same_start(identity, t) => match identity.pidfs_inode {
+            // Read after the start time: a pid reused in between has another inode.
+            Some(recorded) if proc_is_ours(proc_root) => match pidfs_inode(pid) {
+                Ok(Some(now)) if now != recorded => Liveness::Dead,
+                Ok(_) => Liveness::Alive,
+                // Gone since its start time was read.
+                Err(()) => Liveness::Dead,
+            },
+            _ => Liveness::Alive,
+        },
         // An exited process is dead even before its parent reaps it.
         Probe::Started(_) | Probe::Exited(_) => Liveness::Dead,
         // Only our own namespace's pids can be asked about with a signal: a watched one's
@@ -381,10 +490,7 @@ mod tests {
         let root = tempfile::tempdir_in("/dev/shm").unwrap();
         std::fs::create_dir_all(root.path().join("sys/kernel/random")).unwrap();
         std::fs::write(root.path().join("sys/kernel/random/boot_id"), "b\n").unwrap();
-        let identity = ProcessIdentity {
-            start_time: 424242,
-            boot_id: "b".into(),
-        };
+        let identity = ProcessIdentity::new(424242, "b");
         let stat = |state: char, threads: u64| {
             let middle: Vec<String> = (4..=19).map(|n| n.to_string()).collect();
             let dir = root.path().join("77");
@@ -411,7 +517,7 @@ mod tests {
         let path = dir.path().join("timens_offsets");
         let offset = |text: &str| {
             std::fs::write(&path, text).unwrap();
-            read_offset(&path).ok()
+            read_offset(&path).ok().map(|o| o.ticks)
         };
         let hz = rustix::param::clock_ticks_per_second() as i64;
         assert_eq!(
@@ -427,10 +533,18 @@ mod tests {
         assert_eq!(offset("monotonic 5 0\n"), Some(0));
         assert_eq!(offset("boottime x 0\n"), None);
         assert_eq!(offset("boottime 1\n"), None);
+        let exact = |text: &str| {
+            std::fs::write(&path, text).unwrap();
+            read_offset(&path).unwrap().exact
+        };
+        assert!(exact("boottime 100000 0\n") && exact("boottime -3 0\n"));
+        assert!(exact("monotonic 5 1\n"));
+        assert!(!exact("boottime 0 1\n") && !exact("boottime -1 999999999\n"));
     }
 
     /// A reader in a time namespace undoes its offset: identities are recorded in the
-    /// host's clock, and compared there, to within one tick.
+    /// host's clock, and compared there: exactly where the offsets were whole ticks, within
+    /// one tick where one was not.
     #[test]
     fn start_times_are_read_in_the_hosts_clock() {
         let root = tempfile::tempdir_in("/dev/shm").unwrap();
@@ -447,19 +561,38 @@ mod tests {
 
         let me = identify(root.path(), 77, &OnceLock::new()).unwrap();
         assert_eq!(me.start_time, 424242 - 1000 * hz);
-        let at = |start_time: u64| ProcessIdentity {
-            start_time,
-            boot_id: "b".into(),
+        assert!(me.start_exact);
+        assert_eq!(me.pidfs_inode, None, "a foreign /proc's pids are not ours");
+        let at = |start_time: u64| ProcessIdentity::new(start_time, "b");
+        let inexact = |start_time: u64| ProcessIdentity {
+            start_exact: false,
+            ..at(start_time)
         };
         assert_eq!(check(root.path(), 77, Some(&me)), Liveness::Alive);
+        // A pid reused one tick later: both conversions exact, so not the recorded process.
+        for other in [me.start_time + 1, me.start_time - 1, me.start_time - 2] {
+            assert_eq!(check(root.path(), 77, Some(&at(other))), Liveness::Dead);
+        }
+        // Recorded through an offset of part of a tick (or by an earlier version): one tick
+        // apart is the same process, two are not.
+        let one_off = inexact(me.start_time + 1);
+        assert_eq!(check(root.path(), 77, Some(&one_off)), Liveness::Alive);
+        let two_off = inexact(me.start_time - 2);
+        assert_eq!(check(root.path(), 77, Some(&two_off)), Liveness::Dead);
+        // Read through an offset of part of a tick: likewise, whatever the record says.
+        let frac = format!("boottime 1000 {}\n", 1_000_000_000 / hz / 2);
+        std::fs::write(&offsets, frac).unwrap();
+        let read = identify(root.path(), 77, &OnceLock::new()).unwrap();
+        assert!(!read.start_exact);
         assert_eq!(
             check(root.path(), 77, Some(&at(me.start_time + 1))),
             Liveness::Alive
         );
         assert_eq!(
-            check(root.path(), 77, Some(&at(me.start_time - 2))),
+            check(root.path(), 77, Some(&at(me.start_time + 2))),
             Liveness::Dead
         );
+        std::fs::write(&offsets, "monotonic 7 0\nboottime 1000 0\n").unwrap();
 
         // Read from outside the namespace (this test's own offset is none), the same stat
         // line is another process's.
@@ -484,14 +617,29 @@ mod tests {
             check(Path::new("/proc"), std::process::id(), Some(&me)),
             Liveness::Alive
         );
-        let older = ProcessIdentity {
-            start_time: me.start_time.wrapping_add(2),
-            ..me.clone()
-        };
-        assert_eq!(
-            check(Path::new("/proc"), std::process::id(), Some(&older)),
-            Liveness::Dead
-        );
+        // Outside any time namespace start times are exact: one tick later is another
+        // process that reused the pid.
+        for later in [1, 2] {
+            let older = ProcessIdentity {
+                start_time: me.start_time.wrapping_add(later),
+                ..me.clone()
+            };
+            assert_eq!(
+                check(Path::new("/proc"), std::process::id(), Some(&older)),
+                Liveness::Dead
+            );
+        }
+        // Another process's pidfs inode (where the kernel has pidfs): not this process.
+        if let Some(inode) = me.pidfs_inode {
+            let other = ProcessIdentity {
+                pidfs_inode: Some(inode + 1),
+                ..me.clone()
+            };
+            let pid = std::process::id();
+            assert_eq!(check(Path::new("/proc"), pid, Some(&other)), Liveness::Dead);
+        } else {
+            eprintln!("skipped the pidfs check: pidfds are not in pidfs on this kernel");
+        }
         let rebooted = ProcessIdentity {
             boot_id: "another-boot".into(),
             ..me

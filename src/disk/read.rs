@@ -46,7 +46,9 @@ impl AidDir {
         self.read_file(layout::as_cstr(&name), id, buf, max_file)
     }
 
-    /// Reads and decodes the entry of `id`, reusing `buf`.
+    /// Reads and decodes the entry of `id`, reusing `buf`: for tests, which read in place
+    /// whatever the size.
+    #[cfg(test)]
     pub(crate) fn load<C: DeserializeOwned>(
         &self,
         id: InstanceId,
@@ -188,26 +190,6 @@ impl AidDir {
             buf.truncate(start);
         }
         result.map(|()| Found::Read)
-    }
-
-    /// The next entry of `scan`, read into `buf` and decoded, or the error in its place.
-    pub(crate) fn next_entry<C: DeserializeOwned>(
-        &self,
-        scan: &mut Scan,
-        buf: &mut Vec<u8>,
-    ) -> Option<Result<State<C>, Error>> {
-        loop {
-            return match scan.next_id(&self.path)? {
-                Ok(id) => match self.load(id, buf) {
-                    Ok(Some(state)) => Some(Ok(state)),
-                    // Destroyed since it was listed: another holder cannot do that, but a
-                    // foreign process can; it simply is no longer an entry.
-                    Ok(None) => continue,
-                    Err(e) => Some(Err(e)),
-                },
-                Err(e) => Some(Err(e)),
-            };
-        }
     }
 }
 

@@ -35,6 +35,14 @@ use crate::Error;
 /// The largest entry written or decoded in place; larger ones go to the pool.
 pub(crate) const IN_PLACE_MAX_BYTES: usize = 64 << 10;
 
+/// The one rule of where an entry read back is decoded, for every reader (`load`, streams,
+/// `prune_dead`): in place up to [`IN_PLACE_MAX_BYTES`], on the blocking pool above. A step
+/// in place reads no larger file ([`Step::IN_PLACE`]'s `max_file`), so a reader that decodes
+/// where it reads follows it too.
+pub(crate) fn decodes_in_place(len: usize) -> bool {
+    len <= IN_PLACE_MAX_BYTES
+}
+
 /// How much one step of a long operation may do. A step on the pool reads at least one file
 /// whatever its size (up to the store's entry size cap); one in place leaves a file over
 /// [`IN_PLACE_MAX_BYTES`] to a step on the pool, unread.

@@ -11,10 +11,11 @@ use futures::stream::{self, Stream, StreamExt};
 use serde::de::DeserializeOwned;
 
 use crate::disk::aid_dir::AidDir;
+use crate::disk::prune::PruneStep;
 use crate::disk::read;
 use crate::disk::scan::Scan;
 use crate::lock::hold::Hold;
-use crate::shell::place::{self, IN_PLACE_MAX_BYTES, Step};
+use crate::shell::place::{self, Step};
 use crate::{Error, InstanceId, State};
 
 /// The work behind one stream of a held aid, run a step at a time as one of the hold's
@@ -26,6 +27,11 @@ pub(crate) trait Batcher: Send + 'static {
     /// Appends the next items, as many as `step` allows; returns `false` once there are no
     /// more after these.
     fn fill(&mut self, step: Step, out: &mut Vec<Result<Self::Item, Error>>) -> bool;
+    /// Whether the next step must run on the pool: it meets a file too large for a step in
+    /// place.
+    fn big(&self) -> bool {
+        false
+    }
 }
 
 /// Turns a batcher into a stream. Nothing runs until the stream is polled; dropped, it
@@ -42,7 +48,7 @@ pub(crate) fn stream<B: Batcher>(
             if started {
                 place::pause().await;
             }
-            let hop = hold.operate(op, false, move |_, step| {
+            let hop = hold.operate(op, batcher.big(), move |_, step| {
                 let mut out = Vec::new();
                 let more = batcher.fill(step, &mut out);
                 Ok((batcher, out, more))
@@ -62,11 +68,18 @@ pub(crate) fn stream<B: Batcher>(
 pub(crate) struct Listing {
     hold: Arc<Hold>,
     scan: Option<Scan>,
+    /// Whether a file too large for a step in place has been met: the rest is read on the
+    /// pool.
+    big: bool,
 }
 
 impl Listing {
     pub(crate) fn new(hold: Arc<Hold>) -> Listing {
-        Listing { hold, scan: None }
+        Listing {
+            hold,
+            scan: None,
+            big: false,
+        }
     }
 
     /// Runs `fill` on the scan, opened on first use, and says whether more is to come. An
@@ -129,11 +142,17 @@ impl<C: DeserializeOwned + Send + 'static> Batcher for Prune<C> {
 
     fn fill(&mut self, step: Step, out: &mut Vec<Result<State<C>, Error>>) -> bool {
         let gone = &self.gone;
-        let mut failed = false;
+        let mut ended = PruneStep::Done;
         let more = self.listing.fill_with(out, |dir, scan, out| {
-            failed = !dir.prune_dead_step(scan, step.files, gone, out);
+            let bounds = (step.files, step.bytes, step.max_file);
+            ended = dir.prune_dead_step(scan, bounds, gone, out);
         });
-        more && !failed && !gone.load(Ordering::Acquire)
+        self.listing.big |= ended == PruneStep::LeftLarge;
+        more && ended != PruneStep::Failed && !gone.load(Ordering::Acquire)
+    }
+
+    fn big(&self) -> bool {
+        self.listing.big
     }
 }
 
@@ -188,7 +207,9 @@ where
                     let items: Vec<Taken<C>> = read
                         .into_iter()
                         .map(|item| match item {
-                            Ok((id, at)) if at.len() <= IN_PLACE_MAX_BYTES => Taken::Bytes(id, at),
+                            Ok((id, at)) if place::decodes_in_place(at.len()) => {
+                                Taken::Bytes(id, at)
+                            }
                             // A step in place leaves larger files unread, so this one was read
                             // on the pool: decoded there, with its step.
                             Ok((id, at)) => {
@@ -305,5 +326,41 @@ mod tests {
         // The runtime is this thread: a current-thread runtime runs the stream here.
         assert_eq!(on(small), Some(thread::current().id()));
         assert!(on(large).is_some_and(|t| t != thread::current().id()));
+    }
+
+    /// `prune_dead` follows the same rule: on a current-thread runtime on tmpfs, a 900 KiB
+    /// entry is decoded on the pool, not on the runtime's thread.
+    #[test]
+    fn prune_decodes_a_large_entry_on_the_blocking_side() {
+        let dir = tempfile::tempdir_in("/dev/shm").unwrap();
+        let large = 900 << 10;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let pruned = runtime.block_on(async {
+            let store = AsyncStore::<Noted>::new(dir.path());
+            // Recorded in another boot: dead.
+            let ghost = crate::ProcessIdentity::new(1, "another-boot");
+            let state = State::unidentified(InstanceId::random(), 1, Noted("x".repeat(large)))
+                .with_process(Some(ghost));
+            store
+                .with_aid(Aid::new(2)?, async |c| {
+                    c.save(&state).await?;
+                    c.prune_dead().await
+                })
+                .await
+        });
+        assert_eq!(pruned.map(|p| p.len()).map_err(|e| e.to_string()), Ok(1));
+        let decoded = DECODED_ON.lock().unwrap().clone();
+        let on: Vec<ThreadId> = decoded
+            .iter()
+            .filter(|(l, _)| *l == large)
+            .map(|(_, t)| *t)
+            .collect();
+        assert!(!on.is_empty(), "the entry was decoded");
+        assert!(
+            on.iter().all(|t| *t != thread::current().id()),
+            "decoded on the runtime's thread"
+        );
     }
 }
