@@ -171,21 +171,33 @@ fn from_wire(t: &Time) -> Result<SystemTime, String> {
     out.ok_or_else(|| format!("time {}s is out of range", t.secs))
 }
 
-/// Encodes a config on its own; [`encode_record`] wraps it into an entry. The split lets
-/// the typed part run where the value is, and the rest where the process is identified.
-pub(crate) fn encode_config<C: Serialize>(config: &C, out: &mut Vec<u8>) -> Result<(), String> {
+/// Encodes a config on its own.
+fn encode_config<C: Serialize>(config: &C, out: &mut Vec<u8>) -> Result<(), String> {
     config
         .serialize(&mut rmp_serde::Serializer::new(out).with_struct_map())
         .map_err(|e| e.to_string())
 }
 
-/// Appends an entry around an already encoded config.
-pub(crate) fn encode_record(
+/// Appends the encoding of `state` to `out`, its config checked to nest at most
+/// [`MAX_CONFIG_DEPTH`] deep; returns the config's encoded length. One buffer: the config
+/// is encoded where the record needs it, not copied there.
+pub(crate) fn encode_entry<C: Serialize>(
+    state: &State<C>,
+    out: &mut Vec<u8>,
+) -> Result<usize, String> {
+    encode_record_head(state.id, state.pid, state.time, state.process.as_ref(), out)?;
+    let start = out.len();
+    encode_config(&state.config, out)?;
+    check_depth(&out[start..], MAX_CONFIG_DEPTH)?;
+    Ok(out.len() - start)
+}
+
+/// Appends an entry's record up to its config, which follows it.
+fn encode_record_head(
     id: InstanceId,
     pid: u32,
     time: SystemTime,
     process: Option<&ProcessIdentity>,
-    config: &[u8],
     out: &mut Vec<u8>,
 ) -> Result<(), String> {
     use rmp::encode::{write_bin, write_map_len, write_nil, write_sint, write_str, write_uint};
@@ -218,23 +230,14 @@ pub(crate) fn encode_record(
         }
     }
     let _ = write_str(out, "config");
-    out.extend_from_slice(config);
     Ok(())
 }
 
 /// Appends the encoding of `state` to `out`.
 #[cfg(test)]
 pub(crate) fn encode<C: Serialize>(state: &State<C>, out: &mut Vec<u8>) -> Result<(), String> {
-    let mut config = Vec::new();
-    encode_config(&state.config, &mut config)?;
-    encode_record(
-        state.id,
-        state.pid,
-        state.time,
-        state.process.as_ref(),
-        &config,
-        out,
-    )
+    encode_record_head(state.id, state.pid, state.time, state.process.as_ref(), out)?;
+    encode_config(&state.config, out)
 }
 
 /// Whether `bytes`, the start of a file, can begin an entry: an entry is one map. Lets a
