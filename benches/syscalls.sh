@@ -21,7 +21,7 @@
 #                 both (default). The floor has no runtime and runs once.
 #   --reps N      repetitions of each workload (default 3); figures are totals over the
 #                 timed sections divided by the operations in them.
-# Prints, per workload, calls per operation by name (calls below 0.005 per operation are
+# Prints, per workload, calls per operation by name (calls below 0.0005 per operation are
 # left out), their total, and for perf: context switches, CPU migrations and wakes
 # (sched_wakeup events raised by the bench's threads) per operation.
 # Environment: RUNSTATE_BENCH_DIR as for the bench (a tmpfs; /dev/shm by default).
@@ -128,13 +128,13 @@ for w in "${workloads[@]}"; do
             for (i = 2; i <= n; i++) { x = list[i]; for (j = i - 1; j >= 1 && list[j] > x; j--) list[j + 1] = list[j]; list[j + 1] = x }
             for (k = 1; k <= n; k++) {
                 s = list[k]; show = 0
-                for (i = 1; i <= nc; i++) if (v[s, c[i]] >= 0.005) show = 1
+                for (i = 1; i <= nc; i++) if (v[s, c[i]] >= 0.0005) show = 1
                 if (!show) continue
                 printf "%-22s", s
-                for (i = 1; i <= nc; i++) { printf " %16.2f", v[s, c[i]]; tot[i] += v[s, c[i]] }
+                for (i = 1; i <= nc; i++) { printf " %16.3f", v[s, c[i]]; tot[i] += v[s, c[i]] }
                 print ""
             }
-            printf "%-22s", "total calls"; for (i = 1; i <= nc; i++) printf " %16.2f", tot[i]; print ""
+            printf "%-22s", "total calls"; for (i = 1; i <= nc; i++) printf " %16.3f", tot[i]; print ""
             for (s in other) {
                 any = 0; for (i = 1; i <= nc; i++) if ((s, c[i]) in v) any = 1
                 if (!any) continue
