@@ -26,7 +26,8 @@
 //! failing `faccessat2("/runstate-bench-mark/{start,end}")`, so an `strace -f` log can be cut
 //! to the timed sections to count system calls per operation.
 //! `RUNSTATE_BENCH_FLAVOR=multi` (or `ct`) runs the workloads on that runtime only,
-//! `RUNSTATE_BENCH_REPS=N` makes N repetitions of every figure, and
+//! `RUNSTATE_BENCH_REPS=N` makes N repetitions of every figure, `RUNSTATE_BENCH_SPAWN=1`
+//! makes runstate's W2 and W9 read from a spawned task (not `block_on`'s thread), and
 //! `RUNSTATE_BENCH_PERF_CTL=FIFO` with `RUNSTATE_BENCH_PERF_ACK=FIFO` enables the counters of
 //! a `perf stat -D -1 --control fifo:CTL,ACK` for exactly the timed sections. With either
 //! counting knob, each timed section prints its operations (`timed: ...` on stderr).
