@@ -24,7 +24,9 @@
 # Prints, per workload, calls per operation by name (calls below 0.0005 per operation are
 # left out), their total, and for perf: context switches, CPU migrations and wakes
 # (sched_wakeup events raised by the bench's threads) per operation.
-# Environment: RUNSTATE_BENCH_DIR as for the bench (a tmpfs; /dev/shm by default).
+# Environment: RUNSTATE_BENCH_DIR as for the bench (a tmpfs; /dev/shm by default);
+# RUNSTATE_BENCH_BIN=path runs that bench binary instead of building one (a copy, so that
+# builds meanwhile do not change it); RUNSTATE_BENCH_SPAWN=1 passes through to the bench.
 set -euo pipefail
 
 tool=perf
@@ -50,7 +52,8 @@ case "$flavor" in both) flavors="multi ct" ;; multi|ct) flavors=$flavor ;;
 command -v "$tool" >/dev/null || { echo "$tool is not installed" >&2; exit 2; }
 
 cd "$(dirname "$0")/.."
-bin=$(cargo bench --bench store --no-run 2>&1 | tee /dev/stderr |
+bin=${RUNSTATE_BENCH_BIN:-}
+[ -n "$bin" ] || bin=$(cargo bench --bench store --no-run 2>&1 | tee /dev/stderr |
     sed -n 's/.*Executable .*(\(.*\)).*/\1/p' | tail -n 1)
 [ -x "$bin" ] || { echo "could not find the bench binary" >&2; exit 1; }
 
