@@ -25,6 +25,13 @@
 //! written then), and `RUNSTATE_BENCH_MARK=1` makes every timed section start and end with a
 //! failing `faccessat2("/runstate-bench-mark/{start,end}")`, so an `strace -f` log can be cut
 //! to the timed sections to count system calls per operation.
+//! `RUNSTATE_BENCH_FLAVOR=multi` (or `ct`) runs the workloads on that runtime only,
+//! `RUNSTATE_BENCH_REPS=N` makes N repetitions of every figure, `RUNSTATE_BENCH_SPAWN=1`
+//! makes runstate's W2 and W9 read from a spawned task (not `block_on`'s thread), and
+//! `RUNSTATE_BENCH_PERF_CTL=FIFO` with `RUNSTATE_BENCH_PERF_ACK=FIFO` enables the counters of
+//! a `perf stat -D -1 --control fifo:CTL,ACK` for exactly the timed sections. With either
+//! counting knob, each timed section prints its operations (`timed: ...` on stderr).
+//! `benches/syscalls.sh` drives all this: system calls per operation, runstate beside floor.
 //! Figures are medians over repetitions; each repetition works in a fresh directory, made
 //! and filled outside the timed section and removed afterwards.
 //!
@@ -67,7 +74,7 @@ fn main() {
     eprintln!("running ...");
     let mut rows = Vec::new();
     for w in workloads::all(&ctx).iter().filter(|w| ctx.wants(w.key)) {
-        for flavor in Flavor::ALL {
+        for flavor in Flavor::ALL.into_iter().filter(|&f| ctx.on(f)) {
             rows.push(workloads::run(&ctx, w, flavor));
         }
     }

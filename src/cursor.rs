@@ -149,31 +149,23 @@ where
         state: &State<C>,
         put: fn(&AidDir, InstanceId, &[u8], TempMark<'_>) -> Result<T, Error>,
     ) -> Result<T, Error> {
-        let mut config = Vec::with_capacity(self.last_len);
+        let mut bytes = Vec::with_capacity(self.last_len);
         // Work on the task's thread, so it counts against the poll budget.
-        let encoded = place::charged(|| {
-            format::encode_config(&state.config, &mut config)
-                .and_then(|()| format::check_depth(&config, format::MAX_CONFIG_DEPTH))
-        });
-        if let Err(reason) = encoded {
-            let path = self.read.hold.dir().path().join(state.id.to_string());
-            return Err(Error::Encode { path, reason });
-        }
-        self.last_len = config.len();
-        let (id, pid, time) = (state.id, state.pid, state.time);
-        let process = state.process.clone();
-        let big = config.len() > IN_PLACE_MAX_BYTES;
+        let encoded = place::charged(|| format::encode_entry(state, &mut bytes));
+        let config_len = match encoded {
+            Ok(len) => len,
+            Err(reason) => {
+                let path = self.read.hold.dir().path().join(state.id.to_string());
+                return Err(Error::Encode { path, reason });
+            }
+        };
+        self.last_len = bytes.len();
+        let id = state.id;
+        let big = config_len > IN_PLACE_MAX_BYTES;
         self.read
             .hold
             .operate(op, big, move |hold, _| {
-                let dir = hold.dir();
-                let mut bytes = Vec::with_capacity(config.len() + 128);
-                format::encode_record(id, pid, time, process.as_ref(), &config, &mut bytes)
-                    .map_err(|reason| Error::Encode {
-                        path: dir.path().join(id.to_string()),
-                        reason,
-                    })?;
-                put(dir, id, &bytes, hold.temp_mark())
+                put(hold.dir(), id, &bytes, hold.temp_mark())
             })
             .await
     }

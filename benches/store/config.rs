@@ -106,6 +106,11 @@ pub struct Ctx {
     only: Vec<String>,
     /// `RUNSTATE_BENCH_IMPL`: the implementations to run (all when empty), for profiling.
     impls: Vec<String>,
+    /// `RUNSTATE_BENCH_FLAVOR`: the runtimes to run on (`multi`, `ct`; both when empty).
+    flavors: Vec<String>,
+    /// Whether a counting tool cuts its figures to the timed sections (`RUNSTATE_BENCH_MARK`
+    /// or `RUNSTATE_BENCH_PERF_CTL`): then each timed section's operations are printed.
+    pub counting: bool,
     _child: Child,
 }
 
@@ -149,18 +154,27 @@ impl Ctx {
                 .spawn()
                 .expect("spawn the `sleep` child that the entries record"),
         );
+        // `RUNSTATE_BENCH_REPS`: repetitions of every figure, W9's too (for counting tools).
+        let reps_override = std::env::var("RUNSTATE_BENCH_REPS")
+            .ok()
+            .and_then(|r| r.trim().parse::<usize>().ok())
+            .filter(|&r| r > 0);
+        let reps = reps_override.unwrap_or(if quick { 3 } else { 7 });
         Ctx {
             multi: multi_thread_runtime(),
             current: current_thread_runtime(),
             template: common::template(child.0.id()),
             scratch: Scratch::new(&base),
             quick,
-            reps: if quick { 3 } else { 7 },
-            w9_reps: if quick { 3 } else { 5 },
+            reps,
+            w9_reps: reps_override.unwrap_or(if quick { 3 } else { 5 }),
             w9_n: if quick { 20_000 } else { 100_000 },
             fs_kind,
             only: env_list("RUNSTATE_BENCH_ONLY"),
             impls: env_list("RUNSTATE_BENCH_IMPL"),
+            flavors: env_list("RUNSTATE_BENCH_FLAVOR"),
+            counting: env_on("RUNSTATE_BENCH_MARK")
+                || std::env::var_os("RUNSTATE_BENCH_PERF_CTL").is_some(),
             _child: child,
         }
     }
@@ -182,9 +196,18 @@ impl Ctx {
         self.impls.is_empty() || self.impls.iter().any(|k| k == name)
     }
 
+    /// Whether `RUNSTATE_BENCH_FLAVOR` lets workloads run on `flavor`'s runtime.
+    pub fn on(&self, flavor: Flavor) -> bool {
+        let key = match flavor {
+            Flavor::Multi => "multi",
+            Flavor::Current => "ct",
+        };
+        self.flavors.is_empty() || self.flavors.iter().any(|k| k.eq_ignore_ascii_case(key))
+    }
+
     /// Whether a knob left something out (then no JSON is written).
     pub fn filtered(&self) -> bool {
-        !self.only.is_empty() || !self.impls.is_empty()
+        !self.only.is_empty() || !self.impls.is_empty() || !self.flavors.is_empty()
     }
 }
 

@@ -71,6 +71,39 @@ pub struct Timing {
     elapsed: Option<Duration>,
 }
 
+/// The control and acknowledgement fifos of a `perf stat --control` (from
+/// `RUNSTATE_BENCH_PERF_CTL` and `RUNSTATE_BENCH_PERF_ACK`), if it counts this run.
+struct PerfCtl {
+    ctl: std::fs::File,
+    ack: std::io::BufReader<std::fs::File>,
+}
+
+/// Sends `cmd` (`enable` or `disable`) to the `perf stat` counting this process and waits
+/// for its acknowledgement, so that the counters cover exactly the timed section.
+fn perf(cmd: &str) {
+    use std::io::{BufRead as _, Write as _};
+    static CTL: std::sync::OnceLock<Option<std::sync::Mutex<PerfCtl>>> = std::sync::OnceLock::new();
+    let ctl = CTL.get_or_init(|| {
+        let ctl = std::env::var_os("RUNSTATE_BENCH_PERF_CTL")?;
+        let ack = std::env::var_os("RUNSTATE_BENCH_PERF_ACK")?;
+        let ctl = std::fs::OpenOptions::new()
+            .write(true)
+            .open(ctl)
+            .expect("open perf's control fifo");
+        let ack = std::fs::File::open(ack).expect("open perf's ack fifo");
+        Some(std::sync::Mutex::new(PerfCtl {
+            ctl,
+            ack: std::io::BufReader::new(ack),
+        }))
+    });
+    if let Some(ctl) = ctl {
+        let mut ctl = ctl.lock().expect("perf control");
+        writeln!(ctl.ctl, "{cmd}").expect("write to perf's control fifo");
+        let mut line = String::new();
+        ctl.ack.read_line(&mut line).expect("read perf's ack");
+    }
+}
+
 fn mark(path: &std::ffi::CStr) {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     if *ON.get_or_init(|| crate::config::env_on("RUNSTATE_BENCH_MARK")) {
@@ -91,6 +124,7 @@ impl Timing {
     pub fn start(&mut self) {
         self.rss_start = self.rss.then(rss_begin);
         mark(c"/runstate-bench-mark/start");
+        perf("enable");
         self.began = Some(Instant::now());
     }
 
@@ -99,6 +133,7 @@ impl Timing {
             .began
             .expect("the timed section started before it stopped");
         self.elapsed = Some(began.elapsed());
+        perf("disable");
         mark(c"/runstate-bench-mark/end");
     }
 
@@ -134,6 +169,9 @@ pub fn bench(
             let s = f(imps[i], &dir);
             std::fs::remove_dir_all(&dir).expect("clean up");
             out[i].1.ns.push(s.elapsed.as_nanos() as f64 / ops as f64);
+            if ctx.counting {
+                eprintln!("  timed: {label} {} {ops} ops", imps[i].name());
+            }
             out[i].1.rss.extend(s.rss);
         }
     }

@@ -74,6 +74,26 @@ impl Runstate {
         }
     }
 
+    /// W2 and W9's read of [`AID`], in one hold: how many entries it read.
+    async fn read_aid(&self, store: &Store) -> usize {
+        let whole = self.read == Read::LoadAll;
+        self.hold(store, AID, async |c| {
+            if whole {
+                let all = c.load_all().await?;
+                return Ok::<_, Error>(black_box(all).len());
+            }
+            let mut entries = pin!(c.entries());
+            let mut got = 0;
+            while let Some(state) = entries.next().await {
+                black_box(state?);
+                got += 1;
+            }
+            Ok(got)
+        })
+        .await
+        .expect("entries")
+    }
+
     /// `with_aid`, its polls timed when logging.
     async fn hold<T>(
         &self,
@@ -134,26 +154,19 @@ impl Imp for Runstate {
     }
 
     fn read_all(&self, rt: &Runtime, t: &mut Timing, dir: &Path) -> usize {
-        let whole = self.read == Read::LoadAll;
         rt.block_on(async {
             let store = warm_store(dir, &[AID]).await;
             t.start();
-            let got = self
-                .hold(&store, AID, async |c| {
-                    if whole {
-                        let all = c.load_all().await?;
-                        return Ok::<_, Error>(black_box(all).len());
-                    }
-                    let mut entries = pin!(c.entries());
-                    let mut got = 0;
-                    while let Some(state) = entries.next().await {
-                        black_box(state?);
-                        got += 1;
-                    }
-                    Ok(got)
-                })
-                .await
-                .expect("entries");
+            let got = if crate::config::env_on("RUNSTATE_BENCH_SPAWN") {
+                // From a task of the runtime, as a server reads: on the multi-thread runtime
+                // a worker runs it, where a yield can hand it to the other worker.
+                let (store, me) = (store.clone(), self.clone());
+                tokio::spawn(async move { me.read_aid(&store).await })
+                    .await
+                    .expect("task")
+            } else {
+                self.read_aid(&store).await
+            };
             t.stop();
             store.close().await.expect("close");
             got

@@ -290,7 +290,7 @@ mod tests {
 
         // Steps of up to 10 files: one in place stops at the large file, whichever comes
         // first in the directory, and the next step, on the pool, reads it.
-        let mut scan = dir.scan().unwrap();
+        let mut scan = dir.scan(32 << 10).unwrap();
         let mut read_ids = Vec::new();
         let mut stopped = 0;
         for max_file in [4096, 4096, u64::MAX] {

@@ -27,20 +27,23 @@ impl AidDir {
         .map_err(|e| Error::io("list", &self.path, e))
     }
 
-    /// Starts a listing of the directory's entry names, with its first buffer read.
+    /// Starts a listing of the directory's entry names, `read_size` bytes of names a
+    /// `getdents64` call ([`Scan::set_read_size`]), with its first buffer read.
     ///
     /// A removed directory must never read as "no entries": `getdents64` fails on it with
     /// `ENOENT`, found by the first read that the listing makes anyway, and then the
     /// directory at its path is listed instead ([`AidDir::revive`]).
-    pub(crate) fn scan(&self) -> Result<Scan, Error> {
+    pub(crate) fn scan(&self, read_size: usize) -> Result<Scan, Error> {
         let first = || {
             let mut scan = Scan {
                 fd: self.reopen()?,
-                buf: vec![MaybeUninit::uninit(); DIRENT_BUF],
+                buf: Vec::new(),
+                read_size: DIRENT_BUF,
                 ids: Vec::new(),
                 next: 0,
                 more: true,
             };
+            scan.set_read_size(read_size);
             scan.fetch(&self.path).map(|()| scan)
         };
         match first() {
@@ -63,7 +66,7 @@ impl AidDir {
     pub(crate) fn sweep(&self) -> Result<Sweep, Error> {
         Ok(Sweep {
             fd: self.reopen()?,
-            buf: vec![MaybeUninit::uninit(); DIRENT_BUF],
+            buf: vec![MaybeUninit::uninit(); DIRENT_BUF_SMALL],
         })
     }
 
@@ -127,6 +130,19 @@ fn is_dot(name: &CStr) -> bool {
 /// Bytes of directory entries fetched per `getdents64` call: about 500 entry names.
 const DIRENT_BUF: usize = 32 << 10;
 
+#[cfg(test)]
+thread_local! {
+    /// The largest `getdents64` buffer a listing on this thread has used, for the tests.
+    pub(crate) static LARGEST_READ: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// The smallest `getdents64` buffer a listing uses: about 70 entry names. A sweep's steps run
+/// in place on the runtime's thread, and `getdents64` costs about 300 ns a name in a huge
+/// tmpfs directory (the names' dentries are cold), so a 32 KiB read there holds the thread
+/// for 180 us and this one for 25 us. On small directories the extra calls cost next to
+/// nothing: a name costs far more to use than to list.
+pub(crate) const DIRENT_BUF_SMALL: usize = 4 << 10;
+
 /// Reads one `getdents64` buffer of `fd` and calls `each` for its entries. Returns `false`
 /// at the end of the directory. A fresh `RawDir` per call is fine because the kernel keeps
 /// the position in the open file, and each call drains what it fetched.
@@ -170,13 +186,23 @@ pub(crate) struct Sweep {
 /// buffer at a time, with no allocation per name.
 pub(crate) struct Scan {
     fd: OwnedFd,
+    /// Grown to `read_size` on first use.
     buf: Vec<MaybeUninit<u8>>,
+    /// Bytes fetched per `getdents64` call.
+    read_size: usize,
     ids: Vec<InstanceId>,
     next: usize,
     more: bool,
 }
 
 impl Scan {
+    /// Sets how many bytes of names each later `getdents64` call fetches (clamped to
+    /// [`DIRENT_BUF_SMALL`]..=32 KiB): small for a step run in place, where one call on a huge
+    /// directory would otherwise hold the runtime's thread for its whole buffer.
+    pub(crate) fn set_read_size(&mut self, bytes: usize) {
+        self.read_size = bytes.clamp(DIRENT_BUF_SMALL, DIRENT_BUF);
+    }
+
     /// Whether the listing has reached its end.
     pub(crate) fn is_done(&self) -> bool {
         !self.more && self.next == self.ids.len()
@@ -221,11 +247,14 @@ impl Scan {
         while self.next == self.ids.len() && self.more {
             self.ids.clear();
             self.next = 0;
+            #[cfg(test)]
+            LARGEST_READ.set(LARGEST_READ.get().max(self.read_size));
+            if self.buf.len() < self.read_size {
+                self.buf.resize(self.read_size, MaybeUninit::uninit());
+            }
             let ids = &mut self.ids;
-            match read_dirents(
-                &self.fd,
-                &mut self.buf,
-                |name, _| match layout::parse_entry_name(name) {
+            match read_dirents(&self.fd, &mut self.buf[..self.read_size], |name, _| {
+                match layout::parse_entry_name(name) {
                     Some(id) => ids.push(id),
                     None if is_dot(name) => {}
                     None => tracing::debug!(
@@ -233,8 +262,8 @@ impl Scan {
                         name = %name.to_string_lossy(),
                         "skipping a name that is not an entry's"
                     ),
-                },
-            ) {
+                }
+            }) {
                 Ok(more) => self.more = more,
                 Err(e) => {
                     self.more = false;
