@@ -133,8 +133,8 @@ where
     /// # Ok(()) }
     /// ```
     ///
-    /// For one operation, [`save`](AsyncStore::save), [`load`](AsyncStore::load) and
-    /// [`destroy`](AsyncStore::destroy) need no closure at all.
+    /// For one operation, [`save`](AsyncStore::save), [`replace`](AsyncStore::replace),
+    /// [`load`](AsyncStore::load) and [`destroy`](AsyncStore::destroy) need no closure at all.
     ///
     /// # Deadlocks
     ///
@@ -153,9 +153,12 @@ where
     /// // Read-modify-write, safe against every other task and process.
     /// store
     ///     .with_aid(Aid::new(0)?, async |cursor| {
-    ///         let old = cursor.load(id).await?.map_or(0, |s| s.config);
-    ///         cursor.destroy(id).await?;
-    ///         cursor.save(&State::new(id, std::process::id(), old + 1)).await
+    ///         let Some(mut state) = cursor.load(id).await? else {
+    ///             return cursor.save(&State::new(id, std::process::id(), 1)).await;
+    ///         };
+    ///         state.config += 1;
+    ///         // One atomic overwrite: no reader ever finds the entry missing.
+    ///         cursor.replace(&state).await.map(drop)
     ///     })
     ///     .await?;
     /// # Ok(()) }
@@ -305,6 +308,28 @@ where
     /// ```
     pub async fn save(&self, aid: Aid, state: &State<C>) -> Result<(), Error> {
         self.with_aid(aid, async |cursor| cursor.save(state).await)
+            .await
+    }
+
+    /// Overwrites the entry of `state.id` in `aid` with `state`, atomically, holding the
+    /// aid's lock for this one operation; returns whether there was an entry (without one,
+    /// nothing is written). See [`Cursor::replace`].
+    ///
+    /// ```
+    /// # use runstate::{Aid, AsyncStore, Error, InstanceId, State};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Error> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let store = AsyncStore::<String>::new(dir.path());
+    /// let aid = Aid::new(3)?;
+    /// let id = InstanceId::random();
+    /// store.save(aid, &State::new(id, std::process::id(), "starting".into())).await?;
+    /// assert!(store.replace(aid, &State::new(id, std::process::id(), "running".into())).await?);
+    /// assert_eq!(store.load(aid, id).await?.map(|s| s.config), Some("running".into()));
+    /// # Ok(()) }
+    /// ```
+    pub async fn replace(&self, aid: Aid, state: &State<C>) -> Result<bool, Error> {
+        self.with_aid(aid, async |cursor| cursor.replace(state).await)
             .await
     }
 
