@@ -46,7 +46,7 @@ pub(crate) fn poll_holding<F: Future + ?Sized>(
 
 /// `Err(Reentrant)` if this thread is polling a closure that holds `aid` of `store`.
 pub(crate) fn check(store: StoreKey, aid: Aid) -> Result<(), Error> {
-    let nested = POLLING.with_borrow(|held| held.iter().any(|&h| h == (store, aid)));
+    let nested = POLLING.with_borrow(|held| held.contains(&(store, aid)));
     match nested {
         true => Err(Error::Reentrant { aid }),
         false => Ok(()),
