@@ -24,7 +24,7 @@ impl AidDir {
         out: &mut Vec<Result<State<C>, Error>>,
     ) -> bool {
         let mut buf = Vec::new();
-        let proc_root = self.options().proc_dir();
+        let proc_root = self.options().get_proc_root();
         for _ in 0..max {
             let Some(entry) = self.next_entry::<C>(scan, &mut buf) else {
                 break;

@@ -98,11 +98,11 @@ where
         state: &State<C>,
     ) -> impl Future<Output = Result<(), Error>> + Send + 'static + use<C> {
         let watch = Watch {
-            proc_root: self.options().proc_dir().to_owned(),
+            proc_root: self.options().get_proc_root().to_owned(),
             pid: state.pid,
             identity: state.process.clone(),
         };
-        let pidfds = self.options().uses_pidfds();
+        let pidfds = self.options().get_use_pidfds();
         async move {
             if pidfds && liveness::proc_is_ours(&watch.proc_root) {
                 match watch.open_pidfd()? {
