@@ -1,16 +1,24 @@
 //! `ps` for a runstate store: every instance of every aid, with whether its process still runs.
 //!
 //! ```text
-//! cargo run --example ps -- --run-dir DIR           # a table
-//! cargo run --example ps -- --run-dir DIR --json    # one JSON array, for machines
-//! cargo run --example ps -- --run-dir DIR --prune   # remove the entries of dead processes
-//! cargo run --example ps -- --run-dir DIR --watch   # a live table, until interrupted
+//! cargo run --example ps -- --run-dir DIR             # a table
+//! cargo run --example ps -- --run-dir DIR --aid 7     # aid 7's instances only
+//! cargo run --example ps -- --run-dir DIR -q          # instance ids only, one a line
+//! cargo run --example ps -- --run-dir DIR --no-trunc  # full 32-digit instance ids
+//! cargo run --example ps -- --run-dir DIR --json      # one JSON array, for machines
+//! cargo run --example ps -- --run-dir DIR --prune     # remove the entries of dead processes
+//! cargo run --example ps -- --run-dir DIR --watch     # a live table, until interrupted
 //! ```
+//!
+//! As `docker ps` and `runc list` do, the table leads with the id, shortened to its first 12
+//! hex digits unless `--no-trunc` (still unique among a host's instances in practice), and
+//! `-q` prints the ids alone, for `xargs`.
 //!
 //! `--watch` redraws the table on every change the store reports (`AsyncStore::watch`: no
 //! polling), marking the instance that changed: `+` saved, `~` replaced, `-` gone (shown
-//! once). When stdout is not a terminal it prints the table once, then one line per change
-//! with the same marks, for logs and pipes.
+//! once, with status `gone`). When stdout is not a terminal it prints the table once, then
+//! one line per change with the same marks, for logs and pipes. Started before anything was
+//! ever saved, it waits for the store to appear, then watches it.
 //!
 //! It reads entries of any config type: configs are decoded as generic MessagePack values, and
 //! a `command` field (an array of strings, as in the examples' `LaunchConfig`, or a string) is
@@ -28,16 +36,20 @@ use rmpv::Value;
 use runstate::{Aid, AsyncStore, Change, InstanceId, Liveness, State};
 
 const USAGE: &str = "\
-usage: ps --run-dir DIR [--json] [--prune] [--watch]
+usage: ps --run-dir DIR [--aid N] [-q | --json | --watch] [--no-trunc] [--prune]
 
 Lists the instances recorded in the runstate store under DIR.
 
 options:
   --run-dir DIR  the store's run directory (entries live under DIR/state)
-  --json         print one JSON array of objects instead of a table
+  --aid N        only the instances of application id N
+  -q, --quiet    print instance ids only, one a line
+  --no-trunc     print whole 32-digit instance ids (12 by default)
+  --json         print one JSON array of objects instead of a table (whole ids)
   --prune        remove the entries whose process is dead, and say how many
   --watch        keep running: redraw on every change (one line per change when stdout
-                 is not a terminal), until interrupted
+                 is not a terminal), until interrupted; waits for a store that does not
+                 exist yet
   -h, --help     print this help";
 
 /// Any config: ps does not need to know the launcher's type.
@@ -48,6 +60,30 @@ struct Row {
     state: State<Value>,
     status: Liveness,
 }
+
+/// How rows are printed.
+#[derive(Clone, Copy)]
+struct Style {
+    /// Whole instance ids rather than their first 12 digits.
+    no_trunc: bool,
+}
+
+impl Style {
+    fn id(self, id: InstanceId) -> String {
+        let mut id = id.to_string();
+        if !self.no_trunc {
+            id.truncate(SHORT_ID);
+        }
+        id
+    }
+
+    fn id_width(self) -> usize {
+        if self.no_trunc { 32 } else { SHORT_ID }
+    }
+}
+
+/// Digits of a shortened instance id, as docker shortens its ids.
+const SHORT_ID: usize = 12;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn Error>> {
@@ -62,9 +98,27 @@ async fn main() -> Result<(), Box<dyn Error>> {
             std::process::exit(2);
         }
     };
-    // Looking must not create: a missing store is reported, not made.
+    let style = Style {
+        no_trunc: args.no_trunc,
+    };
+    // Looking must not create: a missing store is reported (or waited for), not made.
+    if args.watch && !args.run_dir.join("state").is_dir() {
+        eprintln!(
+            "ps: no store under {} yet; waiting for one",
+            args.run_dir.display()
+        );
+        let mut interrupted = pin!(tokio::signal::ctrl_c());
+        while !args.run_dir.join("state").is_dir() {
+            tokio::select! {
+                _ = &mut interrupted => return Ok(()),
+                _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
+            }
+        }
+    }
     if !args.run_dir.join("state").is_dir() {
-        if args.json {
+        if args.quiet {
+            // Nothing to list: no ids.
+        } else if args.json {
             println!("[]");
         } else {
             println!(
@@ -79,7 +133,13 @@ async fn main() -> Result<(), Box<dyn Error>> {
     if args.prune {
         // Counted as they go, so the count is right even when some aid cannot be pruned.
         let mut pruned = 0;
-        let result = store.prune_dead_with(|_, _| pruned += 1).await;
+        let result = match args.aid {
+            Some(aid) => store
+                .with_aid(aid, async |c| c.prune_dead_with(|_| pruned += 1).await)
+                .await
+                .map(drop),
+            None => store.prune_dead_with(|_, _| pruned += 1).await.map(drop),
+        };
         eprintln!(
             "pruned {pruned} dead {}",
             if pruned == 1 { "entry" } else { "entries" }
@@ -90,7 +150,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
     }
 
     if args.watch {
-        return watch(&store).await;
+        return watch(&store, args.aid, style).await;
     }
 
     let mut rows = Vec::new();
@@ -98,6 +158,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
     let mut entries = pin!(store.entries());
     while let Some(item) = entries.next().await {
         match item {
+            Ok((aid, _)) if args.aid.is_some_and(|only| only != aid) => {}
             Ok((aid, state)) => {
                 let status = store.liveness(&state).await;
                 rows.push(Row { aid, state, status });
@@ -111,7 +172,11 @@ async fn main() -> Result<(), Box<dyn Error>> {
         }
     }
 
-    if args.json {
+    if args.quiet {
+        for row in &rows {
+            println!("{}", style.id(row.state.id));
+        }
+    } else if args.json {
         println!(
             "{}",
             serde_json::to_string_pretty(&rows.iter().map(json_row).collect::<Vec<_>>())?
@@ -119,7 +184,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
     } else if rows.is_empty() {
         println!("no instances in {}", args.run_dir.display());
     } else {
-        print_table(&rows);
+        print_table(&rows, style);
     }
     if corrupt > 0 {
         eprintln!(
@@ -130,40 +195,56 @@ async fn main() -> Result<(), Box<dyn Error>> {
     Ok(())
 }
 
-fn print_table(rows: &[Row]) {
+fn print_table(rows: &[Row], style: Style) {
     let now = SystemTime::now();
-    println!("{}", header());
+    println!("{}", header(style));
     for row in rows {
-        println!("{}", table_line(now, row));
+        println!("{}", table_line(now, row, style, false));
     }
 }
 
-fn header() -> String {
+/// Id first, as in `docker ps` ("CONTAINER ID") and `runc list` ("ID").
+fn header(style: Style) -> String {
     format!(
-        "{:>7} {:>5} {:<7} {:>9}  {:<32}  COMMAND",
-        "PID", "AID", "STATUS", "UPTIME", "INSTANCE"
+        "{:<w$}  {:>5} {:>7} {:<7} {:>9}  COMMAND",
+        "INSTANCE ID",
+        "AID",
+        "PID",
+        "STATUS",
+        "UPTIME",
+        w = style.id_width()
     )
 }
 
-fn table_line(now: SystemTime, row: &Row) -> String {
+/// One row; a `gone` one (destroyed while watched) says so instead of its liveness.
+fn table_line(now: SystemTime, row: &Row, style: Style, gone: bool) -> String {
+    let status = match gone {
+        true => "gone".to_string(),
+        false => row.status.to_string(),
+    };
     format!(
-        "{:>7} {:>5} {:<7} {:>9}  {}  {}",
-        row.state.pid,
+        "{:<w$}  {:>5} {:>7} {:<7} {:>9}  {}",
+        style.id(row.state.id),
         row.aid,
-        row.status,
+        row.state.pid,
+        status,
         uptime(uptime_secs(now, &row.state)),
-        row.state.id,
         command(&row.state.config).unwrap_or_else(|| "-".into()),
+        w = style.id_width()
     )
 }
 
 /// Every entry of the store, keyed for the live table; corrupt ones are reported and left
 /// out.
-async fn list_all(store: &Store) -> Result<BTreeMap<(Aid, InstanceId), Row>, Box<dyn Error>> {
+async fn list_all(
+    store: &Store,
+    only: Option<Aid>,
+) -> Result<BTreeMap<(Aid, InstanceId), Row>, Box<dyn Error>> {
     let mut rows = BTreeMap::new();
     let mut entries = pin!(store.entries());
     while let Some(item) = entries.next().await {
         match item {
+            Ok((aid, _)) if only.is_some_and(|only| only != aid) => {}
             Ok((aid, state)) => {
                 let status = store.liveness(&state).await;
                 rows.insert((aid, state.id), Row { aid, state, status });
@@ -176,22 +257,22 @@ async fn list_all(store: &Store) -> Result<BTreeMap<(Aid, InstanceId), Row>, Box
 }
 
 /// The live table: the store listed once, then kept up to date from `watch`'s changes.
-async fn watch(store: &Store) -> Result<(), Box<dyn Error>> {
+async fn watch(store: &Store, only: Option<Aid>, style: Style) -> Result<(), Box<dyn Error>> {
     // Watch first, then list: a change in between is both listed and reported, not lost.
     let mut changes = store.watch().await?;
-    let mut rows = list_all(store).await?;
+    let mut rows = list_all(store, only).await?;
     let tty = std::io::stdout().is_terminal();
     // The mark of each instance that changed since the last redraw; gone ones are drawn
     // once more, from here.
     let mut marks: BTreeMap<(Aid, InstanceId), char> = BTreeMap::new();
     let mut gone: BTreeMap<(Aid, InstanceId), Row> = BTreeMap::new();
     if tty {
-        redraw(&rows, &mut marks, &mut gone);
+        redraw(&rows, &mut marks, &mut gone, style);
     } else {
-        println!("  {}", header());
+        println!("  {}", header(style));
         let now = SystemTime::now();
         for row in rows.values() {
-            println!("  {}", table_line(now, row));
+            println!("  {}", table_line(now, row, style, false));
         }
     }
     let mut interrupted = pin!(tokio::signal::ctrl_c());
@@ -205,14 +286,17 @@ async fn watch(store: &Store) -> Result<(), Box<dyn Error>> {
             Some(Err(e)) => {
                 // Some changes may be lost: start again from a listing.
                 eprintln!("ps: {e}; listing again");
-                rows = list_all(store).await?;
+                rows = list_all(store, only).await?;
                 (None, '!')
             }
             // Changes were lost (in a new aid, or anywhere): list again. Aids are new
             // rarely, so one listing of everything keeps this simple.
             Some(Ok(Change::Resync | Change::ResyncAid { .. })) => {
-                rows = list_all(store).await?;
+                rows = list_all(store, only).await?;
                 (None, '!')
+            }
+            Some(Ok(change)) if only.is_some_and(|only| change.aid() != Some(only)) => {
+                continue;
             }
             Some(Ok(Change::Destroyed { aid, id })) => {
                 let key = (aid, id);
@@ -255,7 +339,7 @@ async fn watch(store: &Store) -> Result<(), Box<dyn Error>> {
             if let Some(key) = key {
                 marks.insert(key, mark);
             }
-            redraw(&rows, &mut marks, &mut gone);
+            redraw(&rows, &mut marks, &mut gone, style);
             continue;
         }
         let now = SystemTime::now();
@@ -263,13 +347,17 @@ async fn watch(store: &Store) -> Result<(), Box<dyn Error>> {
             None => {
                 println!("! resync: {} instances", rows.len());
                 for row in rows.values() {
-                    println!("  {}", table_line(now, row));
+                    println!("  {}", table_line(now, row, style, false));
                 }
             }
             Some(key) => {
-                let row = rows.get(&key).or_else(|| gone.get(&key));
-                if let Some(row) = row {
-                    println!("{mark} {}", table_line(now, row));
+                let line = match (rows.get(&key), gone.get(&key)) {
+                    (Some(row), _) => Some(table_line(now, row, style, false)),
+                    (None, Some(row)) => Some(table_line(now, row, style, true)),
+                    (None, None) => None,
+                };
+                if let Some(line) = line {
+                    println!("{mark} {line}");
                 }
                 gone.clear();
             }
@@ -283,15 +371,20 @@ fn redraw(
     rows: &BTreeMap<(Aid, InstanceId), Row>,
     marks: &mut BTreeMap<(Aid, InstanceId), char>,
     gone: &mut BTreeMap<(Aid, InstanceId), Row>,
+    style: Style,
 ) {
     let now = SystemTime::now();
     let mut out = String::from("\x1b[H\x1b[2J");
-    out += &format!("  {}\n", header());
-    let mut all: Vec<(&(Aid, InstanceId), &Row)> = rows.iter().chain(gone.iter()).collect();
-    all.sort_by_key(|(key, _)| **key);
-    for (key, row) in all {
+    out += &format!("  {}\n", header(style));
+    let mut all: Vec<(&(Aid, InstanceId), &Row, bool)> = rows
+        .iter()
+        .map(|(k, r)| (k, r, false))
+        .chain(gone.iter().map(|(k, r)| (k, r, true)))
+        .collect();
+    all.sort_by_key(|(key, _, _)| **key);
+    for (key, row, is_gone) in all {
         let mark = marks.get(key).copied().unwrap_or(' ');
-        out += &format!("{mark} {}\n", table_line(now, row));
+        out += &format!("{mark} {}\n", table_line(now, row, style, is_gone));
     }
     out += &format!(
         "{} instances; + saved, ~ replaced, - gone; ctrl-c quits\n",
@@ -356,6 +449,9 @@ fn command(config: &Value) -> Option<String> {
 
 struct Args {
     run_dir: PathBuf,
+    aid: Option<Aid>,
+    quiet: bool,
+    no_trunc: bool,
     json: bool,
     prune: bool,
     watch: bool,
@@ -366,12 +462,20 @@ impl Args {
     /// Paths may be any bytes, so arguments are taken as `OsString`s.
     fn parse(mut args: impl Iterator<Item = std::ffi::OsString>) -> Result<Option<Args>, String> {
         let (mut run_dir, mut json, mut prune, mut watch) = (None, false, false, false);
+        let (mut aid, mut quiet, mut no_trunc) = (None, false, false);
         while let Some(arg) = args.next() {
             match arg.to_str() {
                 Some("-h" | "--help") => return Ok(None),
                 Some("--json") => json = true,
                 Some("--prune") => prune = true,
                 Some("--watch") => watch = true,
+                Some("-q" | "--quiet") => quiet = true,
+                Some("--no-trunc") => no_trunc = true,
+                Some("--aid") => {
+                    let n = args.next().ok_or("--aid needs an application id")?;
+                    let n = n.to_str().ok_or("--aid needs an application id")?;
+                    aid = Some(n.parse::<Aid>().map_err(|e| e.to_string())?);
+                }
                 Some("--run-dir") => {
                     run_dir = Some(args.next().ok_or("--run-dir needs a directory")?.into())
                 }
@@ -382,8 +486,14 @@ impl Args {
         if watch && json {
             return Err("--watch draws a table; it does not go with --json".into());
         }
+        if quiet && (json || watch) {
+            return Err("-q prints a list of ids; it does not go with --json or --watch".into());
+        }
         Ok(Some(Args {
             run_dir,
+            aid,
+            quiet,
+            no_trunc,
             json,
             prune,
             watch,

@@ -102,6 +102,20 @@ pub enum Error {
         limit: u64,
     },
 
+    /// A hold of an aid was asked for from inside a `with_aid*` closure that holds the same
+    /// aid of the same store (or `close` from inside any hold of the store): the lock is not
+    /// re-entrant, so it would have waited for itself forever. Use the closure's cursor
+    /// instead. A nested shared hold inside a shared one is refused too: it gets in only
+    /// while no exclusive holder is queued, and waits forever once one is.
+    /// [`try_with_aid`](crate::AsyncStore::try_with_aid) and
+    /// [`try_with_aid_shared`](crate::AsyncStore::try_with_aid_shared), which never wait,
+    /// answer [`Error::WouldBlock`] there as anywhere else.
+    #[error("aid {aid} is already held by the caller: the lock is not re-entrant")]
+    Reentrant {
+        /// The aid held.
+        aid: crate::Aid,
+    },
+
     /// The store was closed with [`AsyncStore::close`](crate::AsyncStore::close).
     #[error("the store is closed")]
     Closed,

@@ -1,8 +1,10 @@
 //! One running instance's record.
 
+use std::io;
+use std::path::PathBuf;
 use std::time::SystemTime;
 
-use crate::{InstanceId, ProcessIdentity};
+use crate::{Error, InstanceId, ProcessIdentity};
 
 /// What the store keeps about one running instance.
 ///
@@ -45,9 +47,53 @@ impl<C> State<C> {
     /// reused in between would otherwise be recorded as the newcomer. Reading it costs a
     /// read of `/proc/<pid>/stat` (procfs, not a disk; the boot id is read once per
     /// process). Where `/proc` does not show the pid, `process` is `None`, and the entry's
-    /// liveness is then [`Unknown`](crate::Liveness::Unknown): it is never pruned.
+    /// liveness is then [`Unknown`](crate::Liveness::Unknown): it is never pruned. That is
+    /// logged as a `tracing` warning; use [`State::try_new`] to get the failure instead.
     pub fn new(id: InstanceId, pid: u32, config: C) -> State<C> {
-        State::unidentified(id, pid, config).with_process(ProcessIdentity::of(pid))
+        let state = State::unidentified(id, pid, config);
+        match ProcessIdentity::of(pid) {
+            Some(process) => state.with_process(Some(process)),
+            None => {
+                tracing::warn!(
+                    pid,
+                    %id,
+                    "cannot identify the process in /proc: its entry's liveness will be \
+                     unknown and it will never be pruned"
+                );
+                state
+            }
+        }
+    }
+
+    /// Like [`State::new`], but fails where `/proc` does not show `pid` (or its start time
+    /// or the boot id cannot be read), rather than build a state whose liveness is always
+    /// [`Unknown`](crate::Liveness::Unknown): an [`Error::Io`] whose `op` is `"identify"`
+    /// and whose path is `/proc/<pid>`.
+    ///
+    /// ```
+    /// use runstate::{Error, InstanceId, State};
+    ///
+    /// let mine = State::try_new(InstanceId::random(), std::process::id(), ())?;
+    /// assert!(mine.process.is_some());
+    /// // Above the kernel's pid limit: no process can have it.
+    /// let none = State::try_new(InstanceId::random(), 1 << 30, ());
+    /// assert!(matches!(none, Err(Error::Io { op: "identify", .. })));
+    /// # Ok::<(), Error>(())
+    /// ```
+    pub fn try_new(id: InstanceId, pid: u32, config: C) -> Result<State<C>, Error> {
+        match ProcessIdentity::of(pid) {
+            Some(process) => Ok(State::unidentified(id, pid, config).with_process(Some(process))),
+            None => {
+                let path = PathBuf::from(format!("/proc/{pid}"));
+                // Why, read again on this failure path only: no such pid, or an unreadable
+                // stat line or boot id.
+                let why = match std::fs::metadata(&path) {
+                    Err(e) => e,
+                    Ok(_) => io::Error::other("cannot read its start time or the boot id"),
+                };
+                Err(Error::io("identify", path, why))
+            }
+        }
     }
 
     /// A state whose start time is now and whose process identity is not recorded: no

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
+use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,6 +14,7 @@ use serde::de::DeserializeOwned;
 
 use crate::disk::{liveness, scan};
 use crate::lock::hold::{LockMode, Wait};
+use crate::lock::reentry;
 use crate::lock::table::StoreState;
 use crate::shell::place;
 use crate::shell::steps::{self, Listing};
@@ -138,15 +140,38 @@ where
     /// # Ok(()) }
     /// ```
     ///
-    /// For one operation, [`save`](AsyncStore::save), [`load`](AsyncStore::load) and
-    /// [`destroy`](AsyncStore::destroy) need no closure at all.
+    /// For one operation, [`save`](AsyncStore::save), [`replace`](AsyncStore::replace),
+    /// [`load`](AsyncStore::load) and [`destroy`](AsyncStore::destroy) need no closure at all.
     ///
-    /// # Deadlocks
+    /// # Re-entry
     ///
-    /// The lock is not re-entrant. Inside `f`, another `with_aid` or `with_aid_shared` of the
-    /// same aid waits for `f` to end, forever; so do [`entries`](AsyncStore::entries),
-    /// [`prune_dead`](AsyncStore::prune_dead) and [`close`](AsyncStore::close), which take
-    /// every aid in turn. Use the cursor inside `f`, or `try_with_aid` to fail instead.
+    /// The lock is not re-entrant. Inside `f`, any other hold of the same aid of this store
+    /// (`with_aid*`, the one-call [`save`](AsyncStore::save) and the like,
+    /// [`entries`](AsyncStore::entries), [`prune_dead`](AsyncStore::prune_dead)) would wait
+    /// for `f` to end, forever, and so would [`close`](AsyncStore::close): they fail with
+    /// [`Error::Reentrant`] instead (the `try_` forms with [`Error::WouldBlock`]). Use the
+    /// cursor inside `f`.
+    ///
+    /// The check follows the polling of `f`, so two holds of one aid joined in one task
+    /// (`join!`) still just wait for each other. It cannot see a hold asked for by another
+    /// task that `f` waits for (one it spawned), a hold kept by a stream of `entries` between
+    /// its polls, or a second store on the same run directory: those still wait forever.
+    ///
+    /// ```
+    /// # use runstate::{Aid, AsyncStore, Error, InstanceId, State};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Error> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let store = AsyncStore::<u32>::new(dir.path());
+    /// let aid = Aid::new(0)?;
+    /// let nested = store
+    ///     .with_aid(aid, async |_| store.load(aid, InstanceId::random()).await)
+    ///     .await;
+    /// assert!(matches!(nested, Err(Error::Reentrant { .. })));
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Read-modify-write
     ///
     /// ```
     /// # use runstate::{Aid, AsyncStore, Error, InstanceId, State};
@@ -158,9 +183,12 @@ where
     /// // Read-modify-write, safe against every other task and process.
     /// store
     ///     .with_aid(Aid::new(0)?, async |cursor| {
-    ///         let old = cursor.load(id).await?.map_or(0, |s| s.config);
-    ///         cursor.destroy(id).await?;
-    ///         cursor.save(&State::new(id, std::process::id(), old + 1)).await
+    ///         let Some(mut state) = cursor.load(id).await? else {
+    ///             return cursor.save(&State::new(id, std::process::id(), 1)).await;
+    ///         };
+    ///         state.config += 1;
+    ///         // One atomic overwrite: no reader ever finds the entry missing.
+    ///         cursor.replace(&state).await.map(drop)
     ///     })
     ///     .await?;
     /// # Ok(()) }
@@ -248,12 +276,12 @@ where
     ///
     /// [`ReadCursor`] has no `save` or `destroy`: the types keep a shared holder from writing.
     ///
-    /// # Deadlocks
+    /// # Re-entry
     ///
-    /// As with [`with_aid`](AsyncStore::with_aid), the lock is not re-entrant: a nested
-    /// shared hold of the same aid gets in only while no exclusive holder is queued (in any
-    /// process), and otherwise waits behind it, which waits behind the outer hold, forever
-    /// (or until the exclusive holder's own time limit).
+    /// As with [`with_aid`](AsyncStore::with_aid), the lock is not re-entrant, and a nested
+    /// hold of the same aid fails with [`Error::Reentrant`]. That includes a nested shared
+    /// hold: it would get in only while no exclusive holder is queued (in any process), and
+    /// otherwise wait behind it, which waits behind the outer hold, forever.
     ///
     /// ```
     /// # use runstate::{Aid, AsyncStore, Error};
@@ -327,6 +355,28 @@ where
             .await
     }
 
+    /// Overwrites the entry of `state.id` in `aid` with `state`, atomically, holding the
+    /// aid's lock for this one operation; returns whether there was an entry (without one,
+    /// nothing is written). See [`Cursor::replace`].
+    ///
+    /// ```
+    /// # use runstate::{Aid, AsyncStore, Error, InstanceId, State};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Error> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let store = AsyncStore::<String>::new(dir.path());
+    /// let aid = Aid::new(3)?;
+    /// let id = InstanceId::random();
+    /// store.save(aid, &State::new(id, std::process::id(), "starting".into())).await?;
+    /// assert!(store.replace(aid, &State::new(id, std::process::id(), "running".into())).await?);
+    /// assert_eq!(store.load(aid, id).await?.map(|s| s.config), Some("running".into()));
+    /// # Ok(()) }
+    /// ```
+    pub async fn replace(&self, aid: Aid, state: &State<C>) -> Result<bool, Error> {
+        self.with_aid(aid, async |cursor| cursor.replace(state).await)
+            .await
+    }
+
     /// Reads the entry of `id` in `aid`, or `None` if there is none, holding the aid's lock
     /// shared for this one operation; see [`ReadCursor::load`].
     pub async fn load(&self, aid: Aid, id: InstanceId) -> Result<Option<State<C>>, Error> {
@@ -351,7 +401,10 @@ where
         E: From<Error>,
     {
         let hold = self.shared.hold(aid, LockMode::Exclusive, wait).await?;
-        f(&mut Cursor::new(hold)).await
+        let mut cursor = Cursor::new(hold);
+        let mut f = pin!(f(&mut cursor));
+        let key = self.shared.key();
+        future::poll_fn(|cx| reentry::poll_holding(key, aid, f.as_mut(), cx)).await
     }
 
     async fn shared<T, E>(
@@ -364,7 +417,10 @@ where
         E: From<Error>,
     {
         let hold = self.shared.hold(aid, LockMode::Shared, wait).await?;
-        f(&mut ReadCursor::new(hold)).await
+        let mut cursor = ReadCursor::new(hold);
+        let mut f = pin!(f(&mut cursor));
+        let key = self.shared.key();
+        future::poll_fn(|cx| reentry::poll_holding(key, aid, f.as_mut(), cx)).await
     }
 
     /// The aids that have a directory in the store, ascending. Names that are not aids are
@@ -567,10 +623,11 @@ where
     /// once). A process-wide thread left waiting for another process's lock by a waiter that
     /// gave up keeps a descriptor of that lock file until the lock comes, then releases it.
     ///
-    /// # Deadlocks
+    /// # Re-entry
     ///
-    /// Called from inside a `with_aid` closure (or while a stream of this store is alive in
-    /// the same task), it waits for itself forever.
+    /// Called from inside a `with_aid*` closure of this store, it fails with
+    /// [`Error::Reentrant`] rather than wait for itself. Called while a stream of this store
+    /// that holds an aid is alive in the same task, it waits for that stream, forever.
     ///
     /// ```
     /// # use runstate::{Aid, AsyncStore, Error};
@@ -583,6 +640,7 @@ where
     /// # Ok(()) }
     /// ```
     pub async fn close(&self) -> Result<(), Error> {
+        reentry::check_store(self.shared.key())?;
         self.shared.close().await
     }
 

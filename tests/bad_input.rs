@@ -278,7 +278,7 @@ async fn entry_size_cap_is_checked_before_reading() {
 
     // A cap one byte below the entry's size refuses it; a cap of exactly its size reads it.
     let tight = Store::with_options(dir.path(), Options::new().max_entry_size(len - 1));
-    assert_eq!(tight.options().entry_size_cap(), len - 1);
+    assert_eq!(tight.options().get_max_entry_size(), len - 1);
     let (load, streamed, load_all) = tight
         .with_aid(a, async |c| {
             let load = c.load(saved.id).await;

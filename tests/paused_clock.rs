@@ -156,7 +156,9 @@ fn sleeper(store: &AsyncStore<()>) -> (std::process::Child, State<()>) {
         .spawn()
         .expect("sleep runs");
     let state = State::new(InstanceId::random(), child.id(), ());
-    assert!(state.process.is_some() || store.options().proc_dir() != std::path::Path::new("/proc"));
+    assert!(
+        state.process.is_some() || store.options().get_proc_root() != std::path::Path::new("/proc")
+    );
     (child, state)
 }
 

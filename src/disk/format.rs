@@ -267,7 +267,7 @@ pub(crate) fn decode<C: DeserializeOwned>(bytes: &[u8]) -> Result<State<C>, Stri
     }
     let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
     de.set_max_depth(MAX_DEPTH);
-    let record = Record::<C>::deserialize(&mut de).map_err(|e| e.to_string())?;
+    let record = Record::<C>::deserialize(&mut de).map_err(|e| config_hint::<C>(bytes, e))?;
     if record.version == 0 {
         return Err("format version 0 does not exist".into());
     }
@@ -278,6 +278,21 @@ pub(crate) fn decode<C: DeserializeOwned>(bytes: &[u8]) -> Result<State<C>, Stri
         process: record.process,
         config: record.config,
     })
+}
+
+/// The decoder's message, saying so when the entry is whole but its config is not a `C`:
+/// most often a reader that names another config type than the writer did. Decoded again
+/// without the config to tell, on this failure path only.
+fn config_hint<C>(bytes: &[u8], e: rmp_serde::decode::Error) -> String {
+    let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
+    de.set_max_depth(MAX_DEPTH);
+    match Record::<serde::de::IgnoredAny>::deserialize(&mut de) {
+        Ok(_) => format!(
+            "the entry's config does not decode as {} (saved with another config type?): {e}",
+            std::any::type_name::<C>()
+        ),
+        Err(_) => e.to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -407,6 +422,25 @@ mod tests {
             .unwrap();
         assert_eq!((who.start_time, who.boot_id.as_str()), (4242, "boot"));
         assert_eq!((who.start_exact, who.pidfs_inode), (false, None));
+    }
+
+    #[test]
+    fn a_config_of_another_type_says_so() {
+        let mut bytes = Vec::new();
+        encode(&sample(), &mut bytes).unwrap();
+        let why = decode::<u64>(&bytes).unwrap_err();
+        assert!(
+            why.starts_with(
+                "the entry's config does not decode as u64 (saved with another config type?): "
+            ),
+            "{why}"
+        );
+        // A broken envelope is not blamed on the config.
+        let mut generic: BTreeMap<String, rmpv::Value> = rmp_serde::from_slice(&bytes).unwrap();
+        generic.insert("pid".into(), rmpv::Value::from("not a pid"));
+        let bad_pid = rmp_serde::to_vec_named(&generic).unwrap();
+        let why = decode::<BTreeMap<String, String>>(&bad_pid).unwrap_err();
+        assert!(!why.contains("config"), "{why}");
     }
 
     #[test]

@@ -39,7 +39,7 @@ impl AidDir {
     ) -> PruneStep {
         let mut buf = Vec::new();
         let mut read_bytes = 0;
-        let proc_root = self.options().proc_dir();
+        let proc_root = self.options().get_proc_root();
         for _ in 0..max {
             if read_bytes >= max_bytes {
                 break;

@@ -8,4 +8,5 @@ pub(crate) mod gate;
 pub(crate) mod hold;
 pub(crate) mod kernel_wait;
 pub(crate) mod open_aid;
+pub(crate) mod reentry;
 pub(crate) mod table;

@@ -14,6 +14,7 @@ use crate::disk::state_dir::StateDir;
 use crate::lock::fork_guard;
 use crate::lock::hold::{Claim, Hold, LockMode, Turn, Wait, wait_as};
 use crate::lock::open_aid::OpenAid;
+use crate::lock::reentry;
 use crate::shell::place;
 use crate::{Aid, Error, Options};
 
@@ -88,6 +89,11 @@ impl StoreState {
     /// The store's options.
     pub(crate) fn options(&self) -> &Options {
         &self.options
+    }
+
+    /// This store, among others, for re-entry detection.
+    pub(crate) fn key(&self) -> reentry::StoreKey {
+        std::ptr::from_ref(self) as usize
     }
 
     /// A read guard on the gate, or `Closed`.
@@ -278,6 +284,9 @@ impl StoreState {
         wait: Wait,
     ) -> Result<Arc<Hold>, Error> {
         let open = self.enter()?;
+        if !matches!(wait, Wait::Never) {
+            reentry::check(self.key(), aid)?;
+        }
         let slot = self.slot(aid);
         let turn = match mode {
             LockMode::Exclusive => Turn::Exclusive(

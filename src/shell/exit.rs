@@ -112,11 +112,11 @@ where
         state: &State<C>,
     ) -> impl Future<Output = Result<(), Error>> + Send + 'static + use<C> {
         let watch = Watch {
-            proc_root: self.options().proc_dir().to_owned(),
+            proc_root: self.options().get_proc_root().to_owned(),
             pid: state.pid,
             identity: state.process.clone(),
         };
-        let pidfds = self.options().uses_pidfds();
+        let pidfds = self.options().get_use_pidfds();
         // Refused in a forked child, at every poll: the pidfd and its registration are the
         // parent's.
         let made_in = self.made_in();
