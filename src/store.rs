@@ -29,7 +29,8 @@ use crate::{Aid, Cursor, Error, InstanceId, Liveness, Options, ReadCursor, State
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Error> {
-/// # let dir = tempfile::tempdir().unwrap();
+/// // A scratch run directory; a supervisor would use one on tmpfs, such as /run/launcher.
+/// let dir = tempfile::tempdir().unwrap();
 /// let store = AsyncStore::<Vec<String>>::new(dir.path());
 /// let aid = Aid::new(7)?;
 /// let id = InstanceId::random();
@@ -116,12 +117,12 @@ where
     /// Name it in the last expression, `Ok::<_, Error>(value)`, or on the result:
     ///
     /// ```
-    /// # use runstate::{Aid, AsyncStore, Error, InstanceId, State};
+    /// use runstate::{Aid, AsyncStore, Error, InstanceId, State};
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Error> {
-    /// # let dir = tempfile::tempdir().unwrap();
-    /// # let store = AsyncStore::<u32>::new(dir.path());
-    /// # let id = InstanceId::random();
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let store = AsyncStore::<u32>::new(dir.path());
+    /// let id = InstanceId::random();
     /// let last = store
     ///     .with_aid(Aid::new(0)?, async |cursor| {
     ///         cursor.destroy(id).await?;
@@ -129,7 +130,7 @@ where
     ///     })
     ///     .await?;
     /// // Or: let last: Result<bool, Error> = store.with_aid(...).await;
-    /// # assert!(last);
+    /// assert!(last);
     /// # Ok(()) }
     /// ```
     ///
@@ -144,10 +145,10 @@ where
     /// every aid in turn. Use the cursor inside `f`, or `try_with_aid` to fail instead.
     ///
     /// ```
-    /// # use runstate::{Aid, AsyncStore, Error, InstanceId, State};
+    /// use runstate::{Aid, AsyncStore, Error, InstanceId, State};
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Error> {
-    /// # let dir = tempfile::tempdir().unwrap();
+    /// let dir = tempfile::tempdir().unwrap();
     /// let store = AsyncStore::<u32>::new(dir.path());
     /// let id = InstanceId::random();
     /// // Read-modify-write, safe against every other task and process.
@@ -175,10 +176,10 @@ where
     /// without running `f`, if another task or process holds the aid.
     ///
     /// ```
-    /// # use runstate::{Aid, AsyncStore, Error};
+    /// use runstate::{Aid, AsyncStore, Error};
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Error> {
-    /// # let dir = tempfile::tempdir().unwrap();
+    /// let dir = tempfile::tempdir().unwrap();
     /// let store = AsyncStore::<String>::new(dir.path());
     /// let aid = Aid::new(1)?;
     /// store
@@ -237,10 +238,10 @@ where
     /// (or until the exclusive holder's own time limit).
     ///
     /// ```
-    /// # use runstate::{Aid, AsyncStore, Error};
+    /// use runstate::{Aid, AsyncStore, Error};
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Error> {
-    /// # let dir = tempfile::tempdir().unwrap();
+    /// let dir = tempfile::tempdir().unwrap();
     /// let store = AsyncStore::<String>::new(dir.path());
     /// let n = store.with_aid_shared(Aid::new(5)?, async |cursor| cursor.len().await).await?;
     /// assert_eq!(n, 0);
@@ -290,10 +291,10 @@ where
     /// results.
     ///
     /// ```
-    /// # use runstate::{Aid, AsyncStore, Error, InstanceId, State};
+    /// use runstate::{Aid, AsyncStore, Error, InstanceId, State};
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Error> {
-    /// # let dir = tempfile::tempdir().unwrap();
+    /// let dir = tempfile::tempdir().unwrap();
     /// let store = AsyncStore::<String>::new(dir.path());
     /// let aid = Aid::new(3)?;
     /// let state = State::new(InstanceId::random(), std::process::id(), "web".to_string());
@@ -370,13 +371,13 @@ where
     /// and only while entries of that aid are still to be read.
     ///
     /// ```
-    /// # use runstate::{Aid, AsyncStore, Error, InstanceId, State};
+    /// use runstate::{Aid, AsyncStore, Error, InstanceId, State};
     /// use futures::StreamExt;
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Error> {
-    /// # let dir = tempfile::tempdir().unwrap();
-    /// # let store = AsyncStore::<String>::new(dir.path());
-    /// # store.with_aid(Aid::new(2)?, async |c| c.save(&State::new(InstanceId::random(), 9, "x".into())).await).await?;
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let store = AsyncStore::<String>::new(dir.path());
+    /// store.save(Aid::new(2)?, &State::new(InstanceId::random(), 9, "x".to_string())).await?;
     /// let mut entries = store.entries();
     /// while let Some(item) = entries.next().await {
     ///     match item {
@@ -434,10 +435,10 @@ where
     /// was built; a state without one ([`State::unidentified`]) is always `Unknown`.
     ///
     /// ```
-    /// # use runstate::{Aid, AsyncStore, Error, InstanceId, Liveness, State};
+    /// use runstate::{Aid, AsyncStore, Error, InstanceId, Liveness, State};
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Error> {
-    /// # let dir = tempfile::tempdir().unwrap();
+    /// let dir = tempfile::tempdir().unwrap();
     /// let store = AsyncStore::<()>::new(dir.path());
     /// let mine = State::new(InstanceId::random(), std::process::id(), ());
     /// store.save(Aid::new(1)?, &mine).await?;
@@ -464,10 +465,10 @@ where
     /// [`prune_dead_with`](AsyncStore::prune_dead_with) where they must not be missed.
     ///
     /// ```
-    /// # use runstate::{Aid, AsyncStore, Error, InstanceId, State};
+    /// use runstate::{Aid, AsyncStore, Error, InstanceId, State};
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Error> {
-    /// # let dir = tempfile::tempdir().unwrap();
+    /// let dir = tempfile::tempdir().unwrap();
     /// let store = AsyncStore::<()>::new(dir.path());
     /// // A child that has come and gone.
     /// let mut child = std::process::Command::new("true").spawn().unwrap();
@@ -497,10 +498,10 @@ where
     /// closed meanwhile ends the pass at once with [`Error::Closed`].)
     ///
     /// ```
-    /// # use runstate::{Aid, AsyncStore, Error, InstanceId, State};
+    /// use runstate::{Aid, AsyncStore, Error, InstanceId, State};
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Error> {
-    /// # let dir = tempfile::tempdir().unwrap();
+    /// let dir = tempfile::tempdir().unwrap();
     /// let store = AsyncStore::<()>::new(dir.path());
     /// let mut child = std::process::Command::new("true").spawn().unwrap();
     /// let id = InstanceId::random();
@@ -550,10 +551,10 @@ where
     /// the same task), it waits for itself forever.
     ///
     /// ```
-    /// # use runstate::{Aid, AsyncStore, Error};
+    /// use runstate::{Aid, AsyncStore, Error};
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Error> {
-    /// # let dir = tempfile::tempdir().unwrap();
+    /// let dir = tempfile::tempdir().unwrap();
     /// let store = AsyncStore::<String>::new(dir.path());
     /// store.close().await?;
     /// assert!(matches!(store.aids().await, Err(Error::Closed)));
