@@ -36,16 +36,16 @@ use crate::{Aid, Error, InstanceId, State};
 /// ```compile_fail
 /// use runstate::{Aid, AsyncStore, Error, InstanceId, State};
 /// async fn f(store: AsyncStore<u32>) -> Result<(), Error> {
-/// store
-///     .with_aid_shared(Aid::new(1)?, async |c| c.save(&State::new(InstanceId::random(), 1, 0)).await)
-///     .await
+///     store
+///         .with_aid_shared(Aid::new(1)?, async |c| c.save(&State::new(InstanceId::random(), 1, 0)).await)
+///         .await
 /// }
 /// ```
 ///
 /// ```compile_fail
 /// use runstate::{Aid, AsyncStore, Error, InstanceId};
 /// async fn f(store: AsyncStore<u32>) -> Result<bool, Error> {
-/// store.with_aid_shared(Aid::new(1)?, async |c| c.destroy(InstanceId::random()).await).await
+///     store.with_aid_shared(Aid::new(1)?, async |c| c.destroy(InstanceId::random()).await).await
 /// }
 /// ```
 #[derive(Debug)]
