@@ -34,19 +34,19 @@ use crate::{Aid, Error, InstanceId, State};
 /// A read cursor cannot write: the types refuse it.
 ///
 /// ```compile_fail
-/// # use runstate::{Aid, AsyncStore, Error, InstanceId, State};
-/// # async fn f(store: AsyncStore<u32>) -> Result<(), Error> {
-/// store
-///     .with_aid_shared(Aid::new(1)?, async |c| c.save(&State::new(InstanceId::random(), 1, 0)).await)
-///     .await
-/// # }
+/// use runstate::{Aid, AsyncStore, Error, InstanceId, State};
+/// async fn f(store: AsyncStore<u32>) -> Result<(), Error> {
+///     store
+///         .with_aid_shared(Aid::new(1)?, async |c| c.save(&State::new(InstanceId::random(), 1, 0)).await)
+///         .await
+/// }
 /// ```
 ///
 /// ```compile_fail
-/// # use runstate::{Aid, AsyncStore, Error, InstanceId};
-/// # async fn f(store: AsyncStore<u32>) -> Result<bool, Error> {
-/// store.with_aid_shared(Aid::new(1)?, async |c| c.destroy(InstanceId::random()).await).await
-/// # }
+/// use runstate::{Aid, AsyncStore, Error, InstanceId};
+/// async fn f(store: AsyncStore<u32>) -> Result<bool, Error> {
+///     store.with_aid_shared(Aid::new(1)?, async |c| c.destroy(InstanceId::random()).await).await
+/// }
 /// ```
 #[derive(Debug)]
 pub struct ReadCursor<C> {
@@ -117,10 +117,10 @@ where
     /// [`Change::Replaced`](crate::Change::Replaced).
     ///
     /// ```
-    /// # use runstate::{Aid, AsyncStore, Error, InstanceId, State};
+    /// use runstate::{Aid, AsyncStore, Error, InstanceId, State};
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Error> {
-    /// # let dir = tempfile::tempdir().unwrap();
+    /// let dir = tempfile::tempdir().unwrap();
     /// let store = AsyncStore::<String>::new(dir.path());
     /// let id = InstanceId::random();
     /// store
@@ -232,10 +232,10 @@ where
     /// entries at once), but those it had removed are not handed to `f`.
     ///
     /// ```
-    /// # use runstate::{Aid, AsyncStore, Error, InstanceId, State};
+    /// use runstate::{Aid, AsyncStore, Error, InstanceId, State};
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Error> {
-    /// # let dir = tempfile::tempdir().unwrap();
+    /// let dir = tempfile::tempdir().unwrap();
     /// let store = AsyncStore::<String>::new(dir.path());
     /// let mut child = std::process::Command::new("sleep").arg("60").spawn().unwrap();
     /// let state = State::new(InstanceId::random(), child.id(), "netns-7".to_string());
@@ -363,11 +363,11 @@ where
     /// to destroy some of the entries, collect their ids first.
     ///
     /// ```
-    /// # use runstate::{Aid, AsyncStore, Error, InstanceId, State};
+    /// use runstate::{Aid, AsyncStore, Error, InstanceId, State};
     /// use futures::TryStreamExt;
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Error> {
-    /// # let dir = tempfile::tempdir().unwrap();
+    /// let dir = tempfile::tempdir().unwrap();
     /// let store = AsyncStore::<String>::new(dir.path());
     /// let pids = store
     ///     .with_aid(Aid::new(3)?, async |cursor| {

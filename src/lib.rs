@@ -21,8 +21,8 @@
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! # let dir = tempfile::tempdir()?;
-//! # let run_dir = dir.path();
+//! let dir = tempfile::tempdir()?;
+//! let run_dir = dir.path();
 //! // One store per run directory, normally on tmpfs (such as /run/launcher); clones share it.
 //! let store = AsyncStore::<Launch>::new(run_dir);
 //! let aid = Aid::new(12)?;
@@ -95,8 +95,26 @@
 //! dropped, fake processes for liveness, an aid held as by another process, and
 //! `real_time` for any other wait on the outside world under a paused clock.
 //!
-//! See the README for the on-disk layout and format and for the guarantees and what they
-//! rest on.
+//! # Closures and streams
+//!
+//! [`AsyncStore::with_aid`] and its kin take an *async closure* (Rust 1.85): write
+//! `async |c| c.save(&state).await`. The closure `|c| async move { c.save(&state).await }`
+//! fails with `error[E0282]: type annotations needed`, and annotating its argument as
+//! `|c: &mut Cursor<C>|` then fails with `lifetime may not live long enough`: the future
+//! borrows the cursor, which only an async closure can express.
+//!
+//! The streams ([`AsyncStore::entries`], [`Cursor::ids`], [`AsyncStore::watch`], ...) are
+//! [`Stream`]s. Taking items with `.next().await` needs a `StreamExt` trait in scope, from
+//! a crate of your own choosing: `futures` (`use futures::StreamExt;`) or `tokio-stream`
+//! (`use tokio_stream::StreamExt;`). Without one, `next` is `error[E0599]: no method named
+//! 'next' found`.
+//!
+//! # Further documentation
+//!
+//! In the crate's source (and its repository): `README.md` (installing, an API tour),
+//! `docs/guarantees.md` (what the store promises, and the tests behind each promise),
+//! `docs/format.md` (the on-disk layout and entry format), `docs/performance.md` (benchmarks
+//! and how to run them) and `docs/dependencies.md`.
 
 #![deny(missing_docs)]
 
@@ -135,7 +153,10 @@ pub use shell::watch::{Change, Watch};
 pub use state::State;
 pub use store::AsyncStore;
 
-/// The async streams this crate returns, re-exported so callers need not name `futures`.
+/// The trait of the streams this crate returns, re-exported so a signature can name it
+/// without a dependency on `futures`. Taking items (`.next().await`) still needs a
+/// `StreamExt` in scope: add `futures` (`use futures::StreamExt;`) or `tokio-stream`
+/// (`use tokio_stream::StreamExt;`) to your dependencies.
 pub use futures::Stream;
 
 /// The README's code, compiled with the doctests so it stays true.

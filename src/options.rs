@@ -86,7 +86,7 @@ impl Options {
     /// Held aids keep theirs whatever this says, so a store's descriptors are bounded by this
     /// plus two per aid held at once, however many of the 10,000 aids it touches. A hold of
     /// a hot aid reuses its files; one of an aid not among them opens them again (see
-    /// README's Performance section for what that costs). `0` keeps only held aids open.
+    /// docs/performance.md for what that costs). `0` keeps only held aids open.
     ///
     /// ```
     /// use runstate::Options;
@@ -103,7 +103,7 @@ impl Options {
     /// even on tmpfs. Off by default: on tmpfs or ramfs, short file work never waits on a
     /// device, so the store runs it in place on the task's thread, in steps of tens of
     /// microseconds, and saves the hop to the pool, which costs more than a save (see
-    /// README's Performance section). Other file systems, durable stores and large entries
+    /// docs/performance.md). Other file systems, durable stores and large entries
     /// use the pool whatever this says.
     ///
     /// ```

@@ -31,7 +31,8 @@ use crate::{Aid, Cursor, Error, InstanceId, Liveness, Options, ReadCursor, State
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Error> {
-/// # let dir = tempfile::tempdir().unwrap();
+/// // A scratch run directory; a supervisor would use one on tmpfs, such as /run/launcher.
+/// let dir = tempfile::tempdir().unwrap();
 /// let store = AsyncStore::<Vec<String>>::new(dir.path());
 /// let aid = Aid::new(7)?;
 /// let id = InstanceId::random();
@@ -123,12 +124,12 @@ where
     /// Name it in the last expression, `Ok::<_, Error>(value)`, or on the result:
     ///
     /// ```
-    /// # use runstate::{Aid, AsyncStore, Error, InstanceId, State};
+    /// use runstate::{Aid, AsyncStore, Error, InstanceId, State};
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Error> {
-    /// # let dir = tempfile::tempdir().unwrap();
-    /// # let store = AsyncStore::<u32>::new(dir.path());
-    /// # let id = InstanceId::random();
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let store = AsyncStore::<u32>::new(dir.path());
+    /// let id = InstanceId::random();
     /// let last = store
     ///     .with_aid(Aid::new(0)?, async |cursor| {
     ///         cursor.destroy(id).await?;
@@ -136,7 +137,7 @@ where
     ///     })
     ///     .await?;
     /// // Or: let last: Result<bool, Error> = store.with_aid(...).await;
-    /// # assert!(last);
+    /// assert!(last);
     /// # Ok(()) }
     /// ```
     ///
@@ -174,10 +175,10 @@ where
     /// # Read-modify-write
     ///
     /// ```
-    /// # use runstate::{Aid, AsyncStore, Error, InstanceId, State};
+    /// use runstate::{Aid, AsyncStore, Error, InstanceId, State};
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Error> {
-    /// # let dir = tempfile::tempdir().unwrap();
+    /// let dir = tempfile::tempdir().unwrap();
     /// let store = AsyncStore::<u32>::new(dir.path());
     /// let id = InstanceId::random();
     /// // Read-modify-write, safe against every other task and process.
@@ -208,10 +209,10 @@ where
     /// without running `f`, if another task or process holds the aid.
     ///
     /// ```
-    /// # use runstate::{Aid, AsyncStore, Error};
+    /// use runstate::{Aid, AsyncStore, Error};
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Error> {
-    /// # let dir = tempfile::tempdir().unwrap();
+    /// let dir = tempfile::tempdir().unwrap();
     /// let store = AsyncStore::<String>::new(dir.path());
     /// let aid = Aid::new(1)?;
     /// store
@@ -284,10 +285,10 @@ where
     /// otherwise wait behind it, which waits behind the outer hold, forever.
     ///
     /// ```
-    /// # use runstate::{Aid, AsyncStore, Error};
+    /// use runstate::{Aid, AsyncStore, Error};
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Error> {
-    /// # let dir = tempfile::tempdir().unwrap();
+    /// let dir = tempfile::tempdir().unwrap();
     /// let store = AsyncStore::<String>::new(dir.path());
     /// let n = store.with_aid_shared(Aid::new(5)?, async |cursor| cursor.len().await).await?;
     /// assert_eq!(n, 0);
@@ -337,10 +338,10 @@ where
     /// results.
     ///
     /// ```
-    /// # use runstate::{Aid, AsyncStore, Error, InstanceId, State};
+    /// use runstate::{Aid, AsyncStore, Error, InstanceId, State};
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Error> {
-    /// # let dir = tempfile::tempdir().unwrap();
+    /// let dir = tempfile::tempdir().unwrap();
     /// let store = AsyncStore::<String>::new(dir.path());
     /// let aid = Aid::new(3)?;
     /// let state = State::new(InstanceId::random(), std::process::id(), "web".to_string());
@@ -445,13 +446,13 @@ where
     /// and only while entries of that aid are still to be read.
     ///
     /// ```
-    /// # use runstate::{Aid, AsyncStore, Error, InstanceId, State};
+    /// use runstate::{Aid, AsyncStore, Error, InstanceId, State};
     /// use futures::StreamExt;
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Error> {
-    /// # let dir = tempfile::tempdir().unwrap();
-    /// # let store = AsyncStore::<String>::new(dir.path());
-    /// # store.with_aid(Aid::new(2)?, async |c| c.save(&State::new(InstanceId::random(), 9, "x".into())).await).await?;
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let store = AsyncStore::<String>::new(dir.path());
+    /// store.save(Aid::new(2)?, &State::new(InstanceId::random(), 9, "x".to_string())).await?;
     /// let mut entries = store.entries();
     /// while let Some(item) = entries.next().await {
     ///     match item {
@@ -509,10 +510,10 @@ where
     /// was built; a state without one ([`State::unidentified`]) is always `Unknown`.
     ///
     /// ```
-    /// # use runstate::{Aid, AsyncStore, Error, InstanceId, Liveness, State};
+    /// use runstate::{Aid, AsyncStore, Error, InstanceId, Liveness, State};
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Error> {
-    /// # let dir = tempfile::tempdir().unwrap();
+    /// let dir = tempfile::tempdir().unwrap();
     /// let store = AsyncStore::<()>::new(dir.path());
     /// let mine = State::new(InstanceId::random(), std::process::id(), ());
     /// store.save(Aid::new(1)?, &mine).await?;
@@ -539,10 +540,10 @@ where
     /// [`prune_dead_with`](AsyncStore::prune_dead_with) where they must not be missed.
     ///
     /// ```
-    /// # use runstate::{Aid, AsyncStore, Error, InstanceId, State};
+    /// use runstate::{Aid, AsyncStore, Error, InstanceId, State};
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Error> {
-    /// # let dir = tempfile::tempdir().unwrap();
+    /// let dir = tempfile::tempdir().unwrap();
     /// let store = AsyncStore::<()>::new(dir.path());
     /// // A child that has come and gone.
     /// let mut child = std::process::Command::new("true").spawn().unwrap();
@@ -572,10 +573,10 @@ where
     /// closed meanwhile ends the pass at once with [`Error::Closed`].)
     ///
     /// ```
-    /// # use runstate::{Aid, AsyncStore, Error, InstanceId, State};
+    /// use runstate::{Aid, AsyncStore, Error, InstanceId, State};
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Error> {
-    /// # let dir = tempfile::tempdir().unwrap();
+    /// let dir = tempfile::tempdir().unwrap();
     /// let store = AsyncStore::<()>::new(dir.path());
     /// let mut child = std::process::Command::new("true").spawn().unwrap();
     /// let id = InstanceId::random();
@@ -630,10 +631,10 @@ where
     /// that holds an aid is alive in the same task, it waits for that stream, forever.
     ///
     /// ```
-    /// # use runstate::{Aid, AsyncStore, Error};
+    /// use runstate::{Aid, AsyncStore, Error};
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Error> {
-    /// # let dir = tempfile::tempdir().unwrap();
+    /// let dir = tempfile::tempdir().unwrap();
     /// let store = AsyncStore::<String>::new(dir.path());
     /// store.close().await?;
     /// assert!(matches!(store.aids().await, Err(Error::Closed)));

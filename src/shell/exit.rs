@@ -87,7 +87,7 @@ where
     ///
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let dir = tempfile::tempdir()?;
+    /// let dir = tempfile::tempdir()?;
     /// let store = AsyncStore::<Vec<String>>::new(dir.path());
     /// let aid = Aid::new(3)?;
     /// let mut child = std::process::Command::new("sleep").arg("0.1").spawn()?;
@@ -104,7 +104,7 @@ where
     /// // Any process will do, not only a child; and the future can be spawned.
     /// tokio::spawn(store.wait_exit(&state)).await??;
     /// store.with_aid(aid, async |c| c.destroy(id).await).await?;
-    /// # child.wait()?;
+    /// child.wait()?;
     /// # Ok(()) }
     /// ```
     pub fn wait_exit(

@@ -476,7 +476,7 @@ where
     /// use runstate::{Aid, AsyncStore, Change, Error, InstanceId, State};
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Error> {
-    /// # let dir = tempfile::tempdir().unwrap();
+    /// let dir = tempfile::tempdir().unwrap();
     /// let store = AsyncStore::<String>::new(dir.path());
     /// let mut changes = store.watch().await?;
     ///
@@ -551,10 +551,10 @@ where
     /// releases its descriptor. Needs tokio's I/O driver, as [`watch`](AsyncStore::watch).
     ///
     /// ```
-    /// # use runstate::{Aid, AsyncStore, Error, InstanceId, State};
+    /// use runstate::{Aid, AsyncStore, Error, InstanceId, State};
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Error> {
-    /// # let dir = tempfile::tempdir().unwrap();
+    /// let dir = tempfile::tempdir().unwrap();
     /// let store = AsyncStore::<()>::new(dir.path());
     /// let (aid, id) = (Aid::new(4)?, InstanceId::random());
     /// store.with_aid(aid, async |c| c.save(&State::new(id, 1, ())).await).await?;
