@@ -125,6 +125,8 @@ pub fn on_disk<T>(f: impl FnOnce() -> T) -> T {
 }
 
 /// tmpfs's `statfs` magic number, as libc names it.
+// libc's type differs between targets (c_long, or c_uint on s390x).
+#[allow(clippy::unnecessary_cast)]
 pub const TMPFS_MAGIC: i64 = libc::TMPFS_MAGIC as i64;
 /// ramfs's `statfs` magic number (`<linux/magic.h>`), which libc does not export.
 pub const RAMFS_MAGIC: i64 = 0x8584_58f6;
