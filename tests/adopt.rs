@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::DEADLOCK;
 use runstate::{Aid, AsyncStore, InstanceId, State};
 use rustix::process::{Pid, Signal};
 use serde::{Deserialize, Serialize};
@@ -22,10 +23,9 @@ struct Launch {
 
 /// A bound on "within a moment": the adopted child's exit to its entry's removal. The wait
 /// itself takes microseconds; this is for a loaded CI machine. A supervisor that awaited its
-/// adopted children one after another would remove the 1 s child's entry a second late.
-const MOMENT: Duration = Duration::from_millis(800);
-/// A bound on anything that must end: a deadlock detector, not a speed check.
-const DEADLOCK: Duration = Duration::from_secs(30);
+/// adopted children one after another, in listing order, would remove the 1 s child's entry
+/// two seconds late.
+const MOMENT: Duration = Duration::from_millis(1500);
 
 /// The `supervisor` example, built now.
 fn supervisor_binary() -> PathBuf {

@@ -152,7 +152,7 @@ async fn assert_consistent(store: &Store, aid: Aid) -> usize {
 async fn thousands_of_dropped_with_aid_futures_leave_the_store_consistent() {
     let dir = run_dir();
     // Half the tasks use a second handle, with its own lock descriptor, as another process
-    // would: their futures are also dropped while waiting in flock on the blocking pool.
+    // would: their futures are also dropped while waiting in flock (on a waiting thread).
     let stores = [Store::new(dir.path()), Store::new(dir.path())];
     let aids = [Aid::new(21).unwrap(), Aid::new(22).unwrap()];
     let insides = [
@@ -388,8 +388,8 @@ async fn a_waiter_dropped_while_queued_never_takes_the_aid() {
     );
 }
 
-/// Another handle (another process) holds the aid; our waiter, parked in flock on the
-/// blocking pool, is dropped. When the lock comes it must be let go at once.
+/// Another handle (another process) holds the aid; our waiter, whose flock wait runs on a
+/// thread of its own, is dropped. When the lock comes it must be let go at once.
 async fn a_waiter_dropped_while_waiting_on_another_handle_releases_the_aid() {
     let dir = run_dir();
     let ours = Store::new(dir.path());

@@ -2,8 +2,8 @@
 //! and a shared try fails only because of a writer.
 //!
 //! Other processes are this very test binary, run again with only the `child_process` test
-//! selected and `RUNSTATE_FAIR_*` variables saying what to do (the harness is in
-//! `tests/common/child.rs`). Without them `child_process` passes at once. Orders of events
+//! selected, in a role, with `RUNSTATE_FAIR_*` variables saying the rest (the harness is in
+//! `tests/common/child.rs`). Outside a role `child_process` passes at once. Orders of events
 //! are read from a log file that every party appends to (`O_APPEND`, one `write` per line),
 //! never from clocks.
 
@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use common::child::{DEADLOCK, Flavor, Kid, child_var, say, test_command};
+use common::child::{DEADLOCK, Flavor, Kid, child_var, role, role_command, say};
 use runstate::{Aid, AsyncStore, Error};
 
 type Store = AsyncStore<u32>;
@@ -43,9 +43,8 @@ fn aid() -> Aid {
 /// A child running this binary's `child_process` test in `role`; its stdin is a pipe whose
 /// end tells it to stop.
 fn spawn(role: &str, run_dir: &Path, log: &Path, flavor: Flavor, extra: &[(&str, String)]) -> Kid {
-    let mut cmd = test_command(CHILD_TEST);
-    cmd.env("RUNSTATE_FAIR_ROLE", role)
-        .env("RUNSTATE_FAIR_DIR", run_dir)
+    let mut cmd = role_command(CHILD_TEST, role);
+    cmd.env("RUNSTATE_FAIR_DIR", run_dir)
         .env("RUNSTATE_FAIR_LOG", log)
         .env("RUNSTATE_FAIR_FLAVOR", flavor.name())
         .stdin(Stdio::piped());
@@ -365,10 +364,10 @@ async fn child_tries(run_dir: &Path) {
 // ---------------------------------------------------------------------------------------
 
 /// Not a test of its own: the entry point of the child processes the other tests spawn.
-/// Without `RUNSTATE_FAIR_ROLE` it does nothing.
+/// Outside a [`role`] it does nothing.
 #[test]
 fn child_process() {
-    let Ok(role) = std::env::var("RUNSTATE_FAIR_ROLE") else {
+    let Some(role) = role() else {
         return;
     };
     let run_dir = PathBuf::from(child_var("RUNSTATE_FAIR_DIR"));

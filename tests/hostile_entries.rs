@@ -231,18 +231,15 @@ fn fuzz_entry_files(runtime: tokio::runtime::Runtime, cases: u32) {
                         c.load(FUZZ_ID).await
                     })
                     .await;
-                let mut copy = match copy {
+                let copy = match copy {
                     Ok(Some(copy)) => copy,
                     other => {
                         panic!("{content:?}: loaded {state:?}, saving it again gave {other:?}")
                     }
                 };
-                // Save fills in a missing process identity from /proc when the pid is alive (a
-                // mutated key can leave it missing while the pid is this process's).
-                if state.process.is_none() {
-                    copy.process = None;
-                }
-                // Debug text, as NaN floats are not equal to themselves.
+                // Exactly, process identity included: save stores a state as given, even one
+                // with no identity for a pid that is alive. Debug text, as NaN floats are not
+                // equal to themselves.
                 assert_eq!(format!("{copy:?}"), format!("{state:?}"), "{content:?}");
             }
             // Whatever decodes as the struct decodes as a Value too.

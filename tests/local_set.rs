@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::Duration;
 
-use common::child::{Flavor, child_var, say, spawn_kid, test_command};
-use common::{AppConfig, aid, config, disk_dir, on_memory, pid};
+use common::child::{Flavor, child_var, role, role_command, say, spawn_kid};
+use common::{AppConfig, Place, aid, config, on_memory, pid, run_dir_in};
 use futures::{StreamExt, TryStreamExt};
 use runstate::{AsyncStore, Error, InstanceId, Liveness, Options, State};
 use tokio::sync::oneshot;
@@ -23,38 +23,26 @@ use tokio::task::LocalSet;
 
 type Store = AsyncStore<AppConfig>;
 
-/// Where the child's store keeps its files, and how it is told to work.
-#[derive(Clone, Copy, Debug)]
-enum Place {
-    Tmpfs,
-    Disk,
-    /// On tmpfs, with all file work sent to the pool by the options.
-    Pool,
-}
-
+/// The test the child runs, in the role [`ROLE`].
+const CHILD_TEST: &str = "every_operation_in_a_local_set_in_a_child";
+const ROLE: &str = "local_set";
 const DIR: &str = "RUNSTATE_LOCAL_SET_DIR";
 const FLAVOR: &str = "RUNSTATE_LOCAL_SET_FLAVOR";
 const ON_POOL: &str = "RUNSTATE_LOCAL_SET_ON_POOL";
 
-/// Runs the child on `flavor` with its store at `place`, and checks that it went through
-/// every operation, exited with success and printed nothing to stderr.
-fn run_child(flavor: Flavor, place: Place) {
-    let dir = match place {
-        Place::Tmpfs | Place::Pool => tempfile::tempdir_in("/dev/shm").unwrap(),
-        Place::Disk => disk_dir(),
-    };
-    assert_eq!(on_memory(dir.path()), !matches!(place, Place::Disk));
-    let mut cmd = test_command("every_operation_in_a_local_set_in_a_child");
-    cmd.env(DIR, dir.path()).env(FLAVOR, flavor.name()).env(
-        ON_POOL,
-        if matches!(place, Place::Pool) {
-            "1"
-        } else {
-            "0"
-        },
-    );
+/// Runs the child on `flavor` with its store at `place` (sending all its file work to the
+/// pool if `on_pool`), and checks that it went through every operation, exited with
+/// success and printed nothing to stderr.
+fn run_child(flavor: Flavor, place: Place, on_pool: bool) {
+    let dir = run_dir_in(place);
+    assert_eq!(on_memory(dir.path()), place == Place::Tmpfs);
+    let mut cmd = role_command(CHILD_TEST, ROLE);
+    cmd.env(DIR, dir.path())
+        .env(FLAVOR, flavor.name())
+        .env(ON_POOL, if on_pool { "1" } else { "0" });
     common::run_current_thread(async move {
-        let mut kid = spawn_kid(format!("child ({flavor:?}, {place:?})"), cmd);
+        let what = format!("child ({flavor:?}, {place:?}, on pool: {on_pool})");
+        let mut kid = spawn_kid(what, cmd);
         kid.expect("done").await;
         kid.finish_quietly().await;
     });
@@ -62,40 +50,43 @@ fn run_child(flavor: Flavor, place: Place) {
 
 #[test]
 fn multi_thread_on_tmpfs() {
-    run_child(Flavor::Multi, Place::Tmpfs);
+    run_child(Flavor::Multi, Place::Tmpfs, false);
 }
 
 #[test]
 fn multi_thread_off_tmpfs() {
-    run_child(Flavor::Multi, Place::Disk);
+    run_child(Flavor::Multi, Place::Disk, false);
 }
 
 #[test]
 fn multi_thread_with_work_on_pool() {
-    run_child(Flavor::Multi, Place::Pool);
+    run_child(Flavor::Multi, Place::Tmpfs, true);
 }
 
 #[test]
 fn current_thread_on_tmpfs() {
-    run_child(Flavor::Current, Place::Tmpfs);
+    run_child(Flavor::Current, Place::Tmpfs, false);
 }
 
 #[test]
 fn current_thread_off_tmpfs() {
-    run_child(Flavor::Current, Place::Disk);
+    run_child(Flavor::Current, Place::Disk, false);
 }
 
 #[test]
 fn current_thread_with_work_on_pool() {
-    run_child(Flavor::Current, Place::Pool);
+    run_child(Flavor::Current, Place::Tmpfs, true);
 }
 
-/// The child: does nothing unless the parent set its variables.
+/// The child: does nothing outside its [`role`].
 #[test]
 fn every_operation_in_a_local_set_in_a_child() {
-    let Ok(dir) = std::env::var(DIR) else {
-        return;
-    };
+    match role() {
+        Some(role) if role == ROLE => {}
+        Some(other) => panic!("unknown role {other}"),
+        None => return,
+    }
+    let dir = child_var(DIR);
     // `panic = "abort"`, in effect: any panic, caught or not, ends the process, after saying
     // why on stderr for the parent's report.
     std::panic::set_hook(Box::new(|info| {

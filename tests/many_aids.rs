@@ -17,7 +17,7 @@ use std::time::Instant;
 use futures::{StreamExt, TryStreamExt};
 use runstate::{Aid, AsyncStore, Error, InstanceId, Options, ProcessIdentity, State};
 
-use common::child::{Flavor, child_var, say, spawn_kid, test_command};
+use common::child::{Flavor, child_var, role, role_command, say, spawn_kid};
 use common::{XorShift, aid, run_dir};
 
 type Store = AsyncStore<u64>;
@@ -36,9 +36,8 @@ const SLACK: usize = 16;
 /// Runs `role` in a child process on a runtime of `flavor`, under [`NOFILE`] open files, and
 /// waits for it to succeed; returns what it said with `@@DONE`.
 async fn in_child(role: &str, flavor: Flavor, run_dir: &Path, extra: &[(&str, String)]) -> String {
-    let mut cmd = test_command(CHILD_TEST);
-    cmd.env("RUNSTATE_MANY_ROLE", role)
-        .env("RUNSTATE_MANY_DIR", run_dir)
+    let mut cmd = role_command(CHILD_TEST, role);
+    cmd.env("RUNSTATE_MANY_DIR", run_dir)
         .env("RUNSTATE_MANY_FLAVOR", flavor.name());
     for (key, value) in extra {
         cmd.env(key, value);
@@ -59,10 +58,10 @@ async fn in_child(role: &str, flavor: Flavor, run_dir: &Path, extra: &[(&str, St
 // The child side.
 
 /// Not a test of its own: the entry point of the child processes the other tests spawn.
-/// Without `RUNSTATE_MANY_ROLE` it does nothing.
+/// Outside a [`role`] it does nothing.
 #[test]
 fn child_process() {
-    let Ok(role) = std::env::var("RUNSTATE_MANY_ROLE") else {
+    let Some(role) = role() else {
         return;
     };
     lower_nofile();

@@ -210,25 +210,37 @@ async fn queued_waiters_go_on_after_the_holder_panics() {
 }
 
 /// A config whose serde impls panic on one value: Serialize runs in `save`'s caller,
-/// Deserialize on the blocking pool.
+/// Deserialize wherever the store decodes (in place for a small entry, on the blocking pool
+/// for one over 64 KiB, which the padding makes).
 #[derive(Clone, Debug, PartialEq)]
-struct Touchy(u32);
+struct Touchy(u32, String);
 
 const SERIALIZE_PANICS: u32 = 666;
 const DESERIALIZE_PANICS: u32 = 13;
 
+impl Touchy {
+    fn small(n: u32) -> Touchy {
+        Touchy(n, String::new())
+    }
+
+    /// Larger than the store decodes in place.
+    fn big(n: u32) -> Touchy {
+        Touchy(n, "x".repeat(100 << 10))
+    }
+}
+
 impl Serialize for Touchy {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         assert_ne!(self.0, SERIALIZE_PANICS, "serialize panics");
-        self.0.serialize(s)
+        (self.0, &self.1).serialize(s)
     }
 }
 
 impl<'de> Deserialize<'de> for Touchy {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Touchy, D::Error> {
-        let n = u32::deserialize(d)?;
+        let (n, pad) = <(u32, String)>::deserialize(d)?;
         assert_ne!(n, DESERIALIZE_PANICS, "deserialize panics");
-        Ok(Touchy(n))
+        Ok(Touchy(n, pad))
     }
 }
 
@@ -238,31 +250,48 @@ async fn panics_in_the_config_serde_impls_release_the_aid() {
     let aid = Aid::new(6).unwrap();
 
     // Serialize panics in the caller's task: the panic propagates like any other.
-    let bad = State::new(InstanceId::random(), pid(1), Touchy(SERIALIZE_PANICS));
+    let bad = State::new(
+        InstanceId::random(),
+        pid(1),
+        Touchy::small(SERIALIZE_PANICS),
+    );
     let caught = AssertUnwindSafe(store.with_aid(aid, async |c| c.save(&bad).await))
         .catch_unwind()
         .await;
     assert!(message(&*caught.unwrap_err()).contains("serialize panics"));
 
-    // Deserialize panics on the blocking pool: an error naming the file, the lock released.
-    let touchy = State::new(InstanceId::random(), pid(2), Touchy(DESERIALIZE_PANICS));
-    let fine = State::new(InstanceId::random(), pid(3), Touchy(3));
+    // Deserialize panics, in place or on the pool: the entry reads as corrupt, with an
+    // error naming its file, and the lock is released.
+    let touchy = State::new(
+        InstanceId::random(),
+        pid(2),
+        Touchy::small(DESERIALIZE_PANICS),
+    );
+    let big = State::new(
+        InstanceId::random(),
+        pid(4),
+        Touchy::big(DESERIALIZE_PANICS),
+    );
+    let fine = State::new(InstanceId::random(), pid(3), Touchy::small(3));
     store
         .with_aid(aid, async |c| {
             c.save(&touchy).await?;
+            c.save(&big).await?;
             c.save(&fine).await
         })
         .await
         .unwrap();
-    let r = no_deadlock("a load that panics", async {
-        store.with_aid(aid, async |c| c.load(touchy.id).await).await
-    })
-    .await;
-    assert!(
-        matches!(&r, Err(Error::Corrupt { path, kind: CorruptKind::DecodePanicked(_) })
-            if path.ends_with(touchy.id.to_string())),
-        "{r:?}"
-    );
+    for panics in [&touchy, &big] {
+        let r = no_deadlock("a load that panics", async {
+            store.with_aid(aid, async |c| c.load(panics.id).await).await
+        })
+        .await;
+        assert!(
+            matches!(&r, Err(Error::Corrupt { path, kind: CorruptKind::DecodePanicked(_) })
+                if path.ends_with(panics.id.to_string())),
+            "{r:?}"
+        );
+    }
     let fresh = AsyncStore::<Touchy>::new(dir.path());
     for s in [&store, &fresh] {
         let (len, loaded) = no_deadlock("with_aid after the panic", async {
@@ -273,8 +302,8 @@ async fn panics_in_the_config_serde_impls_release_the_aid() {
         })
         .await
         .unwrap();
-        assert_eq!(len, 2);
+        assert_eq!(len, 3);
         assert_eq!(loaded.as_ref(), Some(&fine));
     }
-    assert_eq!(bad.config, Touchy(SERIALIZE_PANICS));
+    assert_eq!(bad.config, Touchy::small(SERIALIZE_PANICS));
 }

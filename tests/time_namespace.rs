@@ -13,7 +13,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use common::child::{Kid, child_var, say, test_args};
+use common::child::{Kid, child_var, role, say, wrapped_role_command};
 use runstate::{Aid, AsyncStore, Error, InstanceId, Liveness, State};
 
 const CHILD_TEST: &str = "child_process";
@@ -51,12 +51,11 @@ fn time_namespace() -> Result<Vec<&'static str>, String> {
 
 /// This binary's `child_process` in `role`, inside a new time namespace.
 fn spawn_inside(unshare: &[&str], role: &str, run_dir: &Path, aid: Aid) -> Kid {
-    let mut cmd = Command::new("unshare");
-    cmd.args(unshare)
-        .arg(std::env::current_exe().unwrap())
-        .args(test_args(CHILD_TEST))
-        .env("RUNSTATE_TIMENS_ROLE", role)
-        .env("RUNSTATE_TIMENS_DIR", run_dir)
+    let wrapper: Vec<&str> = std::iter::once("unshare")
+        .chain(unshare.iter().copied())
+        .collect();
+    let mut cmd = wrapped_role_command(&wrapper, CHILD_TEST, role);
+    cmd.env("RUNSTATE_TIMENS_DIR", run_dir)
         .env("RUNSTATE_TIMENS_AID", aid.to_string())
         .stdin(Stdio::piped());
     common::child::spawn_kid(format!("{role} in a time namespace"), cmd)
@@ -82,7 +81,7 @@ async fn load(store: &AsyncStore<u8>, aid: Aid, id: InstanceId) -> Option<State<
 async fn saved_inside_a_time_namespace_is_alive_outside() {
     let unshare = match time_namespace() {
         Ok(args) => args,
-        Err(why) => return println!("skipped: {why}"),
+        Err(why) => return eprintln!("skipped: {why}"),
     };
     let (_tmp, run) = run_dir();
     let aid = Aid::new(1).unwrap();
@@ -112,7 +111,7 @@ async fn saved_inside_a_time_namespace_is_alive_outside() {
 async fn saved_outside_is_alive_inside_a_time_namespace() {
     let unshare = match time_namespace() {
         Ok(args) => args,
-        Err(why) => return println!("skipped: {why}"),
+        Err(why) => return eprintln!("skipped: {why}"),
     };
     let (_tmp, run) = run_dir();
     let aid = Aid::new(2).unwrap();
@@ -135,10 +134,10 @@ async fn saved_outside_is_alive_inside_a_time_namespace() {
 }
 
 /// Not a test of its own: the entry point of the processes the other tests run inside a
-/// time namespace. Without `RUNSTATE_TIMENS_ROLE` it does nothing.
+/// time namespace. Outside a [`role`] it does nothing.
 #[test]
 fn child_process() {
-    let Ok(role) = std::env::var("RUNSTATE_TIMENS_ROLE") else {
+    let Some(role) = role() else {
         return;
     };
     let dir = PathBuf::from(child_var("RUNSTATE_TIMENS_DIR"));

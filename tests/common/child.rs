@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 
 use tokio::time::timeout;
 
-/// A bound on anything that should happen promptly across processes; hitting it means a
-/// deadlock or a lock that was never released, never slowness.
-pub const DEADLOCK: Duration = Duration::from_secs(30);
+/// The one bound on "this must not hang" ([`super::DEADLOCK`]), here too so that the
+/// multi-process suites find it beside the rest of their harness.
+pub use super::DEADLOCK;
 
 /// The tokio runtime a child runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -282,6 +282,19 @@ pub fn role() -> Option<String> {
 pub fn role_command(test: &str, role: &str) -> std::process::Command {
     let mut cmd = test_command(test);
     cmd.env(ROLE, role);
+    cmd
+}
+
+/// Like [`role_command`], with the test binary started by `wrapper` (a program and its
+/// arguments, e.g. `unshare --time` or a shell that sets signal dispositions and `exec`s
+/// its arguments), to which this binary and its arguments are appended.
+pub fn wrapped_role_command(wrapper: &[&str], test: &str, role: &str) -> std::process::Command {
+    let (program, args) = wrapper.split_first().expect("a wrapper names a program");
+    let mut cmd = std::process::Command::new(program);
+    cmd.args(args)
+        .arg(std::env::current_exe().unwrap())
+        .args(test_args(test))
+        .env(ROLE, role);
     cmd
 }
 

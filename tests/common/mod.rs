@@ -13,8 +13,8 @@
 //! - configs: [`AppConfig`] ([`config`]) as a launcher stores it, and [`checked::Filled`]
 //!   where a reader must tell a whole entry from a torn or mixed one;
 //! - randomness: [`XorShift`], seeded by [`seed`] (`RUNSTATE_SEED=<seed>` replays a run);
-//! - suite-specific pieces shared by split suites: [`locking`] (`tests/lock_*.rs`) and
-//!   [`hostile`] (`tests/hostile_*.rs`).
+//! - suite-specific pieces shared by split suites: [`locking`] (`tests/lock_*.rs`),
+//!   [`hostile`] (`tests/hostile_*.rs`) and [`multiprocess`] (`tests/multiprocess_*.rs`).
 
 #![allow(dead_code)]
 
@@ -22,6 +22,7 @@ pub mod checked;
 pub mod child;
 pub mod hostile;
 pub mod locking;
+pub mod multiprocess;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -32,8 +33,9 @@ use std::time::Duration;
 use runstate::{Aid, InstanceId, State};
 use serde::{Deserialize, Serialize};
 
-/// Generous bound for "this must not hang": a deadlock detector, never a speed check.
-pub const DEADLOCK: Duration = Duration::from_secs(20);
+/// Generous bound for "this must not hang", in one process or across several: a deadlock
+/// detector (or a lock never released), never a speed check.
+pub const DEADLOCK: Duration = Duration::from_secs(30);
 
 /// Makes `#[test]`s running `async fn $name()` on both tokio runtimes. Declare the module
 /// with `#[macro_use] mod common;`.
@@ -122,15 +124,30 @@ pub fn on_disk<T>(f: impl FnOnce() -> T) -> T {
     f()
 }
 
-/// Whether `path` is on tmpfs or ramfs, where the store does short file work in place.
-pub fn on_memory(path: &Path) -> bool {
-    const TMPFS_MAGIC: i64 = 0x0102_1994;
-    const RAMFS_MAGIC: i64 = 0x8584_58f6;
-    let fs = rustix::fs::statfs(path).unwrap_or_else(|e| panic!("statfs {path:?}: {e}"));
+/// tmpfs's `statfs` magic number, as libc names it.
+// libc's type differs between targets (c_long, or c_uint on s390x).
+#[allow(clippy::unnecessary_cast)]
+pub const TMPFS_MAGIC: i64 = libc::TMPFS_MAGIC as i64;
+/// ramfs's `statfs` magic number (`<linux/magic.h>`), which libc does not export.
+pub const RAMFS_MAGIC: i64 = 0x8584_58f6;
+
+/// The `statfs` magic number of the file system `path` is on; `None` if `statfs` fails.
+pub fn fs_magic(path: &Path) -> Option<i64> {
     // f_type's width differs between targets.
     #[allow(clippy::unnecessary_cast)]
-    let kind = fs.f_type as i64;
+    rustix::fs::statfs(path).ok().map(|fs| fs.f_type as i64)
+}
+
+/// Whether `path` is on tmpfs or ramfs, where the store does short file work in place.
+pub fn on_memory(path: &Path) -> bool {
+    let kind = fs_magic(path).unwrap_or_else(|| panic!("statfs {path:?} failed"));
     matches!(kind, TMPFS_MAGIC | RAMFS_MAGIC)
+}
+
+/// Whether `path` is on tmpfs itself (not ramfs): for a test that needs tmpfs's own
+/// behaviour, such as a size limit.
+pub fn on_tmpfs(path: &Path) -> bool {
+    fs_magic(path) == Some(TMPFS_MAGIC)
 }
 
 /// A temporary directory on a file system that is not tmpfs or ramfs: cargo's temporary
@@ -243,7 +260,12 @@ pub async fn save_all(
 /// A temporary run directory: on tmpfs, or off it ([`disk_dir`]) where this thread's
 /// [`place`] says so (`all_places!`).
 pub fn run_dir() -> tempfile::TempDir {
-    match place() {
+    run_dir_in(place())
+}
+
+/// A temporary run directory at `place`, whatever this thread's [`place`] says.
+pub fn run_dir_in(place: Place) -> tempfile::TempDir {
+    match place {
         Place::Tmpfs => tempfile::tempdir_in("/dev/shm")
             .or_else(|_| tempfile::tempdir())
             .unwrap(),
@@ -420,6 +442,21 @@ pub fn foreign_names(run_dir: &Path, aid: Aid) -> Vec<String> {
         }
     }
     out.sort();
+    out
+}
+
+/// Names under `<run_dir>/state` other than the given aids' directories and lock files.
+pub fn foreign_state_names(run_dir: &Path, aids: &[Aid]) -> Vec<String> {
+    let mut out = Vec::new();
+    for item in std::fs::read_dir(state_dir(run_dir)).unwrap() {
+        let name = item.unwrap().file_name().to_string_lossy().into_owned();
+        let ours = aids
+            .iter()
+            .any(|a| name == a.to_string() || name == format!("{a}.lock"));
+        if !ours {
+            out.push(name);
+        }
+    }
     out
 }
 
