@@ -106,8 +106,8 @@
 //! The streams ([`AsyncStore::entries`], [`Cursor::ids`], [`AsyncStore::watch`], ...) are
 //! [`Stream`]s. Taking items with `.next().await` needs a `StreamExt` trait in scope, from
 //! a crate of your own choosing: `futures` (`use futures::StreamExt;`) or `tokio-stream`
-//! (`use tokio_stream::StreamExt;`). Without one, `next` is `error[E0599]: no method named
-//! 'next' found`.
+//! (`use tokio_stream::StreamExt;`). Without one, `next` is ``error[E0599]: no method named
+//! `next` found``.
 //!
 //! # Further documentation
 //!
