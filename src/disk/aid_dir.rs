@@ -35,7 +35,7 @@ impl AidDir {
         let name = aid.to_string();
         let path = state_dir.path().join(&name);
         let durable = state_dir.options().durable;
-        let dir = open_private_dir(state_dir.fd(), &name, &path, durable)?;
+        let dir = open_private_dir(state_dir.fd(), &name, &path, durable, state_dir.euid())?;
         Ok(AidDir {
             aid,
             path,
@@ -70,7 +70,8 @@ impl AidDir {
         }
         let name = self.aid.to_string();
         let durable = self.state_dir.options().durable;
-        let fresh = match open_private_dir(self.state_dir.fd(), &name, &self.path, durable) {
+        let euid = self.state_dir.euid();
+        let fresh = match open_private_dir(self.state_dir.fd(), &name, &self.path, durable, euid) {
             Ok(fresh) => fresh,
             // The state directory is gone too: there is nothing at the path to go to.
             Err(e) if e.is_not_found() => return Ok(false),

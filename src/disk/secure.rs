@@ -17,33 +17,43 @@ pub(crate) fn open_flags() -> OFlags {
     OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY
 }
 
-/// Makes `name` under `parent` if missing, opens it without following links and checks that
-/// it is a directory of ours that nobody else may write. With `durable`, a directory made
-/// here has its parent fsynced too.
+/// Opens `name` under `parent` (making it if missing) without following links and checks
+/// that it is a directory that `euid` owns and nobody else may write. With `durable`, a
+/// directory made here has its parent fsynced too. It opens first and makes only on
+/// `ENOENT`: the directory is there on every open but the first.
 pub(crate) fn open_private_dir(
     parent: BorrowedFd<'_>,
     name: &str,
     path: &Path,
     durable: bool,
+    euid: u32,
 ) -> Result<OwnedFd, Error> {
-    match mkdirat(parent, name, Mode::from_raw_mode(DIR_MODE)) {
-        Ok(()) if durable => sync_parent(parent, path)?,
-        Ok(()) | Err(Errno::EXIST) => {}
-        Err(e) => return Err(Error::io("create directory", path, e)),
+    let open = || {
+        openat(
+            parent,
+            name,
+            OFlags::RDONLY | OFlags::DIRECTORY | open_flags(),
+            Mode::empty(),
+        )
+    };
+    let fd = match open() {
+        Err(Errno::NOENT) => {
+            match mkdirat(parent, name, Mode::from_raw_mode(DIR_MODE)) {
+                Ok(()) if durable => sync_parent(parent, path)?,
+                Ok(()) | Err(Errno::EXIST) => {}
+                Err(e) => return Err(Error::io("create directory", path, e)),
+            }
+            open()
+        }
+        opened => opened,
     }
-    let fd = openat(
-        parent,
-        name,
-        OFlags::RDONLY | OFlags::DIRECTORY | open_flags(),
-        Mode::empty(),
-    )
     .map_err(|e| match e {
         Errno::LOOP | Errno::NOTDIR => {
             Error::insecure(path, "not a directory (a symlink or a file stands there)")
         }
         e => Error::io("open directory", path, e),
     })?;
-    check_private(&fd, path, FileType::Directory)?;
+    check_private_as(&fd, path, FileType::Directory, euid)?;
     Ok(fd)
 }
 
@@ -65,12 +75,22 @@ pub(crate) fn check_private(
     path: &Path,
     want: FileType,
 ) -> Result<rustix::fs::Stat, Error> {
+    check_private_as(fd, path, want, rustix::process::geteuid().as_raw())
+}
+
+/// [`check_private`] for a user id already known: a store asks for it once
+/// ([`StateDir::euid`](crate::disk::state_dir::StateDir::euid)), not at every open.
+pub(crate) fn check_private_as(
+    fd: impl AsFd,
+    path: &Path,
+    want: FileType,
+    euid: u32,
+) -> Result<rustix::fs::Stat, Error> {
     let st = fstat(fd).map_err(|e| Error::io("stat", path, e))?;
     let insecure = |reason: String| Error::insecure(path, reason);
     if FileType::from_raw_mode(st.st_mode) != want {
         return Err(insecure(format!("expected a {want:?}")));
     }
-    let euid = rustix::process::geteuid().as_raw();
     if st.st_uid != euid {
         return Err(insecure(format!(
             "owned by uid {}, not by uid {euid}",

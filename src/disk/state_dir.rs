@@ -9,7 +9,7 @@ use rustix::fs::{AtFlags, CWD, FileType, Mode, OFlags, fstat, openat, statat};
 use rustix::io::Errno;
 
 use crate::disk::layout::{DIR_MODE, FILE_MODE, STATE_DIR};
-use crate::disk::secure::{check_private, open_flags, open_private_dir, sync_parent};
+use crate::disk::secure::{check_private_as, open_flags, open_private_dir, sync_parent};
 use crate::{Error, Options};
 
 /// The open `<run_dir>/state` directory: one per store, shared by its aids' directories.
@@ -22,6 +22,8 @@ pub(crate) struct StateDir {
     in_place: bool,
     /// The store's options, kept once here for every aid directory opened in it.
     options: Options,
+    /// The user the store's files must belong to, asked once per store.
+    euid: u32,
 }
 
 /// `f_type` of the file systems whose file work never waits on a device.
@@ -52,8 +54,9 @@ impl StateDir {
         )
         .map_err(|e| Error::io("open directory", run_dir, e))?;
         let path = run_dir.join(STATE_DIR);
-        let fd = open_private_dir(run.as_fd(), STATE_DIR, &path, durable)?;
-        Ok(StateDir::opened(fd, path, options))
+        let euid = rustix::process::geteuid().as_raw();
+        let fd = open_private_dir(run.as_fd(), STATE_DIR, &path, durable, euid)?;
+        Ok(StateDir::opened(fd, path, options, euid))
     }
 
     /// Opens `<run_dir>/state` as [`StateDir::open`] does, checked the same way, but makes
@@ -84,12 +87,13 @@ impl StateDir {
             }
             Err(e) => return Err(Error::io("open directory", &path, e)),
         };
-        check_private(&fd, &path, FileType::Directory)?;
-        Ok(Some(StateDir::opened(fd, path, options)))
+        let euid = rustix::process::geteuid().as_raw();
+        check_private_as(&fd, &path, FileType::Directory, euid)?;
+        Ok(Some(StateDir::opened(fd, path, options, euid)))
     }
 
     /// The state directory open as `fd`, with what is learned once about it.
-    fn opened(fd: OwnedFd, path: PathBuf, options: &Options) -> StateDir {
+    fn opened(fd: OwnedFd, path: PathBuf, options: &Options, euid: u32) -> StateDir {
         let durable = options.durable;
         // f_type's width differs between targets.
         #[allow(clippy::unnecessary_cast)]
@@ -101,7 +105,13 @@ impl StateDir {
             path,
             in_place,
             options: options.clone(),
+            euid,
         }
+    }
+
+    /// The user the store's files must belong to ([`check_private_as`]).
+    pub(crate) fn euid(&self) -> u32 {
+        self.euid
     }
 
     /// Whether short file work here runs in place rather than on the blocking pool.

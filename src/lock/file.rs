@@ -24,7 +24,7 @@ use tokio::sync::oneshot;
 
 use crate::disk::aid_dir::TempMark;
 use crate::disk::layout;
-use crate::disk::secure::check_private;
+use crate::disk::secure::check_private_as;
 use crate::disk::state_dir::StateDir;
 use crate::lock::fork_guard::TrackedFd;
 use crate::lock::gate;
@@ -58,7 +58,7 @@ impl LockFile {
             || state_dir.open_lock_file(&name, &path),
             |e| Error::io("track lock file", &path, e),
         )?;
-        check_private(&fd, &path, FileType::RegularFile)?;
+        check_private_as(&fd, &path, FileType::RegularFile, state_dir.euid())?;
         Ok(LockFile::new(fd, path))
     }
 
