@@ -60,6 +60,19 @@ struct Late {
     failed: State<String>,
     /// Which other processes had files of the tmpfs open right after the failure.
     held: Vec<String>,
+    /// Free blocks of the tmpfs right after the failure, and right after the first ENOSPC.
+    free: (u64, u64),
+}
+
+/// The free blocks of the file system of `path`.
+fn free_blocks(path: &Path) -> u64 {
+    let path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a plain system call into a zeroed struct.
+    unsafe {
+        let mut fs: libc::statvfs = std::mem::zeroed();
+        assert_eq!(libc::statvfs(path.as_ptr(), &mut fs), 0);
+        fs.f_bfree as u64
+    }
 }
 
 /// Fills the tmpfs with entries until a save fails with ENOSPC, destroys one entry, and
@@ -79,6 +92,7 @@ async fn fill_free_and_save(run: &Path) -> (usize, Option<Late>) {
         assert!(saved.len() < 1000, "the tmpfs never filled");
     };
     assert!(!saved.is_empty(), "not even one entry fitted");
+    let free_after_enospc = free_blocks(run);
     let victim = saved[saved.len() / 2];
     let again = store
         .with_aid(aid, async |c| {
@@ -92,15 +106,15 @@ async fn fill_free_and_save(run: &Path) -> (usize, Option<Late>) {
             (saved.len(), None)
         }
         Err(e) if is_enospc(&e) => {
+            let free = (free_blocks(run), free_after_enospc);
             let held = held_elsewhere(run);
-            (
-                saved.len(),
-                Some(Late {
-                    store,
-                    failed,
-                    held,
-                }),
-            )
+            let late = Late {
+                store,
+                failed,
+                held,
+                free,
+            };
+            (saved.len(), Some(late))
         }
         Err(e) => panic!("save after a destroy: {e}"),
     }
@@ -177,10 +191,15 @@ fn room_freed_by_a_destroy_is_there_once_forked_children_are_gone() {
             store,
             failed,
             held,
+            free,
         }) = left
         {
             late += 1;
-            eprintln!("round {round}: room came back late; held right after: {held:#?}");
+            eprintln!(
+                "round {round}: room came back late: free blocks {} after the destroy, {} \
+                 after the first ENOSPC; held right after: {held:#?}",
+                free.0, free.1
+            );
             let quiet = FORKS.write().unwrap();
             let aid = Aid::new(1).unwrap();
             let again = rt.block_on(store.with_aid(aid, async |c| c.save(&failed).await));
