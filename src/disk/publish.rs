@@ -7,7 +7,9 @@ use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU8, Ordering};
 
-use rustix::fs::{AtFlags, CWD, Mode, OFlags, fsync, linkat, openat, renameat, statat, unlinkat};
+use rustix::fs::{
+    AtFlags, CWD, Mode, OFlags, fsync, ftruncate, linkat, openat, renameat, statat, unlinkat,
+};
 use rustix::io::Errno;
 
 use crate::disk::aid_dir::{AidDir, TempMark};
@@ -85,7 +87,10 @@ impl AidDir {
             Err(e) => return Err(failed(e.into())),
         };
         let mut file = File::from(fd);
-        self.write_out(&mut file, bytes).map_err(failed)?;
+        if let Err(e) = self.write_out(&mut file, bytes) {
+            discard(&file);
+            return Err(failed(e));
+        }
         let linked = match way {
             // Needs CAP_DAC_READ_SEARCH on older kernels; saves a walk through /proc.
             Publish::EmptyPath => linkat(&file, c"", &self.dir, name, AtFlags::EMPTY_PATH),
@@ -100,6 +105,9 @@ impl AidDir {
                 )
             }
         };
+        if linked.is_err() {
+            discard(&file);
+        }
         match linked {
             Ok(()) => Ok(()),
             Err(Errno::EXIST) => Err(SaveError::Failed(Error::AlreadyExists {
@@ -139,6 +147,9 @@ impl AidDir {
                     Err(e) => Err(Error::io("save", self.entry_path(id), e)),
                 }
             });
+        if linked.is_err() {
+            discard(&file);
+        }
         let removed = unlinkat(&self.dir, temp.as_str(), AtFlags::empty());
         linked?;
         removed.map_err(|e| Error::io("remove temporary file", self.path.join(&temp), e))?;
@@ -243,6 +254,9 @@ impl AidDir {
                 renameat(&self.dir, temp.as_str(), &self.dir, name)
                     .map_err(|e| Error::io("replace", self.entry_path(id), e))
             });
+        if renamed.is_err() {
+            discard(&file);
+        }
         drop(file);
         if let Err(e) = renamed {
             // The entry is as it was; the temporary file goes, and with it the mark.
@@ -255,6 +269,14 @@ impl AidDir {
         mark.set(false)?;
         Ok(true)
     }
+}
+
+/// Frees the room of a temporary file that will not become an entry. Closing it is not
+/// enough: a child forked by any thread while the file was open holds a copy of its
+/// descriptor until it execs or exits, and on a full disk the next save needs that room now.
+/// Only failure paths pay for it; if it fails too, the room comes back at the last close.
+fn discard(file: &File) {
+    let _ = ftruncate(file, 0);
 }
 
 /// The cheapest way of publishing that has worked in this process; see [`Publish`]. A fact
