@@ -133,9 +133,10 @@ mod options;
 mod state;
 mod store;
 
-// The layers under it, bottom up (ARCHITECTURE.md): the synchronous core, the locking
-// layer, the async shell.
+// The layers under it, bottom up (ARCHITECTURE.md): the synchronous core, where work
+// runs, the locking layer, the async shell.
 mod disk;
+mod exec;
 mod lock;
 mod shell;
 

@@ -13,10 +13,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::disk::{liveness, scan};
+use crate::exec;
 use crate::lock::hold::{LockMode, Wait};
 use crate::lock::reentry;
 use crate::lock::table::StoreState;
-use crate::shell::place;
 use crate::shell::steps::{self, Listing};
 use crate::{Aid, Cursor, Error, InstanceId, Liveness, Options, ReadCursor, State};
 
@@ -430,7 +430,7 @@ where
         let _open = self.shared.enter()?;
         let run_dir = self.shared.run_dir().to_owned();
         // A listing of up to 10,000 names in one go: on the pool.
-        place::on_pool("aids", move || scan::list_aids(&run_dir)).await?
+        exec::on_pool("aids", move || scan::list_aids(&run_dir)).await?
     }
 
     /// Streams every entry of every aid, in aid order, holding each aid's lock shared while it

@@ -17,7 +17,7 @@ pub(crate) enum PruneStep {
     Done,
     /// It stopped before a file over its `max_file` bytes, left unread for a step on the
     /// blocking pool: where entries are read and decoded is decided by the caller's bounds,
-    /// the one rule of `shell/place.rs`, as for every other reader.
+    /// the one rule of `exec/` (`Work::entry`), as for every other reader.
     LeftLarge,
     /// A removal failed, appended as the last item.
     Failed,

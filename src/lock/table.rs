@@ -11,11 +11,11 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{OwnedRwLockReadGuard, RwLock};
 
 use crate::disk::state_dir::StateDir;
+use crate::exec::{self, Where};
 use crate::lock::fork_guard;
 use crate::lock::hold::{Claim, Hold, LockMode, Turn, Wait, wait_as};
 use crate::lock::open_aid::OpenAid;
 use crate::lock::reentry;
-use crate::shell::place;
 use crate::{Aid, Error, Options};
 
 /// Everything this process keeps about one aid.
@@ -125,7 +125,7 @@ impl StoreState {
             return Ok(state);
         }
         let (run_dir, options) = (self.run_dir.clone(), self.options.clone());
-        let state = place::on_pool("open", move || StateDir::open(&run_dir, &options)).await??;
+        let state = exec::on_pool("open", move || StateDir::open(&run_dir, &options)).await??;
         let state = Arc::new(state);
         *lock(&self.state_dir) = Some(state.clone());
         Ok(state)
@@ -171,10 +171,14 @@ impl StoreState {
     async fn open_aid(state: Arc<StateDir>, aid: Aid) -> Result<OpenAid, Error> {
         let (in_place, again) = (state.in_place(), state.clone());
         let open = move |_| fork_guard::may_wait(!in_place, || OpenAid::open(state, aid));
-        match place::run_step("open", in_place, open).await {
+        let runs = match in_place {
+            true => Where::InPlace,
+            false => Where::OnPool,
+        };
+        match exec::run_step("open", runs, open).await {
             Err(e) if fork_guard::busy_error(&e) => {
                 let open = move || fork_guard::may_wait(true, || OpenAid::open(again, aid));
-                place::on_pool("open", open).await?
+                exec::on_pool("open", open).await?
             }
             files => files,
         }
@@ -226,7 +230,7 @@ impl StoreState {
             return self.state_dir().await.map(Some);
         }
         let (run_dir, options) = (self.run_dir.clone(), self.options.clone());
-        let state = place::on_pool("open", move || StateDir::open_existing(&run_dir, &options));
+        let state = exec::on_pool("open", move || StateDir::open_existing(&run_dir, &options));
         Ok(state.await??.map(Arc::new))
     }
 

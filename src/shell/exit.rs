@@ -13,7 +13,7 @@ use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
 use crate::disk::liveness;
-use crate::shell::clock_hold;
+use crate::exec::clock_hold;
 use crate::{AsyncStore, Error, Liveness, Options, ProcessIdentity, State};
 
 impl<C> AsyncStore<C>

@@ -2,8 +2,6 @@
 //! the stepwise streams over a held aid, and the waits on the outside world (a process's
 //! exit, changes in the directories).
 
-pub(crate) mod clock_hold;
 pub(crate) mod exit;
-pub(crate) mod place;
 pub(crate) mod steps;
 pub(crate) mod watch;

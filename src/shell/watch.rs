@@ -38,8 +38,8 @@ use crate::disk::layout::{self, STATE_DIR};
 use crate::disk::scan;
 use crate::disk::secure::{check_private, open_flags};
 use crate::disk::state_dir::StateDir;
+use crate::exec;
 use crate::lock::fork_guard;
-use crate::shell::place;
 use crate::{Aid, AsyncStore, Error, InstanceId};
 
 /// One change to the store, as [`AsyncStore::watch`] reports it.
@@ -499,7 +499,7 @@ where
             return Err(state_removed(&run_dir.join(STATE_DIR)));
         };
         // Up to 10,000 directories to watch: on the pool.
-        let (inotify, book) = place::on_pool("watch", move || {
+        let (inotify, book) = exec::on_pool("watch", move || {
             let state_path = state.path().to_owned();
             let inotify = new_inotify(&state_path)?;
             let run = if run_dir.as_os_str().is_empty() {
@@ -581,7 +581,7 @@ where
         };
         let inotify = {
             let path = path.clone();
-            place::on_pool("wait_empty", move || {
+            exec::on_pool("wait_empty", move || {
                 let inotify = new_inotify(&path)?;
                 Ok::<_, Error>(match watch_then_check(&inotify, &state, aid)? {
                     true => None,
@@ -623,7 +623,7 @@ where
                     return Ok(());
                 };
                 let inotify = fd.get_ref().clone();
-                let empty = place::on_pool("wait_empty", move || {
+                let empty = exec::on_pool("wait_empty", move || {
                     watch_then_check(&inotify, &state, aid)
                 })
                 .await??;
