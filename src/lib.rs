@@ -138,6 +138,7 @@ mod store;
 mod disk;
 mod exec;
 mod lock;
+mod process;
 mod shell;
 
 // Only for tests of code that uses the store.
@@ -146,10 +147,10 @@ pub mod testing;
 
 pub use aid::Aid;
 pub use cursor::{Cursor, ReadCursor};
-pub use disk::liveness::{Liveness, ProcessIdentity};
 pub use error::{CorruptKind, Error, Result};
 pub use instance_id::InstanceId;
 pub use options::Options;
+pub use process::{Liveness, ProcessIdentity};
 pub use shell::watch::{Change, Watch};
 pub use state::State;
 pub use store::AsyncStore;

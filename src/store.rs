@@ -12,11 +12,12 @@ use futures::stream::{self, Stream, StreamExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::disk::{liveness, scan};
+use crate::disk::scan;
 use crate::exec;
 use crate::lock::hold::{LockMode, Wait};
 use crate::lock::reentry;
 use crate::lock::table::StoreState;
+use crate::process;
 use crate::shell::steps::{self, Listing};
 use crate::{Aid, Cursor, Error, InstanceId, Liveness, Options, ReadCursor, State};
 
@@ -526,7 +527,7 @@ where
     /// ```
     pub async fn liveness(&self, state: &State<C>) -> Liveness {
         // A few small procfs reads, which never wait on a device: in place.
-        liveness::check(
+        process::check(
             &self.shared.options().proc_root,
             state.pid,
             state.process.as_ref(),

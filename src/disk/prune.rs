@@ -5,9 +5,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use serde::de::DeserializeOwned;
 
 use crate::disk::aid_dir::AidDir;
-use crate::disk::liveness;
 use crate::disk::read::{self, Found};
 use crate::disk::scan::Scan;
+use crate::process;
 use crate::{Error, Liveness, State};
 
 /// How a step of pruning ended.
@@ -67,7 +67,7 @@ impl AidDir {
             if gone.load(Ordering::Acquire) {
                 break;
             }
-            if liveness::check(proc_root, state.pid, state.process.as_ref()) != Liveness::Dead {
+            if process::check(proc_root, state.pid, state.process.as_ref()) != Liveness::Dead {
                 continue;
             }
             match self.destroy(state.id) {

@@ -12,8 +12,8 @@ use serde::de::DeserializeOwned;
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
-use crate::disk::liveness;
 use crate::exec::clock_hold;
+use crate::process;
 use crate::{AsyncStore, Error, Liveness, Options, ProcessIdentity, State};
 
 impl<C> AsyncStore<C>
@@ -121,7 +121,7 @@ where
         // parent's.
         let made_in = self.made_in();
         crate::lock::fork_guard::refuse_in_child(made_in, async move {
-            if pidfds && liveness::proc_is_ours(&watch.proc_root) {
+            if pidfds && process::proc_is_ours(&watch.proc_root) {
                 match watch.open_pidfd()? {
                     Opened::Gone => return Ok(()),
                     Opened::Pidfd(fd) => return watch.await_pidfd(fd).await,
@@ -181,7 +181,7 @@ impl Watch {
         // pidfd is its own. Otherwise the pid was reused (or the process is a zombie).
         match &self.identity {
             Some(identity)
-                if liveness::check(&self.proc_root, self.pid, Some(identity)) == Liveness::Dead =>
+                if process::check(&self.proc_root, self.pid, Some(identity)) == Liveness::Dead =>
             {
                 Ok(Opened::Gone)
             }
@@ -239,8 +239,8 @@ impl Watch {
     fn liveness(&self) -> Liveness {
         let root: &Path = &self.proc_root;
         match &self.identity {
-            Some(identity) => liveness::check(root, self.pid, Some(identity)),
-            None => liveness::check_pid(root, self.pid),
+            Some(identity) => process::check(root, self.pid, Some(identity)),
+            None => process::check_pid(root, self.pid),
         }
     }
 }
