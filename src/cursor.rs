@@ -13,7 +13,7 @@ use crate::disk::aid_dir::{AidDir, TempMark};
 use crate::disk::read::Found;
 use crate::disk::{format, read};
 use crate::exec::{self, Work};
-use crate::lock::hold::{GoneOnDrop, Hold};
+use crate::lock::hold::{GoneOnDrop, Hold, LockMode};
 use crate::shell::steps::{self, Listing};
 use crate::{Aid, Error, InstanceId, State};
 
@@ -391,5 +391,34 @@ where
             all.insert(state.id, state);
         }
         Ok(all)
+    }
+}
+
+/// A cursor on a hold, as the `with_aid*` family makes it: how it holds the aid, and how it
+/// is made on the hold.
+pub(crate) trait HeldCursor {
+    /// How a cursor of this type holds its aid.
+    const MODE: LockMode;
+    /// A cursor on `hold`.
+    fn on(hold: Arc<Hold>) -> Self;
+}
+
+impl<C> HeldCursor for Cursor<C>
+where
+    C: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    const MODE: LockMode = LockMode::Exclusive;
+    fn on(hold: Arc<Hold>) -> Self {
+        Cursor::new(hold)
+    }
+}
+
+impl<C> HeldCursor for ReadCursor<C>
+where
+    C: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    const MODE: LockMode = LockMode::Shared;
+    fn on(hold: Arc<Hold>) -> Self {
+        ReadCursor::new(hold)
     }
 }

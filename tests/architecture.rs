@@ -25,8 +25,16 @@ const MAY_USE: &[(&str, &[&str])] = &[
         &["shell", "lock", "exec", "disk", "process", "types"],
     ),
     // The public `Change` and `Watch`: a stream over the shell's inotify bookkeeping.
-    ("watch", &["shell", "lock", "exec", "disk", "process", "types"]),
-    ("shell", &["lock", "exec", "disk", "process", "types"]),
+    (
+        "watch",
+        &["shell", "lock", "exec", "disk", "process", "types"],
+    ),
+    // Exception: an exit wait on the test kit's fake `/proc` (`test-util` only) wakes on the
+    // kit's changes instead of polling.
+    (
+        "shell",
+        &["lock", "exec", "disk", "process", "types", "testing"],
+    ),
     ("lock", &["exec", "disk", "process", "types"]),
     // A step's name buffer is the core's directory read size (`disk/scan.rs`).
     ("exec", &["disk", "process", "types"]),
