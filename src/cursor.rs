@@ -355,9 +355,10 @@ where
     /// Streams the entries, decoded, in directory order.
     ///
     /// Lazy and bounded in memory: files are read in steps as the stream is polled (in place
-    /// on tmpfs, up to 4 files or 16 KiB a step, yielding after every 30 µs of such work; on the blocking
-    /// pool elsewhere, up to 128 files or 512 KiB), and each entry is decoded when it is
-    /// taken, on the polling thread (entries over 64 KiB on the blocking pool). A file that
+    /// on tmpfs, a few files a step, giving the runtime back between them as the crate docs'
+    /// Runtime section says; on the blocking pool elsewhere, in larger steps), and each entry
+    /// is decoded when it is taken, on the polling thread (large entries on the blocking
+    /// pool). A file that
     /// is not a valid entry is one [`Error::Corrupt`] item naming it, and the stream goes on.
     ///
     /// The stream borrows the cursor, so other calls on it wait until the stream is dropped:

@@ -211,7 +211,7 @@ impl Drop for AtGate {
         if let AtGate::Store(files) = self {
             // In a forked child, the descriptor is no longer the lock file's.
             if !files.lock().inherited() {
-                files.lock().open_gate();
+                files.lock().leave_gate();
             }
         }
     }
