@@ -12,8 +12,8 @@ use serde::de::DeserializeOwned;
 use crate::disk::aid_dir::{AidDir, TempMark};
 use crate::disk::read::Found;
 use crate::disk::{format, read};
-use crate::lock::hold::{GoneOnDrop, Hold};
-use crate::shell::place::{self, IN_PLACE_MAX_BYTES};
+use crate::exec::{self, Work};
+use crate::lock::hold::{GoneOnDrop, Hold, LockMode};
 use crate::shell::steps::{self, Listing};
 use crate::{Aid, Error, InstanceId, State};
 
@@ -151,7 +151,7 @@ where
     ) -> Result<T, Error> {
         let mut bytes = Vec::with_capacity(self.last_len);
         // Work on the task's thread, so it counts against the poll budget.
-        let encoded = place::charged(|| format::encode_entry(state, &mut bytes));
+        let encoded = exec::charged(|| format::encode_entry(state, &mut bytes));
         let config_len = match encoded {
             Ok(len) => len,
             Err(reason) => {
@@ -161,10 +161,9 @@ where
         };
         self.last_len = bytes.len();
         let id = state.id;
-        let big = config_len > IN_PLACE_MAX_BYTES;
         self.read
             .hold
-            .operate(op, big, move |hold, _| {
+            .operate(op, Work::entry(config_len), move |hold, _| {
                 put(hold.dir(), id, &bytes, hold.temp_mark())
             })
             .await
@@ -287,7 +286,9 @@ where
     pub async fn destroy(&mut self, id: InstanceId) -> Result<bool, Error> {
         self.read
             .hold
-            .operate("destroy", false, move |hold, _| hold.dir().destroy(id))
+            .operate("destroy", Work::Small, move |hold, _| {
+                hold.dir().destroy(id)
+            })
             .await
     }
 }
@@ -310,24 +311,24 @@ where
 
     /// Reads the entry of `id`, or `None` if there is none.
     pub async fn load(&mut self, id: InstanceId) -> Result<Option<State<C>>, Error> {
-        let read = |big| {
-            self.hold.operate("load", big, move |hold, step| {
+        let read = |work| {
+            self.hold.operate("load", work, move |hold, step| {
                 let mut bytes = Vec::new();
                 let found = hold.dir().read_entry(id, &mut bytes, step.max_file)?;
                 Ok((found, bytes))
             })
         };
         // Read in place unless the file is too large for that; then read it on the pool.
-        let (found, bytes) = match read(false).await? {
-            (Found::TooLargeHere, _) => read(true).await?,
+        let (found, bytes) = match read(Work::Small).await? {
+            (Found::TooLargeHere, _) => read(Work::Large).await?,
             read => read,
         };
         let dir = self.hold.dir().path();
         match found {
-            Found::Read if !place::decodes_in_place(bytes.len()) => {
+            Found::Read if Work::entry(bytes.len()) == Work::Large => {
                 steps::decode_on_pool(dir, id, bytes).await.map(Some)
             }
-            Found::Read => place::charged(|| read::decode_entry(dir, id, &bytes)).map(Some),
+            Found::Read => exec::charged(|| read::decode_entry(dir, id, &bytes)).map(Some),
             Found::Missing | Found::TooLargeHere => Ok(None),
         }
     }
@@ -354,9 +355,10 @@ where
     /// Streams the entries, decoded, in directory order.
     ///
     /// Lazy and bounded in memory: files are read in steps as the stream is polled (in place
-    /// on tmpfs, up to 4 files or 16 KiB a step, yielding after every 30 µs of such work; on the blocking
-    /// pool elsewhere, up to 128 files or 512 KiB), and each entry is decoded when it is
-    /// taken, on the polling thread (entries over 64 KiB on the blocking pool). A file that
+    /// on tmpfs, a few files a step, giving the runtime back between them as the crate docs'
+    /// Runtime section says; on the blocking pool elsewhere, in larger steps), and each entry
+    /// is decoded when it is taken, on the polling thread (large entries on the blocking
+    /// pool). A file that
     /// is not a valid entry is one [`Error::Corrupt`] item naming it, and the stream goes on.
     ///
     /// The stream borrows the cursor, so other calls on it wait until the stream is dropped:
@@ -390,5 +392,34 @@ where
             all.insert(state.id, state);
         }
         Ok(all)
+    }
+}
+
+/// A cursor on a hold, as the `with_aid*` family makes it: how it holds the aid, and how it
+/// is made on the hold.
+pub(crate) trait HeldCursor {
+    /// How a cursor of this type holds its aid.
+    const MODE: LockMode;
+    /// A cursor on `hold`.
+    fn on(hold: Arc<Hold>) -> Self;
+}
+
+impl<C> HeldCursor for Cursor<C>
+where
+    C: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    const MODE: LockMode = LockMode::Exclusive;
+    fn on(hold: Arc<Hold>) -> Self {
+        Cursor::new(hold)
+    }
+}
+
+impl<C> HeldCursor for ReadCursor<C>
+where
+    C: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    const MODE: LockMode = LockMode::Shared;
+    fn on(hold: Arc<Hold>) -> Self {
+        ReadCursor::new(hold)
     }
 }

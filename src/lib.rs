@@ -133,10 +133,12 @@ mod options;
 mod state;
 mod store;
 
-// The layers under it, bottom up (ARCHITECTURE.md): the synchronous core, the locking
-// layer, the async shell.
+// The layers under it, bottom up (ARCHITECTURE.md): the synchronous core, where work
+// runs, the locking layer, the async shell.
 mod disk;
+mod exec;
 mod lock;
+mod process;
 mod shell;
 
 // Only for tests of code that uses the store.
@@ -145,10 +147,10 @@ pub mod testing;
 
 pub use aid::Aid;
 pub use cursor::{Cursor, ReadCursor};
-pub use disk::liveness::{Liveness, ProcessIdentity};
 pub use error::{CorruptKind, Error, Result};
 pub use instance_id::InstanceId;
 pub use options::Options;
+pub use process::{Liveness, ProcessIdentity};
 pub use shell::watch::{Change, Watch};
 pub use state::State;
 pub use store::AsyncStore;

@@ -515,5 +515,5 @@ impl Drop for FakeProc {
 /// # Ok(()) }
 /// ```
 pub async fn real_time<F: Future>(fut: F) -> F::Output {
-    crate::shell::clock_hold::outside(fut).await
+    crate::exec::clock_hold::outside(fut).await
 }

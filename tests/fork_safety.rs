@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::child::{DEADLOCK, Flavor, Kid, child_var, say, test_command};
+use common::child::{DEADLOCK, Flavor, Kid, child_var, role_command, say};
 use common::{aid, flock_waiters};
 use futures::StreamExt as _;
 use runstate::{Aid, AsyncStore, Error, InstanceId, State};
@@ -80,9 +80,8 @@ impl Drop for Orphan {
 
 /// A holder process in `role` on `aid`.
 fn spawn_holder(role: &str, run_dir: &Path, aid: Aid, flavor: Flavor) -> Kid {
-    let mut cmd = test_command(CHILD_TEST);
-    cmd.env("RUNSTATE_FORK_ROLE", role)
-        .env("RUNSTATE_FORK_DIR", run_dir)
+    let mut cmd = role_command(CHILD_TEST, role);
+    cmd.env("RUNSTATE_FORK_DIR", run_dir)
         .env("RUNSTATE_FORK_AID", aid.to_string())
         .env("RUNSTATE_FORK_FLAVOR", flavor.name())
         .stdin(Stdio::piped());
@@ -280,10 +279,10 @@ fn fork_stalled_child(stall: Stall) -> u32 {
 }
 
 /// Not a test of its own: the entry point of the holder processes the other tests spawn.
-/// Without `RUNSTATE_FORK_ROLE` it does nothing.
+/// Outside a role ([`common::child::role`]) it does nothing.
 #[test]
 fn child_process() {
-    let Ok(role) = std::env::var("RUNSTATE_FORK_ROLE") else {
+    let Some(role) = common::child::role() else {
         return;
     };
     let dir = PathBuf::from(child_var("RUNSTATE_FORK_DIR"));

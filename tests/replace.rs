@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::child::{Flavor, Kid, base_seed, child_var, say, test_command};
+use common::child::{Flavor, Kid, base_seed, child_var, role_command, say};
 use common::{Checked, XorShift, aid, check_states, foreign_names, names_in, pattern, run_dir};
 use runstate::{Aid, AsyncStore, Error, InstanceId, Options, State};
 use serde::{Deserialize, Serialize};
@@ -243,7 +243,7 @@ async fn kill_storm() {
     let seed = base_seed(0x5eed_1200);
     let mut rng = XorShift::new(seed);
     let spawn = |i: usize, rng: &mut XorShift| {
-        let mut cmd = test_command(CHILD_TEST);
+        let mut cmd = role_command(CHILD_TEST, "replacer");
         cmd.env("RUNSTATE_REPLACE_DIR", &run)
             .env("RUNSTATE_REPLACE_FLAVOR", Flavor::Multi.alternate(i).name())
             .env("RUNSTATE_REPLACE_SEED", rng.next_u64().to_string())
@@ -323,8 +323,7 @@ fn read_without_lock(aid_dir: &Path, stop: &AtomicBool) -> u64 {
 /// dentry moved to where a listing may already have passed. Where that holds, the listing
 /// check is exact; elsewhere only the reads by name are.
 fn listings_see_renames(dir: &Path) -> bool {
-    const TMPFS_MAGIC: u64 = 0x0102_1994;
-    if rustix::fs::statfs(dir).map_or(true, |fs| fs.f_type as u64 != TMPFS_MAGIC) {
+    if !common::on_tmpfs(dir) {
         return false;
     }
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
@@ -388,12 +387,13 @@ async fn child_replacer(run_dir: &Path, seed: u64) {
     }
 }
 
-/// What children run; without `RUNSTATE_REPLACE_DIR`, nothing.
+/// What children run; outside a role ([`common::child::role`]), nothing.
 #[test]
 fn child_process() {
-    let Ok(dir) = std::env::var("RUNSTATE_REPLACE_DIR") else {
+    if common::child::role().is_none() {
         return;
-    };
+    }
+    let dir = child_var("RUNSTATE_REPLACE_DIR");
     let flavor = Flavor::from_name(&child_var("RUNSTATE_REPLACE_FLAVOR"));
     let seed = child_var("RUNSTATE_REPLACE_SEED").parse().unwrap();
     flavor

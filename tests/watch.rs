@@ -16,7 +16,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::child::{Flavor, Kid, child_var, say, test_command};
+use common::child::{Flavor, Kid, child_var, role_command, say};
 use common::{aid, no_deadlock, pid, run_dir};
 use futures::StreamExt;
 use runstate::{Aid, AsyncStore, Change, Error, InstanceId, State, Watch};
@@ -68,9 +68,8 @@ fn of(aid: Aid, changes: &[Change]) -> Vec<Change> {
 }
 
 fn spawn_child(role: &str, run_dir: &Path, flavor: Flavor) -> Kid {
-    let mut cmd = test_command(CHILD_TEST);
-    cmd.env("RUNSTATE_WATCH_ROLE", role)
-        .env("RUNSTATE_WATCH_DIR", run_dir)
+    let mut cmd = role_command(CHILD_TEST, role);
+    cmd.env("RUNSTATE_WATCH_DIR", run_dir)
         .env("RUNSTATE_WATCH_FLAVOR", flavor.name())
         .stdin(Stdio::piped());
     common::child::spawn_kid(role, cmd)
@@ -747,10 +746,10 @@ async fn child_fds(run_dir: &Path) {
 
 // ---------------------------------------------------------------------------------------
 
-/// What children run; without `RUNSTATE_WATCH_ROLE`, nothing.
+/// What children run; outside a role ([`common::child::role`]), nothing.
 #[test]
 fn child_process() {
-    let Ok(role) = std::env::var("RUNSTATE_WATCH_ROLE") else {
+    let Some(role) = common::child::role() else {
         return;
     };
     let dir = std::path::PathBuf::from(child_var("RUNSTATE_WATCH_DIR"));

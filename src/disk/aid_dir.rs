@@ -2,7 +2,7 @@
 //! Its whole operations are in the files beside this one: `publish.rs` (save, replace,
 //! destroy), `read.rs` (load, bounded reads, decoding) and `scan.rs` (listing, sweeping).
 //! Nothing here is async; the async shell runs whole operations where they cannot stall the
-//! runtime (see `shell/place.rs`).
+//! runtime (see `exec/`).
 
 use std::mem::ManuallyDrop;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};

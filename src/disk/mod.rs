@@ -5,7 +5,6 @@
 pub(crate) mod aid_dir;
 pub(crate) mod format;
 pub(crate) mod layout;
-pub(crate) mod liveness;
 pub(crate) mod prune;
 pub(crate) mod publish;
 pub(crate) mod read;

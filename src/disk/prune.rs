@@ -5,9 +5,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use serde::de::DeserializeOwned;
 
 use crate::disk::aid_dir::AidDir;
-use crate::disk::liveness;
 use crate::disk::read::{self, Found};
 use crate::disk::scan::Scan;
+use crate::process;
 use crate::{Error, Liveness, State};
 
 /// How a step of pruning ended.
@@ -17,7 +17,7 @@ pub(crate) enum PruneStep {
     Done,
     /// It stopped before a file over its `max_file` bytes, left unread for a step on the
     /// blocking pool: where entries are read and decoded is decided by the caller's bounds,
-    /// the one rule of `shell/place.rs`, as for every other reader.
+    /// the one rule of `exec/` (`Work::entry`), as for every other reader.
     LeftLarge,
     /// A removal failed, appended as the last item.
     Failed,
@@ -67,7 +67,7 @@ impl AidDir {
             if gone.load(Ordering::Acquire) {
                 break;
             }
-            if liveness::check(proc_root, state.pid, state.process.as_ref()) != Liveness::Dead {
+            if process::check(proc_root, state.pid, state.process.as_ref()) != Liveness::Dead {
                 continue;
             }
             match self.destroy(state.id) {

@@ -17,7 +17,7 @@ use crate::{Error, Options};
 pub(crate) struct StateDir {
     fd: OwnedFd,
     path: PathBuf,
-    /// Whether short file work here may run in place (see `shell/place.rs`): on tmpfs or
+    /// Whether short file work here may run in place (see `exec/`): on tmpfs or
     /// ramfs, not durable, and not sent to the pool by the options.
     in_place: bool,
     /// The store's options, kept once here for every aid directory opened in it.

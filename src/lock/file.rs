@@ -179,14 +179,14 @@ impl LockFile {
     /// Takes the writers' gate ([`crate::lock::gate`]) on the store's descriptor, if no other
     /// writer holds it. Never blocks. Only an exclusive holder waiting for the flock may call
     /// it (it has this store's exclusive turn), and it releases the gate with
-    /// [`LockFile::open_gate`].
+    /// [`LockFile::leave_gate`].
     pub(crate) fn try_gate(&self) -> Result<bool, Error> {
         gate::try_take(self.fd.as_fd()).map_err(|e| Error::io("lock", &self.path, e))
     }
 
     /// Releases the gate taken by [`LockFile::try_gate`]. Never blocks. It fails only on a
     /// bad descriptor, whose closing would release it.
-    pub(crate) fn open_gate(&self) {
+    pub(crate) fn leave_gate(&self) {
         let _ = gate::release(self.fd.as_fd());
     }
 

@@ -21,10 +21,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::{OwnedMutexGuard, OwnedRwLockReadGuard, OwnedRwLockWriteGuard, oneshot};
 
 use crate::disk::aid_dir::{AidDir, TempMark};
+use crate::exec::{self, Step, Work, clock_hold};
 use crate::lock::file::LockFile;
 use crate::lock::kernel_wait::{Granted, Kind, Locked};
 use crate::lock::open_aid::OpenAid;
-use crate::shell::place::{self, Step};
 use crate::{Aid, Error};
 
 /// Whether a holder excludes everyone or only exclusive holders.
@@ -68,7 +68,7 @@ async fn handed_by_thread(
     handed: oneshot::Receiver<Granted>,
 ) -> Result<Granted, Error> {
     // The thread is out of tokio's sight: keep a paused clock from jumping past the wait.
-    wait_as(aid, wait, || None, place::wait_outside(handed))
+    wait_as(aid, wait, || None, clock_hold::outside(handed))
         .await?
         // The thread answers unless it panicked.
         .map_err(|_| Error::Blocking {
@@ -142,19 +142,19 @@ impl Hold {
         self.claim.files.temp_mark()
     }
 
-    /// Whether short work on this aid runs in place (see `shell/place.rs`).
+    /// Whether short work on this aid runs in place (see `exec/`).
     pub(crate) fn in_place(&self) -> bool {
         self.claim.files.dir().in_place()
     }
 
     /// Runs `f`, one logical operation (or one step of a long one) on the held aid, after
     /// every earlier operation of this hold has finished: in place when the store's files
-    /// allow it and the work is not `big`, on the blocking pool otherwise. The work keeps the
-    /// hold alive, so the lock outlives a dropped future until it is done.
+    /// allow it and the work is [`Work::Small`], on the blocking pool otherwise. The work
+    /// keeps the hold alive, so the lock outlives a dropped future until it is done.
     pub(crate) async fn operate<T, F>(
         self: &Arc<Self>,
         op: &'static str,
-        big: bool,
+        work: Work,
         f: F,
     ) -> Result<T, Error>
     where
@@ -167,7 +167,7 @@ impl Hold {
         }
         let turn = self.ops.clone().lock_owned().await;
         let hold = self.clone();
-        place::run_step(op, !big && self.in_place(), move |step| {
+        exec::run_step(op, work.runs(self.in_place()), move |step| {
             let _turn = turn;
             f(&hold, step)
         })
@@ -180,7 +180,7 @@ impl Hold {
     pub(crate) async fn sweep_temps(self: &Arc<Self>) -> Result<(), Error> {
         let mut sweep = None;
         loop {
-            let step = self.operate("sweep", false, move |hold, _| {
+            let step = self.operate("sweep", Work::Small, move |hold, _| {
                 let dir = hold.dir();
                 let mut sweep = sweep.map_or_else(|| dir.sweep(), Ok)?;
                 let more = dir.sweep_step(&mut sweep, hold.temp_mark())?;
@@ -190,7 +190,7 @@ impl Hold {
                 Some(more) => sweep = Some(more),
                 None => return Ok(()),
             }
-            place::pause().await;
+            exec::pause().await;
         }
     }
 }
@@ -211,7 +211,7 @@ impl Drop for AtGate {
         if let AtGate::Store(files) = self {
             // In a forked child, the descriptor is no longer the lock file's.
             if !files.lock().inherited() {
-                files.lock().open_gate();
+                files.lock().leave_gate();
             }
         }
     }
@@ -408,7 +408,7 @@ impl Claim {
         };
         let waiter = GoneOnDrop::default();
         let gone = waiter.0.clone();
-        place::on_pool("lock", move || {
+        exec::on_pool("lock", move || {
             let _guard = guard;
             match take(claim.files.lock(), until, &gone)? {
                 true => Ok(claim.granted()),

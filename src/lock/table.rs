@@ -1,6 +1,6 @@
 //! The store's shared state ([`StoreState`]): the table of the aids this process has
 //! touched (each one's in-process turn and its open files, of which a bounded number are
-//! kept), the open state directory, and the gate that `close` shuts. Its `hold` is where a
+//! kept), the open state directory, and the record of holds in flight that `close` waits for. Its `hold` is where a
 //! holder waits for an aid, in this process and then across processes (`lock/hold.rs`).
 
 use std::collections::{HashMap, VecDeque};
@@ -11,11 +11,11 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{OwnedRwLockReadGuard, RwLock};
 
 use crate::disk::state_dir::StateDir;
+use crate::exec::{self, Where};
 use crate::lock::fork_guard;
 use crate::lock::hold::{Claim, Hold, LockMode, Turn, Wait, wait_as};
 use crate::lock::open_aid::OpenAid;
 use crate::lock::reentry;
-use crate::shell::place;
 use crate::{Aid, Error, Options};
 
 /// Everything this process keeps about one aid.
@@ -34,8 +34,8 @@ pub(super) struct Slot {
     swept: AtomicBool,
 }
 
-/// A store's shared state: the table of aids, the open state directory, and the gate that
-/// `close` shuts. Every clone of an `AsyncStore` shares one.
+/// A store's shared state: the table of aids, the open state directory, and the holds in
+/// flight that `close` waits for. Every clone of an `AsyncStore` shares one.
 #[derive(Debug)]
 pub(crate) struct StoreState {
     run_dir: PathBuf,
@@ -50,7 +50,7 @@ pub(crate) struct StoreState {
     /// Whether `open` was left over the cache's size by aids held at the time.
     over: AtomicBool,
     /// Every hold keeps a read guard; `close` takes the write side to wait for them all.
-    gate: Arc<RwLock<()>>,
+    in_flight: Arc<RwLock<()>>,
     closed: AtomicBool,
     /// The process the store was made in: a forked child may not use it.
     made_in: fork_guard::Epoch,
@@ -75,7 +75,7 @@ impl StoreState {
             opening_state_dir: tokio::sync::Mutex::new(()),
             open: Mutex::new(VecDeque::new()),
             over: AtomicBool::new(false),
-            gate: Arc::new(RwLock::new(())),
+            in_flight: Arc::new(RwLock::new(())),
             closed: AtomicBool::new(false),
             made_in: fork_guard::Epoch::now(),
         }
@@ -96,11 +96,11 @@ impl StoreState {
         std::ptr::from_ref(self) as usize
     }
 
-    /// A read guard on the gate, or `Closed`.
+    /// A read guard on the holds in flight, or `Closed`.
     pub(crate) fn enter(&self) -> Result<OwnedRwLockReadGuard<()>, Error> {
         self.made_in.check()?;
         let open = self
-            .gate
+            .in_flight
             .clone()
             .try_read_owned()
             .map_err(|_| Error::Closed)?;
@@ -125,7 +125,7 @@ impl StoreState {
             return Ok(state);
         }
         let (run_dir, options) = (self.run_dir.clone(), self.options.clone());
-        let state = place::on_pool("open", move || StateDir::open(&run_dir, &options)).await??;
+        let state = exec::on_pool("open", move || StateDir::open(&run_dir, &options)).await??;
         let state = Arc::new(state);
         *lock(&self.state_dir) = Some(state.clone());
         Ok(state)
@@ -171,10 +171,14 @@ impl StoreState {
     async fn open_aid(state: Arc<StateDir>, aid: Aid) -> Result<OpenAid, Error> {
         let (in_place, again) = (state.in_place(), state.clone());
         let open = move |_| fork_guard::may_wait(!in_place, || OpenAid::open(state, aid));
-        match place::run_step("open", in_place, open).await {
+        let runs = match in_place {
+            true => Where::InPlace,
+            false => Where::OnPool,
+        };
+        match exec::run_step("open", runs, open).await {
             Err(e) if fork_guard::busy_error(&e) => {
                 let open = move || fork_guard::may_wait(true, || OpenAid::open(again, aid));
-                place::on_pool("open", open).await?
+                exec::on_pool("open", open).await?
             }
             files => files,
         }
@@ -226,7 +230,7 @@ impl StoreState {
             return self.state_dir().await.map(Some);
         }
         let (run_dir, options) = (self.run_dir.clone(), self.options.clone());
-        let state = place::on_pool("open", move || StateDir::open_existing(&run_dir, &options));
+        let state = exec::on_pool("open", move || StateDir::open_existing(&run_dir, &options));
         Ok(state.await??.map(Arc::new))
     }
 
@@ -366,7 +370,7 @@ impl StoreState {
     pub(crate) async fn close(&self) -> Result<(), Error> {
         self.made_in.check()?;
         self.closed.store(true, Ordering::Release);
-        let _all = self.gate.write().await;
+        let _all = self.in_flight.write().await;
         lock(&self.slots).clear();
         lock(&self.open).clear();
         *lock(&self.state_dir) = None;

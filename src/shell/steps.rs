@@ -1,5 +1,5 @@
 //! Lazy streams over a held aid, read in steps: one call into the aid directory per step,
-//! never per file, and at most one step's files in memory. Steps run where `shell/place.rs`
+//! never per file, and at most one step's files in memory. Steps run where `exec/`
 //! says: small ones in place with a pause between them, larger ones on the pool.
 
 use std::ops::Range;
@@ -14,8 +14,8 @@ use crate::disk::aid_dir::AidDir;
 use crate::disk::prune::PruneStep;
 use crate::disk::read;
 use crate::disk::scan::Scan;
+use crate::exec::{self, Step, Work};
 use crate::lock::hold::Hold;
-use crate::shell::place::{self, Step};
 use crate::{Error, InstanceId, State};
 
 /// The work behind one stream of a held aid, run a step at a time as one of the hold's
@@ -27,10 +27,10 @@ pub(crate) trait Batcher: Send + 'static {
     /// Appends the next items, as many as `step` allows; returns `false` once there are no
     /// more after these.
     fn fill(&mut self, step: Step, out: &mut Vec<Result<Self::Item, Error>>) -> bool;
-    /// Whether the next step must run on the pool: it meets a file too large for a step in
-    /// place.
-    fn big(&self) -> bool {
-        false
+    /// How large the next step is: [`Work::Large`] once it meets a file too large for a
+    /// step in place.
+    fn work(&self) -> Work {
+        Work::Small
     }
 }
 
@@ -46,9 +46,9 @@ pub(crate) fn stream<B: Batcher>(
             let mut batcher = batcher?;
             let hold = batcher.hold().clone();
             if started {
-                place::pause().await;
+                exec::pause().await;
             }
-            let hop = hold.operate(op, batcher.big(), move |_, step| {
+            let hop = hold.operate(op, batcher.work(), move |_, step| {
                 let mut out = Vec::new();
                 let more = batcher.fill(step, &mut out);
                 Ok((batcher, out, more))
@@ -68,9 +68,9 @@ pub(crate) fn stream<B: Batcher>(
 pub(crate) struct Listing {
     hold: Arc<Hold>,
     scan: Option<Scan>,
-    /// Whether a file too large for a step in place has been met: the rest is read on the
-    /// pool.
-    big: bool,
+    /// [`Work::Large`] once a file too large for a step in place has been met: the rest is
+    /// read on the pool.
+    work: Work,
 }
 
 impl Listing {
@@ -78,7 +78,7 @@ impl Listing {
         Listing {
             hold,
             scan: None,
-            big: false,
+            work: Work::Small,
         }
     }
 
@@ -154,12 +154,14 @@ impl<C: DeserializeOwned + Send + 'static> Batcher for Prune<C> {
             let bounds = (step.files, step.bytes, step.max_file);
             ended = dir.prune_dead_step(scan, bounds, gone, out);
         });
-        self.listing.big |= ended == PruneStep::LeftLarge;
+        if ended == PruneStep::LeftLarge {
+            self.listing.work = Work::Large;
+        }
         more && ended != PruneStep::Failed && !gone.load(Ordering::Acquire)
     }
 
-    fn big(&self) -> bool {
-        self.listing.big
+    fn work(&self) -> Work {
+        self.listing.work
     }
 }
 
@@ -179,7 +181,7 @@ where
         bytes: Vec::new(),
         items: Vec::new().into_iter(),
         stepped: false,
-        big: false,
+        work: Work::Small,
     };
     stream::unfold(start, |mut raw| {
         async move {
@@ -188,9 +190,9 @@ where
                     Some(Taken::Ready(item)) => return Some((item, raw)),
                     Some(Taken::Bytes(id, at)) => {
                         // A step's entries, decoded one by one, can make a poll's worth too.
-                        place::pause().await;
+                        exec::pause().await;
                         let decoded =
-                            place::charged(|| read::decode_entry(&raw.dir, id, &raw.bytes[at]));
+                            exec::charged(|| read::decode_entry(&raw.dir, id, &raw.bytes[at]));
                         return Some((decoded, raw));
                     }
                     None => {}
@@ -198,12 +200,12 @@ where
                 let mut listing = raw.listing.take()?;
                 let hold = listing.hold.clone();
                 if std::mem::replace(&mut raw.stepped, true) {
-                    place::pause().await;
+                    exec::pause().await;
                 }
                 // The byte buffer goes to the step and comes back, to be reused.
                 let mut bytes = std::mem::take(&mut raw.bytes);
                 // Once a large entry has shown up, the rest is read on the pool.
-                let hop = hold.operate("entries", raw.big, move |hold, step| {
+                let hop = hold.operate("entries", raw.work, move |hold, step| {
                     bytes.clear();
                     let mut read = Vec::new();
                     let mut left_large = false;
@@ -214,7 +216,7 @@ where
                     let items: Vec<Taken<C>> = read
                         .into_iter()
                         .map(|item| match item {
-                            Ok((id, at)) if place::decodes_in_place(at.len()) => {
+                            Ok((id, at)) if Work::entry(at.len()) == Work::Small => {
                                 Taken::Bytes(id, at)
                             }
                             // A step in place leaves larger files unread, so this one was read
@@ -229,7 +231,9 @@ where
                 });
                 match hop.await {
                     Ok((listing, bytes, items, left_large)) => {
-                        raw.big |= left_large;
+                        if left_large {
+                            raw.work = Work::Large;
+                        }
                         raw.listing = listing;
                         raw.bytes = bytes;
                         raw.items = items.into_iter();
@@ -253,7 +257,7 @@ where
     C: DeserializeOwned + Send + 'static,
 {
     let dir = dir.to_owned();
-    place::on_pool("decode", move || read::decode_entry(&dir, id, &bytes)).await?
+    exec::on_pool("decode", move || read::decode_entry(&dir, id, &bytes)).await?
 }
 
 /// Where a stream of entries stands: the listing if there is more, and what is left of the
@@ -266,9 +270,9 @@ struct RawEntries<C> {
     items: std::vec::IntoIter<Taken<C>>,
     /// Whether a step has run: the next one pauses first.
     stepped: bool,
-    /// Whether a file too large to read in place has been met: the remaining steps go to
-    /// the pool.
-    big: bool,
+    /// [`Work::Large`] once a file too large to read in place has been met: the remaining
+    /// steps go to the pool.
+    work: Work,
 }
 
 /// One item of a step of entries, as the step left it.
@@ -287,7 +291,7 @@ mod tests {
     use futures::TryStreamExt;
     use serde::{Deserialize, Deserializer, Serialize};
 
-    use crate::shell::place::IN_PLACE_MAX_BYTES as DECODE_WHEN_TAKEN_MAX;
+    use crate::exec::IN_PLACE_MAX_BYTES as DECODE_WHEN_TAKEN_MAX;
     use crate::{Aid, AsyncStore, Error, InstanceId, State};
 
     /// Where each config of a given length was decoded.

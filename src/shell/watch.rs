@@ -30,19 +30,18 @@ use futures::Stream;
 use rustix::fs::inotify::{self, CreateFlags, ReadFlags, WatchFlags};
 use rustix::fs::{FileType, Mode, OFlags, RawDir, openat};
 use rustix::io::Errno;
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 use tokio::io::unix::AsyncFd;
 
 use crate::disk::layout::{self, STATE_DIR};
 use crate::disk::scan;
 use crate::disk::secure::{check_private, open_flags};
 use crate::disk::state_dir::StateDir;
+use crate::exec;
 use crate::lock::fork_guard;
-use crate::shell::place;
-use crate::{Aid, AsyncStore, Error, InstanceId};
+use crate::lock::table::StoreState;
+use crate::{Aid, Error, InstanceId};
 
-/// One change to the store, as [`AsyncStore::watch`] reports it.
+/// One change to the store, as [`AsyncStore::watch`](crate::AsyncStore::watch) reports it.
 ///
 /// The enum is `#[non_exhaustive]`: keep a catch-all arm.
 ///
@@ -82,7 +81,7 @@ pub enum Change {
         id: InstanceId,
     },
     /// The kernel's event queue overflowed, so some changes were lost: list the whole store
-    /// again, as for [`Change::ResyncAid`] but for every aid. Changes made after this item
+    /// again, as for [`Change::ResyncAid`](crate::Change::ResyncAid) but for every aid. Changes made after this item
     /// are reported as usual.
     Resync,
     /// Changes in this aid may have been missed: its directory is new (made after the watch
@@ -104,7 +103,7 @@ pub enum Change {
 }
 
 impl Change {
-    /// The aid the change is about; `None` for [`Change::Resync`].
+    /// The aid the change is about; `None` for [`Change::Resync`](crate::Change::Resync).
     pub fn aid(&self) -> Option<Aid> {
         match *self {
             Change::Saved { aid, .. }
@@ -115,8 +114,8 @@ impl Change {
         }
     }
 
-    /// The id of the entry the change is about; `None` for [`Change::Resync`] and
-    /// [`Change::ResyncAid`].
+    /// The id of the entry the change is about; `None` for [`Change::Resync`](crate::Change::Resync) and
+    /// [`Change::ResyncAid`](crate::Change::ResyncAid).
     pub fn id(&self) -> Option<InstanceId> {
         match *self {
             Change::Saved { id, .. }
@@ -127,14 +126,14 @@ impl Change {
     }
 }
 
-/// The stream of [`Change`]s that [`AsyncStore::watch`] returns.
+/// The stream of [`Change`]s that [`AsyncStore::watch`](crate::AsyncStore::watch) returns.
 ///
 /// It owns its inotify descriptor and nothing of the store: it is `Send`, `Unpin` and
 /// `'static`, and dropping it closes the descriptor. It does not keep the store open, and
-/// [`AsyncStore::close`] does not end it.
+/// [`AsyncStore::close`](crate::AsyncStore::close) does not end it.
 ///
 /// An `Err` item means that changes may have been missed (a new aid directory could not be
-/// watched, say): list again as for [`Change::Resync`]. The stream ends, after an error
+/// watched, say): list again as for [`Change::Resync`](crate::Change::Resync). The stream ends, after an error
 /// item, only if reading inotify fails or the state directory itself is removed (or renamed,
 /// or replaced): then watch again.
 #[derive(Debug)]
@@ -434,202 +433,119 @@ impl futures::stream::FusedStream for Watch {
     }
 }
 
-impl<C> AsyncStore<C>
-where
-    C: Serialize + DeserializeOwned + Send + Sync + 'static,
-{
-    /// Watches the store: a stream of every entry saved, destroyed or replaced, by any
-    /// process on the host, from the moment this returns.
-    ///
-    /// - No change made after this returns is missed silently: each is reported, once, in
-    ///   order within its aid, or the stream says which aid (or that every aid) must be
-    ///   listed again. (Changes made while it sets up may be reported or not.) Temporary
-    ///   files, lock files and foreign names never show.
-    /// - inotify cannot watch a directory before it exists, so a new aid's directory is
-    ///   watched when the stream, polled, sees it appear, and the stream then yields
-    ///   [`Change::ResyncAid`]: list that aid, as its documentation says; every change in it
-    ///   from then on follows, in order. Aids are made once (an aid's directory stays when
-    ///   its entries go), so this happens once per new aid.
-    /// - Where the kernel's event queue overflows (a consumer that does not keep up with
-    ///   `fs.inotify.max_queued_events` changes), the stream yields [`Change::Resync`]:
-    ///   changes were lost, list the store again.
-    /// - If the state directory is removed, renamed or replaced (an admin's `rm -rf`), the
-    ///   stream yields an error naming it, at once, even while other processes keep the old
-    ///   directory open, and ends: watch again.
-    /// - The stream only reports names: to see an entry, load it (it may be gone again).
-    ///
-    /// To follow the store's content, watch first, then list, then apply the changes: what
-    /// happens between the two is then both listed and reported, never missed. Apply them by
-    /// id, idempotently, as [`Change::ResyncAid`] says, so that a change that the listing
-    /// already showed changes nothing.
-    ///
-    /// The state directory is made if it is missing, as a hold does, and checked as a hold
-    /// checks it: a symlink, another user's directory or one that others may write is
-    /// refused (`Error::Insecure`). Names in it are watched through the descriptor opened
-    /// then, never through its path. The stream needs a runtime with tokio's I/O driver
-    /// enabled (as `#[tokio::main]` and `#[tokio::test]` set up) and holds one inotify
-    /// descriptor, the state directory's descriptor, and one watch per aid directory plus two
-    /// (`fs.inotify.max_user_watches`), until it is dropped.
-    ///
-    /// ```
-    /// use futures::StreamExt;
-    /// use runstate::{Aid, AsyncStore, Change, Error, InstanceId, State};
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), Error> {
-    /// let dir = tempfile::tempdir().unwrap();
-    /// let store = AsyncStore::<String>::new(dir.path());
-    /// let mut changes = store.watch().await?;
-    ///
-    /// let (aid, id) = (Aid::new(8)?, InstanceId::random());
-    /// store.with_aid(aid, async |c| c.save(&State::new(id, 1, "x".into())).await).await?;
-    /// // Aid 8 is new: its first save came before the stream could watch its directory.
-    /// assert_eq!(changes.next().await.transpose()?, Some(Change::ResyncAid { aid }));
-    ///
-    /// store.with_aid(aid, async |c| c.destroy(id).await).await?;
-    /// assert_eq!(changes.next().await.transpose()?, Some(Change::Destroyed { aid, id }));
-    /// # Ok(()) }
-    /// ```
-    pub async fn watch(&self) -> Result<Watch, Error> {
-        self.made_in().check()?;
-        if self.is_closed() {
-            return Err(Error::Closed);
-        }
-        let run_dir = self.run_dir().to_owned();
-        let Some(state) = self.state().current_state_dir(true).await? else {
-            return Err(state_removed(&run_dir.join(STATE_DIR)));
-        };
-        // Up to 10,000 directories to watch: on the pool.
-        let (inotify, book) = place::on_pool("watch", move || {
-            let state_path = state.path().to_owned();
-            let inotify = new_inotify(&state_path)?;
-            let run = if run_dir.as_os_str().is_empty() {
-                Path::new(".")
-            } else {
-                &run_dir
-            };
-            // The run directory first: a state directory removed after this is reported.
-            let run_wd = inotify::add_watch(&inotify, run, run_mask())
-                .map_err(|e| Error::io("watch", run, e))?;
-            let at = watch_path(&state);
-            // Then the state directory: an aid made after this is seen by its event, one
-            // made before by the listing below (or both, which is harmless).
-            let state_wd = inotify::add_watch(&inotify, &at, state_mask())
-                .map_err(|e| Error::io("watch", &state_path, e))?;
-            if !state.is_current() {
-                return Err(state_removed(&state_path));
-            }
-            let mut book = Book {
-                state,
-                at,
-                run_wd,
-                state_wd,
-                aids: HashMap::new(),
-                pending: VecDeque::new(),
-            };
-            book.watch_all(inotify.as_fd())?;
-            Ok::<_, Error>((inotify, book))
-        })
-        .await??;
-        let fd = register(inotify, book.state.path())?;
-        Ok(Watch {
-            fd,
-            buf: vec![MaybeUninit::uninit(); EVENT_BUF],
-            book,
-            done: false,
-            made_in: self.made_in(),
-        })
+/// [`AsyncStore::watch`](crate::AsyncStore::watch) on the store's shared state.
+pub(crate) async fn watch(store: &StoreState) -> Result<Watch, Error> {
+    store.made_in().check()?;
+    if store.is_closed() {
+        return Err(Error::Closed);
     }
-
-    /// Waits until the aid holds no entries: at once if it holds none (or has no directory),
-    /// otherwise until whichever process destroys its last one.
-    ///
-    /// It waits on inotify, with no polling: the watch is set before the directory is
-    /// checked, and each removal is followed by another check. Foreign names and temporary
-    /// files do not count as entries, as for [`ReadCursor::len`](crate::ReadCursor::len). It
-    /// takes no lock, so an entry may be saved again right after it returns; to act on
-    /// emptiness, check it again under the aid's lock. Dropping the future at any point
-    /// releases its descriptor. Needs tokio's I/O driver, as [`watch`](AsyncStore::watch).
-    ///
-    /// ```
-    /// use runstate::{Aid, AsyncStore, Error, InstanceId, State};
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), Error> {
-    /// let dir = tempfile::tempdir().unwrap();
-    /// let store = AsyncStore::<()>::new(dir.path());
-    /// let (aid, id) = (Aid::new(4)?, InstanceId::random());
-    /// store.with_aid(aid, async |c| c.save(&State::new(id, 1, ())).await).await?;
-    ///
-    /// let cleaner = store.clone();
-    /// let cleanup = tokio::spawn(async move {
-    ///     cleaner.wait_empty(aid).await?;
-    ///     // Release what the aid's instances shared.
-    ///     Ok::<_, Error>(())
-    /// });
-    /// store.with_aid(aid, async |c| c.destroy(id).await).await?;
-    /// cleanup.await.unwrap()?;
-    /// # Ok(()) }
-    /// ```
-    pub async fn wait_empty(&self, aid: Aid) -> Result<(), Error> {
-        self.made_in().check()?;
-        if self.is_closed() {
-            return Err(Error::Closed);
+    let run_dir = store.run_dir().to_owned();
+    let Some(state) = store.current_state_dir(true).await? else {
+        return Err(state_removed(&run_dir.join(STATE_DIR)));
+    };
+    // Up to 10,000 directories to watch: on the pool.
+    let (inotify, book) = exec::on_pool("watch", move || {
+        let state_path = state.path().to_owned();
+        let inotify = new_inotify(&state_path)?;
+        let run = if run_dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            &run_dir
+        };
+        // The run directory first: a state directory removed after this is reported.
+        let run_wd = inotify::add_watch(&inotify, run, run_mask())
+            .map_err(|e| Error::io("watch", run, e))?;
+        let at = watch_path(&state);
+        // Then the state directory: an aid made after this is seen by its event, one
+        // made before by the listing below (or both, which is harmless).
+        let state_wd = inotify::add_watch(&inotify, &at, state_mask())
+            .map_err(|e| Error::io("watch", &state_path, e))?;
+        if !state.is_current() {
+            return Err(state_removed(&state_path));
         }
-        let path = self.run_dir().join(STATE_DIR).join(aid.to_string());
-        // No state directory, so no entries.
-        let Some(state) = self.state().current_state_dir(false).await? else {
-            return Ok(());
+        let mut book = Book {
+            state,
+            at,
+            run_wd,
+            state_wd,
+            aids: HashMap::new(),
+            pending: VecDeque::new(),
         };
-        let inotify = {
-            let path = path.clone();
-            place::on_pool("wait_empty", move || {
-                let inotify = new_inotify(&path)?;
-                Ok::<_, Error>(match watch_then_check(&inotify, &state, aid)? {
-                    true => None,
-                    false => Some(inotify),
-                })
+        book.watch_all(inotify.as_fd())?;
+        Ok::<_, Error>((inotify, book))
+    })
+    .await??;
+    let fd = register(inotify, book.state.path())?;
+    Ok(Watch {
+        fd,
+        buf: vec![MaybeUninit::uninit(); EVENT_BUF],
+        book,
+        done: false,
+        made_in: store.made_in(),
+    })
+}
+
+/// [`AsyncStore::wait_empty`](crate::AsyncStore::wait_empty) on the store's shared state.
+pub(crate) async fn wait_empty(store: &StoreState, aid: Aid) -> Result<(), Error> {
+    store.made_in().check()?;
+    if store.is_closed() {
+        return Err(Error::Closed);
+    }
+    let path = store.run_dir().join(STATE_DIR).join(aid.to_string());
+    // No state directory, so no entries.
+    let Some(state) = store.current_state_dir(false).await? else {
+        return Ok(());
+    };
+    let inotify = {
+        let path = path.clone();
+        exec::on_pool("wait_empty", move || {
+            let inotify = new_inotify(&path)?;
+            Ok::<_, Error>(match watch_then_check(&inotify, &state, aid)? {
+                true => None,
+                false => Some(inotify),
             })
-            .await??
-        };
-        let Some(inotify) = inotify else {
-            return Ok(());
-        };
-        // Shared with the checks, which run as file work.
-        let fd = register(Arc::new(inotify), &path)?;
-        let mut buf = vec![MaybeUninit::<u8>::uninit(); EVENT_BUF];
+        })
+        .await??
+    };
+    let Some(inotify) = inotify else {
+        return Ok(());
+    };
+    // Shared with the checks, which run as file work.
+    let fd = register(Arc::new(inotify), &path)?;
+    let mut buf = vec![MaybeUninit::<u8>::uninit(); EVENT_BUF];
+    loop {
+        let mut guard = fd
+            .readable()
+            .await
+            .map_err(|e| Error::io("wait_empty", &path, e))?;
+        // Carried into a forked child: the descriptor is shared with the parent.
+        store.made_in().check()?;
+        // Drained whole, so that one check serves every removal queued so far.
+        let mut removed = false;
         loop {
-            let mut guard = fd
-                .readable()
-                .await
-                .map_err(|e| Error::io("wait_empty", &path, e))?;
-            // Carried into a forked child: the descriptor is shared with the parent.
-            self.made_in().check()?;
-            // Drained whole, so that one check serves every removal queued so far.
-            let mut removed = false;
-            loop {
-                let mut reader = inotify::Reader::new(guard.get_inner(), &mut buf);
-                match reader.next() {
-                    Ok(_) => {
-                        removed = true;
-                        while !reader.is_buffer_empty() && reader.next().is_ok() {}
-                    }
-                    Err(Errno::AGAIN) => break guard.clear_ready(),
-                    Err(Errno::INTR) => {}
-                    Err(e) => return Err(Error::io("wait_empty", &path, e)),
+            let mut reader = inotify::Reader::new(guard.get_inner(), &mut buf);
+            match reader.next() {
+                Ok(_) => {
+                    removed = true;
+                    while !reader.is_buffer_empty() && reader.next().is_ok() {}
                 }
+                Err(Errno::AGAIN) => break guard.clear_ready(),
+                Err(Errno::INTR) => {}
+                Err(e) => return Err(Error::io("wait_empty", &path, e)),
             }
-            if removed {
-                // The state directory as a hold finds it: opened again if it was removed.
-                let Some(state) = self.state().current_state_dir(false).await? else {
-                    return Ok(());
-                };
-                let inotify = fd.get_ref().clone();
-                let empty = place::on_pool("wait_empty", move || {
-                    watch_then_check(&inotify, &state, aid)
-                })
-                .await??;
-                if empty {
-                    return Ok(());
-                }
+        }
+        if removed {
+            // The state directory as a hold finds it: opened again if it was removed.
+            let Some(state) = store.current_state_dir(false).await? else {
+                return Ok(());
+            };
+            let inotify = fd.get_ref().clone();
+            let empty = exec::on_pool("wait_empty", move || {
+                watch_then_check(&inotify, &state, aid)
+            })
+            .await??;
+            if empty {
+                return Ok(());
             }
         }
     }

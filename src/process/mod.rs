@@ -13,11 +13,18 @@
 //! A start time tells apart only processes started in different ticks. From Linux 6.9 a
 //! pidfd's inode number (pidfs) is unique for the boot, so it is recorded too where the
 //! kernel has it, and a pid reused within the same tick is told apart as well.
+//!
+//! Synchronous (a few small procfs reads, which never wait on a device), and outside the
+//! core: it is about processes, not the store's files.
 
 use std::path::Path;
 use std::sync::OnceLock;
 
 use serde::{Deserialize, Serialize};
+
+mod timens;
+
+use timens::{boottime_offset, to_host};
 
 /// Who a pid was when its state was built: enough to tell it from a later process that
 /// reuses the pid.
@@ -176,85 +183,6 @@ fn start_time(proc_root: &Path, pid: u32) -> Probe {
     }
 }
 
-/// This process's time namespace's boottime offset, in clock ticks (rounded down), by which
-/// the start times it reads in `/proc/<pid>/stat` are shifted, and whether it is a whole
-/// number of ticks; `None` if it cannot be read. Taken from `<proc_root>/self/timens_offsets` if there is one (a test's fake
-/// `/proc`), else from this process's own `/proc`, read once: the offset of a process
-/// never changes (a time namespace is entered only by new children or before any other
-/// thread starts). No file means a kernel without time namespaces: no offset.
-fn boottime_offset(proc_root: &Path) -> Option<Offset> {
-    static OURS: OnceLock<Offset> = OnceLock::new();
-    if proc_root != Path::new("/proc") {
-        match read_offset(&proc_root.join("self/timens_offsets")) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            other => return other.ok(),
-        }
-    }
-    if let Some(&offset) = OURS.get() {
-        return Some(offset);
-    }
-    let offset = match read_offset(Path::new("/proc/self/timens_offsets")) {
-        Ok(offset) => offset,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Offset::NONE,
-        // Tried again next time: a failure may be passing (no descriptor left).
-        Err(_) => return None,
-    };
-    Some(*OURS.get_or_init(|| offset))
-}
-
-/// A time namespace's boottime offset.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Offset {
-    /// In clock ticks, rounded down.
-    ticks: i64,
-    /// Whether it is a whole number of ticks, so that undoing it is exact.
-    exact: bool,
-}
-
-impl Offset {
-    const NONE: Offset = Offset {
-        ticks: 0,
-        exact: true,
-    };
-}
-
-/// The boottime line of a `timens_offsets` file (`boottime <secs> <nanos>`), in clock
-/// ticks, rounded down as the kernel rounds the start times it shows.
-fn read_offset(path: &Path) -> std::io::Result<Offset> {
-    let mut buf = [0u8; 256];
-    let text = read_small(path, &mut buf)?;
-    let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, "bad timens_offsets");
-    let text = std::str::from_utf8(text).map_err(|_| bad())?;
-    let Some(line) = text
-        .lines()
-        .map(|l| l.split_ascii_whitespace().collect::<Vec<_>>())
-        .find(|f| f.first() == Some(&"boottime"))
-    else {
-        return Ok(Offset::NONE);
-    };
-    let (secs, nanos): (i128, i128) = match line[..] {
-        [_, secs, nanos] => (
-            secs.parse().map_err(|_| bad())?,
-            nanos.parse().map_err(|_| bad())?,
-        ),
-        _ => return Err(bad()),
-    };
-    let hz = i128::from(rustix::param::clock_ticks_per_second());
-    let scaled = (secs * 1_000_000_000 + nanos).saturating_mul(hz);
-    let ticks = i64::try_from(scaled.div_euclid(1_000_000_000)).map_err(|_| bad())?;
-    Ok(Offset {
-        ticks,
-        exact: scaled.rem_euclid(1_000_000_000) == 0,
-    })
-}
-
-/// A start time read through a time namespace with boottime `offset` (in ticks), in the
-/// host's clock.
-fn to_host(read: u64, offset: i64) -> u64 {
-    let host = i128::from(read) - i128::from(offset);
-    u64::try_from(host.max(0)).unwrap_or(u64::MAX)
-}
-
 /// Whether a start time read now is the recorded one's: equal, or one tick apart where
 /// undoing an offset that is not a whole number of ticks, on either side, can leave that.
 /// A pid reused one tick later (`ns_last_pid`, a small `pid_max`) is told apart only where
@@ -307,7 +235,7 @@ fn pidfs_inode(pid: u32) -> Result<Option<u64>, ()> {
 /// `fs::read` would stat them and then read in growing steps; a stat line or a boot id fits
 /// in 1 KiB. A file that fills the buffer is cut, which a stat line never is (its fields
 /// after the command name are numbers, and the name is at most 64 bytes).
-fn read_small<'b>(path: &Path, buf: &'b mut [u8]) -> std::io::Result<&'b [u8]> {
+pub(super) fn read_small<'b>(path: &Path, buf: &'b mut [u8]) -> std::io::Result<&'b [u8]> {
     use std::io::Read;
     let n = std::fs::File::open(path)?.read(buf)?;
     Ok(&buf[..n])
@@ -507,39 +435,6 @@ mod tests {
         assert_eq!(check(root.path(), 77, Some(&identity)), Liveness::Dead);
         stat('S', 1);
         assert_eq!(check(root.path(), 77, Some(&identity)), Liveness::Alive);
-    }
-
-    /// Offsets in ticks, rounded down as the kernel rounds (clock ticks are 100 a second
-    /// on Linux), negative ones too; a file without a boottime line means none.
-    #[test]
-    fn timens_offsets_are_read_in_ticks() {
-        let dir = tempfile::tempdir_in("/dev/shm").unwrap();
-        let path = dir.path().join("timens_offsets");
-        let offset = |text: &str| {
-            std::fs::write(&path, text).unwrap();
-            read_offset(&path).ok().map(|o| o.ticks)
-        };
-        let hz = rustix::param::clock_ticks_per_second() as i64;
-        assert_eq!(
-            offset("monotonic 0 0\nboottime 100000 0\n"),
-            Some(100000 * hz)
-        );
-        assert_eq!(offset("boottime 0 0\n"), Some(0));
-        assert_eq!(offset("boottime -1 500000000\n"), Some(-hz / 2));
-        if hz == 100 {
-            assert_eq!(offset("boottime 0 15000000\n"), Some(1));
-            assert_eq!(offset("boottime -1 995000000\n"), Some(-1));
-        }
-        assert_eq!(offset("monotonic 5 0\n"), Some(0));
-        assert_eq!(offset("boottime x 0\n"), None);
-        assert_eq!(offset("boottime 1\n"), None);
-        let exact = |text: &str| {
-            std::fs::write(&path, text).unwrap();
-            read_offset(&path).unwrap().exact
-        };
-        assert!(exact("boottime 100000 0\n") && exact("boottime -3 0\n"));
-        assert!(exact("monotonic 5 1\n"));
-        assert!(!exact("boottime 0 1\n") && !exact("boottime -1 999999999\n"));
     }
 
     /// A reader in a time namespace undoes its offset: identities are recorded in the

@@ -1,4 +1,5 @@
-//! Where the store's work runs.
+//! The execution layer: where the store's work runs. It sits below the locking layer, which
+//! hands it each operation of a hold, and knows nothing of locks or of the store.
 //!
 //! File work on tmpfs (`/run`, `/dev/shm`: the store's normal home) never waits on a
 //! device: making, writing, linking, reading and unlinking a small file there is CPU work,
@@ -7,13 +8,14 @@
 //! save there). Everything that can wait goes to the blocking pool with `spawn_blocking`:
 //! any other file system, a durable store's `fsync`, an entry over [`IN_PLACE_MAX_BYTES`],
 //! and a store whose [`Options::work_on_pool`](crate::Options::work_on_pool) says so.
+//! A call site says how large its work is ([`Work`]); the store's files and that decide
+//! where it runs ([`Where`]).
 //!
-//! Long operations (streams, `load_all`, `len`, `prune_dead`) run in steps of at most
-//! [`Step::IN_PLACE`] files in place. Every 30 µs of in-place work on a thread (a long
-//! operation's steps, or a loop of short ones), the store gives the runtime back
-//! ([`pause`], [`POLL_BUDGET`]), so that no single poll holds a thread for long and a
-//! dropped future stops soon. On the pool a step is larger ([`Step::ON_POOL`]): the hop is paid once
-//! per step, not per file.
+//! Long operations (streams, `load_all`, `len`, `prune_dead`) run in steps ([`Step::IN_PLACE`]
+//! in place). After every [`POLL_BUDGET`] of in-place work on a thread (a long operation's
+//! steps, or a loop of short ones), the store gives the runtime back ([`pause`]), so that no
+//! single poll holds a thread for long and a dropped future stops soon. On the pool a step is
+//! larger ([`Step::ON_POOL`]): the hop is paid once per step, not per file.
 //!
 //! Waiting for a lock another process holds comes neither here nor to the pool but to a thread
 //! of its own (`lock/kernel_wait.rs`): the wait can be long, and its waiter must stay free to
@@ -25,10 +27,7 @@ use std::time::{Duration, Instant};
 
 use tokio::runtime::Handle;
 
-/// Waits on something out of tokio's sight (another process) without letting a paused clock
-/// jump past it (`shell/clock_hold.rs`); here so that the locking layer finds it where it
-/// finds the rest of where its work runs.
-pub(crate) use crate::shell::clock_hold::outside as wait_outside;
+pub(crate) mod clock_hold;
 
 use crate::Error;
 use crate::disk::scan::DIRENT_BUF_SMALL;
@@ -36,12 +35,44 @@ use crate::disk::scan::DIRENT_BUF_SMALL;
 /// The largest entry written or decoded in place; larger ones go to the pool.
 pub(crate) const IN_PLACE_MAX_BYTES: usize = 64 << 10;
 
-/// The one rule of where an entry read back is decoded, for every reader (`load`, streams,
-/// `prune_dead`): in place up to [`IN_PLACE_MAX_BYTES`], on the blocking pool above. A step
-/// in place reads no larger file ([`Step::IN_PLACE`]'s `max_file`), so a reader that decodes
-/// where it reads follows it too.
-pub(crate) fn decodes_in_place(len: usize) -> bool {
-    len <= IN_PLACE_MAX_BYTES
+/// How large a piece of work is, as its call site knows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Work {
+    /// Bounded work that runs in place where the store's files allow it.
+    Small,
+    /// Work over an entry larger than [`IN_PLACE_MAX_BYTES`]: on the blocking pool, always.
+    Large,
+}
+
+impl Work {
+    /// The one rule of where an entry is encoded, written or decoded, for every writer and
+    /// reader (`save`, `load`, streams, `prune_dead`): in place up to [`IN_PLACE_MAX_BYTES`],
+    /// on the blocking pool above. A step in place reads no larger file
+    /// ([`Step::IN_PLACE`]'s `max_file`), so a reader that decodes where it reads (prune)
+    /// follows it too.
+    pub(crate) fn entry(len: usize) -> Work {
+        match len <= IN_PLACE_MAX_BYTES {
+            true => Work::Small,
+            false => Work::Large,
+        }
+    }
+
+    /// Where this work runs, on files where short work may run in place or not.
+    pub(crate) fn runs(self, files_in_place: bool) -> Where {
+        match (self, files_in_place) {
+            (Work::Small, true) => Where::InPlace,
+            _ => Where::OnPool,
+        }
+    }
+}
+
+/// Where one piece of work runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Where {
+    /// On the task's own thread, counted against its [`POLL_BUDGET`].
+    InPlace,
+    /// On tokio's blocking pool.
+    OnPool,
 }
 
 /// How much one step of a long operation may do. A step on the pool reads at least one file
@@ -101,18 +132,20 @@ where
         })
 }
 
-/// Runs one step of work, `f`, right here when `here` says so (or outside any runtime), and
-/// on the blocking pool otherwise; `f` is told how large a step it may make.
-pub(crate) async fn run_step<T, F>(op: &'static str, here: bool, f: F) -> Result<T, Error>
+/// Runs one step of work, `f`, where `runs` says (in place also outside any runtime); `f` is
+/// told how large a step it may make.
+pub(crate) async fn run_step<T, F>(op: &'static str, runs: Where, f: F) -> Result<T, Error>
 where
     T: Send + 'static,
     F: FnOnce(Step) -> Result<T, Error> + Send + 'static,
 {
-    if here {
-        yield_if_spent().await;
-        return charged(|| in_place(op, || f(Step::IN_PLACE)))?;
+    match runs {
+        Where::InPlace => {
+            yield_if_spent().await;
+            charged(|| in_place(op, || f(Step::IN_PLACE)))?
+        }
+        Where::OnPool => on_pool(op, move || f(Step::ON_POOL)).await?,
     }
-    on_pool(op, move || f(Step::ON_POOL)).await?
 }
 
 /// How much in-place work a thread does before the store gives the runtime back: a bound on
