@@ -135,6 +135,8 @@ where
     /// # Ok(()) }
     /// ```
     pub async fn close(&self) -> Result<(), Error> {
+        // In a forked child, `Forked` says more than `Reentrant`: nothing of the store works.
+        self.made_in().check()?;
         reentry::check_store(self.shared.key())?;
         self.shared.close().await
     }
