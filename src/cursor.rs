@@ -14,7 +14,7 @@ use crate::disk::read::Found;
 use crate::disk::{format, read};
 use crate::exec::{self, Work};
 use crate::lock::hold::{GoneOnDrop, Hold, LockMode};
-use crate::shell::steps::{self, Listing};
+use crate::shell::streams::{self, Listing};
 use crate::{Aid, Error, InstanceId, State};
 
 /// Read access to one aid's entries while its lock is held, shared or exclusive.
@@ -266,13 +266,13 @@ where
     /// stopped it, if any.
     async fn prune(&mut self) -> Result<(Vec<State<C>>, Option<Error>), Error> {
         let waiter = GoneOnDrop::default();
-        let pass = steps::Prune::<C> {
+        let pass = streams::Prune::<C> {
             listing: Listing::new(self.read.hold.clone()),
             gone: waiter.0.clone(),
             _config: PhantomData,
         };
         let mut removed = Vec::new();
-        let mut removing = steps::stream("prune", pass);
+        let mut removing = streams::stream("prune", pass);
         while let Some(item) = removing.next().await {
             match item {
                 Ok(state) => removed.push(state),
@@ -326,7 +326,7 @@ where
         let dir = self.hold.dir().path();
         match found {
             Found::Read if Work::entry(bytes.len()) == Work::Large => {
-                steps::decode_on_pool(dir, id, bytes).await.map(Some)
+                streams::decode_on_pool(dir, id, bytes).await.map(Some)
             }
             Found::Read => exec::charged(|| read::decode_entry(dir, id, &bytes)).map(Some),
             Found::Missing | Found::TooLargeHere => Ok(None),
@@ -349,7 +349,7 @@ where
     ///
     /// Lazy: names are read in batches as the stream is polled. Foreign names are skipped.
     pub fn ids(&mut self) -> impl Stream<Item = Result<InstanceId, Error>> + Send + Unpin + '_ {
-        steps::stream("ids", steps::Ids(Listing::new(self.hold.clone())))
+        streams::stream("ids", streams::Ids(Listing::new(self.hold.clone())))
     }
 
     /// Streams the entries, decoded, in directory order.
@@ -381,7 +381,7 @@ where
     /// # Ok(()) }
     /// ```
     pub fn entries(&mut self) -> impl Stream<Item = Result<State<C>, Error>> + Send + Unpin + '_ {
-        steps::entries(Listing::new(self.hold.clone()))
+        streams::entries(Listing::new(self.hold.clone()))
     }
 
     /// Reads every entry, or fails with the first error.

@@ -9,4 +9,4 @@ pub(crate) mod hold;
 pub(crate) mod kernel_wait;
 pub(crate) mod open_aid;
 pub(crate) mod reentry;
-pub(crate) mod table;
+pub(crate) mod store_state;

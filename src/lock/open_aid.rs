@@ -1,6 +1,6 @@
 //! An aid's files, open: its directory (the core's [`AidDir`]) and its lock file (this
 //! layer's [`LockFile`]), opened together, checked together, and cached together by the
-//! store's table (`lock/table.rs`).
+//! store's table (`lock/store_state.rs`).
 
 use std::path::Path;
 use std::sync::Arc;

@@ -38,7 +38,7 @@ use crate::disk::secure::{check_private, open_flags};
 use crate::disk::state_dir::StateDir;
 use crate::exec;
 use crate::lock::fork_guard;
-use crate::lock::table::StoreState;
+use crate::lock::store_state::StoreState;
 use crate::{Aid, Error, InstanceId};
 
 /// One change to the store, as [`AsyncStore::watch`](crate::AsyncStore::watch) reports it.

@@ -8,7 +8,7 @@ use serde::de::DeserializeOwned;
 use crate::disk::scan;
 use crate::exec;
 use crate::lock::hold::{LockMode, Wait};
-use crate::shell::steps::{self, Listing};
+use crate::shell::streams::{self, Listing};
 use crate::{Aid, AsyncStore, Error, State};
 
 impl<C> AsyncStore<C>
@@ -86,7 +86,7 @@ where
         let shared = self.shared.clone();
         let hold = async move { shared.hold(aid, LockMode::Shared, Wait::Forever).await };
         stream::once(hold).flat_map(move |hold| match hold {
-            Ok(hold) => steps::entries::<C>(Listing::new(hold))
+            Ok(hold) => streams::entries::<C>(Listing::new(hold))
                 .map(move |item| item.map(|state| (aid, state)))
                 .left_stream(),
             Err(e) => stream::iter([Err(e)]).right_stream(),

@@ -20,7 +20,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::lock::reentry;
-use crate::lock::table::StoreState;
+use crate::lock::store_state::StoreState;
 use crate::{Error, Options};
 
 /// A store of running instances under one run directory, shared by every task and process
