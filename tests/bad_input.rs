@@ -420,7 +420,9 @@ async fn temp_files_of_a_killed_process_are_swept_and_never_listed() {
     save_all(&store, a, &good).await;
     let adir = aid_dir(run, a);
 
-    // As a process killed mid-save would leave them: a whole entry and a partial one.
+    // As a process killed mid-save would leave them: the lock file marked (docs/format.md,
+    // Publishing), then a whole entry and a partial one.
+    fs::write(run.join("state").join(format!("{a}.lock")), [1u8]).unwrap();
     let whole = adir.join(format!(".tmp-{}", InstanceId::random()));
     fs::write(&whole, fs::read(entry_path(run, a, good[0].id)).unwrap()).unwrap();
     let partial = adir.join(format!(".tmp-{}", InstanceId::random()));
@@ -449,6 +451,8 @@ async fn temp_files_of_a_killed_process_are_swept_and_never_listed() {
     let mut want: Vec<String> = good_ids.iter().map(InstanceId::to_string).collect();
     want.sort();
     assert_eq!(names_in(&adir), want, "the temporary files were not swept");
+    let mark = fs::read(run.join("state").join(format!("{a}.lock"))).unwrap();
+    assert_eq!(mark, b"", "the sweep did not clear the mark");
 }
 
 async fn symlinks_in_place_of_store_files_are_refused() {

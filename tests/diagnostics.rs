@@ -129,7 +129,10 @@ async fn events() {
         "{foreign:?}"
     );
 
-    // A temporary file a killed save left: removed by a new store's first exclusive hold.
+    // A temporary file a killed save left, after marking the lock file as every such save
+    // does: removed by a new store's first exclusive hold.
+    let lock = aid_dir.with_file_name(format!("{aid}.lock"));
+    std::fs::write(lock, [1u8]).unwrap();
     let temp = aid_dir.join(format!(".tmp-{}", InstanceId::random()));
     std::fs::write(&temp, b"half").unwrap();
     let fresh = AsyncStore::<String>::new(dir.path());

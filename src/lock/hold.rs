@@ -182,6 +182,12 @@ impl Hold {
         loop {
             let step = self.operate("sweep", Work::Small, move |hold, _| {
                 let dir = hold.dir();
+                // Every write that makes a named temporary file marks the lock file first
+                // and clears the mark once the file is gone, so an unmarked aid has nothing
+                // to sweep: one read of the mark, not a listing.
+                if sweep.is_none() && !hold.temp_mark().is_set()? {
+                    return Ok(None);
+                }
                 let mut sweep = sweep.map_or_else(|| dir.sweep(), Ok)?;
                 let more = dir.sweep_step(&mut sweep, hold.temp_mark())?;
                 Ok(more.then_some(sweep))

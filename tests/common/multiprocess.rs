@@ -290,13 +290,17 @@ async fn child_crash(env: &ChildEnv) {
         .durable(rng.below(2) == 0);
     let store = AsyncStore::<Cfg>::with_options(&env.dir, options);
     let aid_dir = env.dir.join("state").join(env.aid.to_string());
+    let mark = lock_path(&env.dir, env.aid);
     let pid = std::process::id();
     say("READY");
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(30) {
         store
             .with_aid(env.aid, async |c| {
+                // A named temporary file as the store's writes make one: the lock file
+                // marked first, cleared once the file is gone (docs/format.md, Publishing).
                 let temp = (rng.below(2) == 0).then(|| {
+                    std::fs::write(&mark, [1u8]).unwrap();
                     let temp = aid_dir.join(format!(".tmp-{}", InstanceId::random()));
                     std::fs::write(&temp, b"half a save").unwrap();
                     temp
@@ -313,6 +317,7 @@ async fn child_crash(env: &ChildEnv) {
                 }
                 if let Some(temp) = temp {
                     std::fs::remove_file(temp).unwrap();
+                    std::fs::write(&mark, b"").unwrap();
                 }
                 Ok::<_, Error>(())
             })
