@@ -260,7 +260,7 @@ impl Claim {
         if claim.files.lock().try_exclusive()? {
             return Ok(claim.granted());
         }
-        Self::wait_for_flock(claim, wait, false, ()).await
+        Box::pin(Self::wait_for_flock(claim, wait, false, ())).await
     }
 
     /// Takes (or joins) this process's shared flock for a claim with a shared turn. Only a
@@ -290,7 +290,7 @@ impl Claim {
         if claim.files.lock().try_shared()? {
             return Ok(claim.granted());
         }
-        Self::wait_for_flock(claim, wait, true, first).await
+        Box::pin(Self::wait_for_flock(claim, wait, true, first)).await
     }
 
     /// Waits for the flock that another process keeps from a claim, exclusive or `shared`, as

@@ -4,6 +4,7 @@
 //! holder waits for an aid, in this process and then across processes (`lock/hold.rs`).
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -40,7 +41,7 @@ pub(super) struct Slot {
 pub(crate) struct StoreState {
     run_dir: PathBuf,
     options: Options,
-    slots: Mutex<HashMap<Aid, Arc<Slot>>>,
+    slots: Mutex<HashMap<Aid, Arc<Slot>, BuildHasherDefault<AidHasher>>>,
     /// The open `state` directory, once an aid has been opened.
     state_dir: Mutex<Option<Arc<StateDir>>>,
     /// Taken by the one task that opens the state directory.
@@ -54,6 +55,29 @@ pub(crate) struct StoreState {
     closed: AtomicBool,
     /// The process the store was made in: a forked child may not use it.
     made_in: fork_guard::Epoch,
+}
+
+/// Hashes an aid (a `u16`, hashed as one) with a multiply: aids are few and not chosen by an
+/// adversary, and SipHash was a tenth of an empty hold's own work.
+#[derive(Default)]
+struct AidHasher(u64);
+
+impl Hasher for AidHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u16(u16::from(b) ^ (self.0 as u16));
+        }
+    }
+
+    fn write_u16(&mut self, n: u16) {
+        // Fibonacci hashing: the multiply spreads the aid into the high bits that the table
+        // uses.
+        self.0 = (self.0 ^ u64::from(n)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
 }
 
 /// How many times a holder opens an aid's files again after finding them removed.
@@ -70,7 +94,7 @@ impl StoreState {
         StoreState {
             run_dir,
             options,
-            slots: Mutex::new(HashMap::new()),
+            slots: Mutex::new(HashMap::default()),
             state_dir: Mutex::new(None),
             opening_state_dir: tokio::sync::Mutex::new(()),
             open: Mutex::new(VecDeque::new()),
@@ -133,7 +157,7 @@ impl StoreState {
 
     async fn open_files(&self, aid: Aid, slot: &Slot) -> Result<Arc<OpenAid>, Error> {
         slot.used.store(true, Ordering::Relaxed);
-        let mut cached = slot.files.lock().await;
+        let cached = slot.files.lock().await;
         if let Some(files) = &*cached {
             let files = files.clone();
             drop(cached);
@@ -144,6 +168,18 @@ impl StoreState {
             }
             return Ok(files);
         }
+        // Boxed, as every rare path of a hold: the future of each hold is as large as its
+        // largest path, and moving it about was a tenth of an empty hold's own work.
+        Box::pin(self.open_uncached(aid, cached)).await
+    }
+
+    /// [`StoreState::open_files`] for an aid whose files are not open: opens them (and the
+    /// state directory if need be) into the slot's cache, whose lock `cached` is.
+    async fn open_uncached(
+        &self,
+        aid: Aid,
+        mut cached: tokio::sync::MutexGuard<'_, Option<Arc<OpenAid>>>,
+    ) -> Result<Arc<OpenAid>, Error> {
         let mut state = self.state_dir().await?;
         let mut reopened = 0;
         let files = loop {
@@ -348,7 +384,7 @@ impl StoreState {
                 path = %stale.files.dir().path().display(),
                 "the aid's lock file or directory was removed while open; opening them again"
             );
-            self.forget_files(&slot, &stale.files).await;
+            Box::pin(self.forget_files(&slot, &stale.files)).await;
             claim = Claim {
                 files: self.open_files(aid, &slot).await?,
                 ..stale
@@ -358,7 +394,7 @@ impl StoreState {
         if mode == LockMode::Exclusive && !slot.swept.load(Ordering::Acquire) {
             // The first exclusive holder in this store clears what a killed process left.
             // A whole listing of the directory, once per aid and store: in steps.
-            hold.sweep_temps().await?;
+            Box::pin(hold.sweep_temps()).await?;
             slot.swept.store(true, Ordering::Release);
         }
         Ok(hold)
