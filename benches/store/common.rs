@@ -161,11 +161,16 @@ pub fn states(template: &Entry, n: usize) -> Vec<Entry> {
         .collect()
 }
 
-/// The crate's `ProcessIdentity` on the wire: `{start_time, boot_id}`.
+/// The crate's `ProcessIdentity` on the wire: `{start_time, boot_id, start_exact,
+/// pidfs_inode?}`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ProcIdent {
     pub start_time: u64,
     pub boot_id: String,
+    #[serde(default)]
+    pub start_exact: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pidfs_inode: Option<u64>,
 }
 
 impl From<&runstate::ProcessIdentity> for ProcIdent {
@@ -173,6 +178,8 @@ impl From<&runstate::ProcessIdentity> for ProcIdent {
         ProcIdent {
             start_time: p.start_time,
             boot_id: p.boot_id.clone(),
+            start_exact: p.start_exact,
+            pidfs_inode: p.pidfs_inode,
         }
     }
 }
@@ -206,6 +213,9 @@ pub fn ident(stat: &[u8], boot_id: &[u8]) -> Option<ProcIdent> {
     Some(ProcIdent {
         start_time: parse_start_time(stat)?,
         boot_id: (!boot_id.is_empty()).then(|| boot_id.to_owned())?,
+        // Outside a time namespace, as the bench runs; the pidfs inode is not read here.
+        start_exact: true,
+        pidfs_inode: None,
     })
 }
 
