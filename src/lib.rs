@@ -126,12 +126,14 @@ compile_error!(
 
 // The public API and its value types.
 mod aid;
+mod change;
 mod cursor;
 mod error;
 mod instance_id;
 mod options;
 mod state;
 mod store;
+mod watch;
 
 // The layers under it, bottom up (ARCHITECTURE.md): the synchronous core, where work
 // runs, the locking layer, the async shell.
@@ -146,14 +148,15 @@ mod shell;
 pub mod testing;
 
 pub use aid::Aid;
+pub use change::Change;
 pub use cursor::{Cursor, ReadCursor};
 pub use error::{CorruptKind, Error, Result};
 pub use instance_id::InstanceId;
 pub use options::Options;
 pub use process::{Liveness, ProcessIdentity};
-pub use shell::watch::{Change, Watch};
 pub use state::State;
 pub use store::AsyncStore;
+pub use watch::Watch;
 
 /// The trait of the streams this crate returns, re-exported so a signature can name it
 /// without a dependency on `futures`. Taking items (`.next().await`) still needs a

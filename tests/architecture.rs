@@ -57,7 +57,7 @@ fn layer_of_module(module: &str) -> Option<&'static str> {
         "process" => "process",
         "watch" => "watch",
         "testing" => "testing",
-        "aid" | "instance_id" | "state" | "error" | "options" => "types",
+        "aid" | "instance_id" | "state" | "error" | "options" | "change" => "types",
         _ => return None,
     })
 }

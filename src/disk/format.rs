@@ -28,7 +28,8 @@ pub(crate) const VERSION: u32 = 1;
 
 /// How deeply a reader lets arrays and maps nest in an entry. Decoding recurses once per
 /// level, so a hostile file nested a million deep must be refused before it exhausts the
-/// blocking thread's stack (2 MiB by default, less if the runtime says so).
+/// decoding thread's stack (a runtime or pool thread: 2 MiB by default, less if the runtime
+/// says so).
 const MAX_DEPTH: usize = 256;
 
 /// How deeply `save` lets a config nest, counting its own levels only. Below [`MAX_DEPTH`]

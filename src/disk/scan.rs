@@ -35,15 +35,7 @@ impl AidDir {
     /// directory at its path is listed instead ([`AidDir::revive`]).
     pub(crate) fn scan(&self, read_size: usize) -> Result<Scan, Error> {
         let first = || {
-            let mut scan = Scan {
-                fd: self.reopen()?,
-                buf: Vec::new(),
-                read_size: DIRENT_BUF,
-                ids: Vec::new(),
-                next: 0,
-                more: true,
-            };
-            scan.set_read_size(read_size);
+            let mut scan = Scan::new(self.reopen()?, read_size);
             scan.fetch(&self.path).map(|()| scan)
         };
         match first() {
@@ -196,8 +188,23 @@ pub(crate) struct Scan {
 }
 
 impl Scan {
+    /// A listing of the directory open as `fd` (a descriptor of its own: the listing moves
+    /// its position), nothing read yet.
+    fn new(fd: OwnedFd, read_size: usize) -> Scan {
+        let mut scan = Scan {
+            fd,
+            buf: Vec::new(),
+            read_size: DIRENT_BUF,
+            ids: Vec::new(),
+            next: 0,
+            more: true,
+        };
+        scan.set_read_size(read_size);
+        scan
+    }
+
     /// Sets how many bytes of names each later `getdents64` call fetches (clamped to
-    /// [`DIRENT_BUF_SMALL`]..=32 KiB): small for a step run in place, where one call on a huge
+    /// [`DIRENT_BUF_SMALL`]..=[`DIRENT_BUF`]): small for a step run in place, where one call on a huge
     /// directory would otherwise hold the runtime's thread for its whole buffer.
     pub(crate) fn set_read_size(&mut self, bytes: usize) {
         self.read_size = bytes.clamp(DIRENT_BUF_SMALL, DIRENT_BUF);
@@ -272,6 +279,16 @@ impl Scan {
             }
         }
         Ok(())
+    }
+}
+
+/// Whether the aid directory open as `fd` (at `path`, for messages) holds no entry names;
+/// foreign names do not count. Pass a descriptor of its own: the listing moves its position.
+pub(crate) fn holds_no_entry(fd: OwnedFd, path: &Path) -> Result<bool, Error> {
+    match Scan::new(fd, DIRENT_BUF).next_id(path) {
+        None => Ok(true),
+        Some(Ok(_)) => Ok(false),
+        Some(Err(e)) => Err(e),
     }
 }
 

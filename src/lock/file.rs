@@ -28,6 +28,7 @@ use crate::disk::secure::check_private_as;
 use crate::disk::state_dir::StateDir;
 use crate::lock::fork_guard::TrackedFd;
 use crate::lock::gate;
+use crate::lock::hold::LockMode;
 use crate::lock::kernel_wait::{self, Granted, Kind, Locked};
 use crate::{Aid, Error};
 
@@ -167,8 +168,8 @@ impl LockFile {
         }
     }
 
-    /// Starts waiting, on a thread of its own, for the exclusive lock (`Kind::Exclusive`), the
-    /// shared lock for this process as its first reader (`Kind::Shared`), or the writers' gate
+    /// Starts waiting, on a thread of its own, for the exclusive lock, the shared lock for
+    /// this process as its first reader (`Kind::Flock`), or the writers' gate
     /// (`Kind::Gate`, `Kind::GatePass`), which another process keeps from us; see
     /// [`crate::lock::kernel_wait`]. Adopt a granted flock with [`LockFile::adopt`]; a granted
     /// gate is held until dropped.
@@ -197,9 +198,10 @@ impl LockFile {
     }
 
     /// Makes a descriptor granted by a wait this process's holder of the lock: of the
-    /// exclusive lock, or with `shared`, of the shared lock as its first reader. Until
-    /// released, it stands for the store's descriptor in [`LockFile::unlock`].
-    pub(crate) fn adopt(&self, granted: Granted, shared: bool) -> Result<(), Error> {
+    /// exclusive lock, or of the shared lock as its first reader. Until released, it stands
+    /// for the store's descriptor in [`LockFile::unlock`].
+    pub(crate) fn adopt(&self, granted: Granted, mode: LockMode) -> Result<(), Error> {
+        let shared = mode == LockMode::Shared;
         let fd = granted.map_err(|e| Error::io("lock", &self.path, e))?;
         let mut readers = self.readers();
         if shared && *readers > 0 {

@@ -11,8 +11,9 @@
 //! A [`Hold`] owns both layers and releases them when dropped. Everything that may still use
 //! the aid keeps an `Arc<Hold>`: the cursor, and every blocking operation in flight. So the
 //! lock outlives a dropped future until the work it started has finished, and no write can
-//! land after the lock has passed to someone else. A lock granted on the blocking pool after
-//! its waiter was dropped is dropped there at once, since the `Hold` is built on that thread.
+//! land after the lock has passed to someone else. A lock granted after its waiter was
+//! dropped is released at once: by its waiting thread (`lock/kernel_wait.rs`), or, in the
+//! polling fallback, on the pool, where the `Hold` is built.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,7 +29,7 @@ use crate::lock::open_aid::OpenAid;
 use crate::{Aid, Error};
 
 /// Whether a holder excludes everyone or only exclusive holders.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum LockMode {
     Exclusive,
     Shared,
@@ -57,7 +58,8 @@ pub(super) struct Claim {
     pub(super) aid: Aid,
     pub(super) files: Arc<OpenAid>,
     pub(super) turn: Turn,
-    pub(super) _open: OwnedRwLockReadGuard<()>,
+    /// Counts the hold among those in flight, which `close` waits for.
+    pub(super) _in_flight: OwnedRwLockReadGuard<()>,
 }
 
 /// What a waiting thread ([`crate::lock::kernel_wait`]) hands over, waited for as `wait`
@@ -82,7 +84,10 @@ impl Claim {
     pub(super) fn granted(self) -> Hold {
         let flock = Flock {
             files: self.files.clone(),
-            shared: matches!(self.turn, Turn::Shared(_)),
+            mode: match self.turn {
+                Turn::Exclusive(_) => LockMode::Exclusive,
+                Turn::Shared(_) => LockMode::Shared,
+            },
         };
         Hold {
             flock,
@@ -97,7 +102,7 @@ impl Claim {
 #[derive(Debug)]
 pub(super) struct Flock {
     files: Arc<OpenAid>,
-    shared: bool,
+    mode: LockMode,
 }
 
 impl Drop for Flock {
@@ -107,9 +112,9 @@ impl Drop for Flock {
         if self.files.lock().inherited() {
             return;
         }
-        match self.shared {
-            false => self.files.lock().unlock(),
-            true => self.files.lock().leave_shared(),
+        match self.mode {
+            LockMode::Exclusive => self.files.lock().unlock(),
+            LockMode::Shared => self.files.lock().leave_shared(),
         }
     }
 }
@@ -165,10 +170,10 @@ impl Hold {
         if self.claim.files.lock().inherited() {
             return Err(Error::Forked);
         }
-        let turn = self.ops.clone().lock_owned().await;
+        let in_order = self.ops.clone().lock_owned().await;
         let hold = self.clone();
         exec::run_step(op, work.runs(self.in_place()), move |step| {
-            let _turn = turn;
+            let _in_order = in_order;
             f(&hold, step)
         })
         .await
@@ -260,7 +265,7 @@ impl Claim {
         if claim.files.lock().try_exclusive()? {
             return Ok(claim.granted());
         }
-        Box::pin(Self::wait_for_flock(claim, wait, false, ())).await
+        Box::pin(Self::wait_for_flock(claim, wait, LockMode::Exclusive, ())).await
     }
 
     /// Takes (or joins) this process's shared flock for a claim with a shared turn. Only a
@@ -290,10 +295,10 @@ impl Claim {
         if claim.files.lock().try_shared()? {
             return Ok(claim.granted());
         }
-        Box::pin(Self::wait_for_flock(claim, wait, true, first)).await
+        Box::pin(Self::wait_for_flock(claim, wait, LockMode::Shared, first)).await
     }
 
-    /// Waits for the flock that another process keeps from a claim, exclusive or `shared`, as
+    /// Waits for the flock that another process keeps from a claim, in `mode`, as
     /// `wait` allows, keeping `guard` until then: first at the writers' gate
     /// ([`crate::lock::gate`]), then for the flock in the kernel, on a thread of its own
     /// ([`crate::lock::kernel_wait`]), or where no such thread can be had, by polling on the
@@ -301,14 +306,15 @@ impl Claim {
     async fn wait_for_flock<G: Send + 'static>(
         claim: Claim,
         wait: Wait,
-        shared: bool,
+        mode: LockMode,
         guard: G,
     ) -> Result<Hold, Error> {
         // Timed here, off the uncontended path, where a clock read would be a tenth of a hold.
         let (aid, asked) = (claim.aid, Instant::now());
-        let held = Self::queue_for_flock(claim, wait, shared, guard).await;
+        let held = Self::queue_for_flock(claim, wait, mode, guard).await;
         let waited = asked.elapsed();
         if waited > SLOW_LOCK {
+            let shared = mode == LockMode::Shared;
             tracing::info!(%aid, shared, ?waited, "waited for another process's lock");
         }
         held
@@ -318,33 +324,29 @@ impl Claim {
     async fn queue_for_flock<G: Send + 'static>(
         claim: Claim,
         wait: Wait,
-        shared: bool,
+        mode: LockMode,
         guard: G,
     ) -> Result<Hold, Error> {
         if let Wait::Never = wait {
             return Err(Error::WouldBlock { aid: claim.aid });
         }
-        let gate = Self::at_gate(&claim, wait, shared).await?;
+        let gate = Self::at_gate(&claim, wait, mode).await?;
         // The lock may have come free while we were at the gate.
-        let taken = match shared {
-            true => claim.files.lock().try_shared()?,
-            false => claim.files.lock().try_exclusive()?,
+        let taken = match mode {
+            LockMode::Shared => claim.files.lock().try_shared()?,
+            LockMode::Exclusive => claim.files.lock().try_exclusive()?,
         };
         if taken {
             return Ok(claim.granted());
         }
         // A writer keeps its place at the gate until it has the flock, or gives up.
         let guard = (guard, gate);
-        let kind = match shared {
-            true => Kind::Shared,
-            false => Kind::Exclusive,
-        };
-        match claim.files.lock().wait(kind) {
-            Ok(handed) => Self::handed_over(claim, wait, handed, shared, guard).await,
+        match claim.files.lock().wait(Kind::Flock(mode)) {
+            Ok(handed) => Self::handed_over(claim, wait, handed, mode, guard).await,
             Err(_) => {
-                let take = match shared {
-                    true => LockFile::first_shared,
-                    false => LockFile::exclusive,
+                let take = match mode {
+                    LockMode::Shared => LockFile::first_shared,
+                    LockMode::Exclusive => LockFile::exclusive,
                 };
                 Self::poll_for_flock(claim, wait, guard, take).await
             }
@@ -355,7 +357,8 @@ impl Claim {
     /// back to keep while it waits for the flock; a reader waits until no writer is there,
     /// and keeps nothing. As `wait` allows: given up, it holds nothing (the thread releases
     /// the gate when it comes). Where no thread can wait for the gate, it goes on without.
-    async fn at_gate(claim: &Claim, wait: Wait, shared: bool) -> Result<Option<AtGate>, Error> {
+    async fn at_gate(claim: &Claim, wait: Wait, mode: LockMode) -> Result<Option<AtGate>, Error> {
+        let shared = mode == LockMode::Shared;
         if shared && !claim.files.lock().writer_queued()? {
             return Ok(None);
         }
@@ -384,11 +387,11 @@ impl Claim {
         claim: Claim,
         wait: Wait,
         handed: oneshot::Receiver<Granted>,
-        shared: bool,
+        mode: LockMode,
         guard: G,
     ) -> Result<Hold, Error> {
         let granted = handed_by_thread(claim.aid, wait, handed).await?;
-        claim.files.lock().adopt(granted, shared)?;
+        claim.files.lock().adopt(granted, mode)?;
         drop(guard);
         Ok(claim.granted())
     }

@@ -37,14 +37,13 @@ use tokio::sync::oneshot;
 
 use crate::lock::fork_guard::{self, TrackedFd};
 use crate::lock::gate;
+use crate::lock::hold::LockMode;
 
 /// What a waiting thread waits for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum Kind {
-    /// The flock, `LOCK_SH`.
-    Shared,
-    /// The flock, `LOCK_EX`.
-    Exclusive,
+    /// The flock: `LOCK_SH` or `LOCK_EX`.
+    Flock(LockMode),
     /// The writers' gate, shared: granted once no writer holds it.
     GatePass,
     /// The writers' gate, exclusive: a writer's place in front of every later reader.
@@ -55,8 +54,8 @@ impl Kind {
     /// Takes the lock on `fd`, blocking until it is granted.
     fn take(self, fd: &TrackedFd) -> Result<(), Errno> {
         let op = match self {
-            Kind::Shared => FlockOperation::LockShared,
-            Kind::Exclusive => FlockOperation::LockExclusive,
+            Kind::Flock(LockMode::Shared) => FlockOperation::LockShared,
+            Kind::Flock(LockMode::Exclusive) => FlockOperation::LockExclusive,
             Kind::GatePass => return gate::pass_wait(fd.as_fd()),
             Kind::Gate => return gate::take(fd.as_fd()),
         };
@@ -83,7 +82,7 @@ impl Drop for Locked {
             return;
         }
         match self.1 {
-            Kind::Shared | Kind::Exclusive => {
+            Kind::Flock(_) => {
                 while let Err(Errno::INTR) = flock(&self.0, FlockOperation::Unlock) {}
             }
             // Fails only on a bad descriptor; closing it then releases what it holds.

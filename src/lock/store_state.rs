@@ -26,7 +26,7 @@ pub(super) struct Slot {
     /// Serialises the shared holders of this process that wait for its first `LOCK_SH`.
     first_reader: Arc<tokio::sync::Mutex<()>>,
     /// The aid's open directory and lock file, while it is held or among the recently
-    /// used ([`StoreState::keep_open`]); closed once it is neither, so that a store that
+    /// used ([`StoreState::keep_cached`]); closed once it is neither, so that a store that
     /// touches every aid keeps a bounded number of descriptors.
     files: tokio::sync::Mutex<Option<Arc<OpenAid>>>,
     /// Used since the cache last looked: spares the directory from one eviction round.
@@ -45,10 +45,10 @@ pub(crate) struct StoreState {
     /// The open `state` directory, once an aid has been opened.
     state_dir: Mutex<Option<Arc<StateDir>>>,
     /// Taken by the one task that opens the state directory.
-    opening_state_dir: tokio::sync::Mutex<()>,
-    /// The aids whose directory is open, oldest first (see [`StoreState::keep_open`]).
-    open: Mutex<VecDeque<Aid>>,
-    /// Whether `open` was left over the cache's size by aids held at the time.
+    state_dir_loading: tokio::sync::Mutex<()>,
+    /// The aids whose files are cached, oldest first (see [`StoreState::keep_cached`]).
+    cached: Mutex<VecDeque<Aid>>,
+    /// Whether `cached` was left over the cache's size by aids held at the time.
     over: AtomicBool,
     /// Every hold keeps a read guard; `close` takes the write side to wait for them all.
     in_flight: Arc<RwLock<()>>,
@@ -96,8 +96,8 @@ impl StoreState {
             options,
             slots: Mutex::new(HashMap::default()),
             state_dir: Mutex::new(None),
-            opening_state_dir: tokio::sync::Mutex::new(()),
-            open: Mutex::new(VecDeque::new()),
+            state_dir_loading: tokio::sync::Mutex::new(()),
+            cached: Mutex::new(VecDeque::new()),
             over: AtomicBool::new(false),
             in_flight: Arc::new(RwLock::new(())),
             closed: AtomicBool::new(false),
@@ -123,7 +123,7 @@ impl StoreState {
     /// A read guard on the holds in flight, or `Closed`.
     pub(crate) fn enter(&self) -> Result<OwnedRwLockReadGuard<()>, Error> {
         self.made_in.check()?;
-        let open = self
+        let in_flight = self
             .in_flight
             .clone()
             .try_read_owned()
@@ -132,7 +132,7 @@ impl StoreState {
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::Closed);
         }
-        Ok(open)
+        Ok(in_flight)
     }
 
     /// The aid's open directory: the cached one, or opened now (and the state directory
@@ -144,7 +144,7 @@ impl StoreState {
         if let Some(state) = lock(&self.state_dir).clone() {
             return Ok(state);
         }
-        let _opening = self.opening_state_dir.lock().await;
+        let _loading = self.state_dir_loading.lock().await;
         if let Some(state) = lock(&self.state_dir).clone() {
             return Ok(state);
         }
@@ -164,7 +164,7 @@ impl StoreState {
             // Aids held together when they were opened are closed once let go, at the next
             // hold: one relaxed load while the cache is within its size.
             if self.over.load(Ordering::Relaxed) {
-                self.trim(lock(&self.open));
+                self.trim(lock(&self.cached));
             }
             return Ok(files);
         }
@@ -198,7 +198,7 @@ impl StoreState {
         };
         *cached = Some(files.clone());
         drop(cached);
-        self.keep_open(aid);
+        self.keep_cached(aid);
         Ok(files)
     }
 
@@ -254,7 +254,7 @@ impl StoreState {
         &self,
         make: bool,
     ) -> Result<Option<Arc<StateDir>>, Error> {
-        let _open = self.enter()?;
+        let _in_flight = self.enter()?;
         let cached = lock(&self.state_dir).clone();
         if let Some(state) = cached {
             if state.is_current() {
@@ -273,20 +273,20 @@ impl StoreState {
     /// Lists `aid` among those whose directory is open, and closes the directories of the
     /// least recently used aids that nobody holds beyond the cache's size: a clock, so a hit
     /// costs one relaxed store and no lock. Held aids keep theirs whatever the size.
-    fn keep_open(&self, aid: Aid) {
-        let mut open = lock(&self.open);
-        open.push_back(aid);
-        self.trim(open);
+    fn keep_cached(&self, aid: Aid) {
+        let mut cached = lock(&self.cached);
+        cached.push_back(aid);
+        self.trim(cached);
     }
 
     /// Closes the least recently used unheld aids' files beyond the cache's size, and notes
     /// whether held aids keep it over its size, so that a later hold trims again.
-    fn trim(&self, mut open: std::sync::MutexGuard<'_, VecDeque<Aid>>) {
+    fn trim(&self, mut cached: std::sync::MutexGuard<'_, VecDeque<Aid>>) {
         let mut closing = Vec::new();
         let mut looked = 0;
-        while open.len() > self.options.open_aids && looked < 2 * open.len() {
+        while cached.len() > self.options.open_aids && looked < 2 * cached.len() {
             looked += 1;
-            let Some(oldest) = open.pop_front() else {
+            let Some(oldest) = cached.pop_front() else {
                 break;
             };
             let slot = self.slot(oldest);
@@ -302,12 +302,12 @@ impl StoreState {
                     }
                 });
             if !evicted {
-                open.push_back(oldest);
+                cached.push_back(oldest);
             }
         }
         self.over
-            .store(open.len() > self.options.open_aids, Ordering::Relaxed);
-        drop(open);
+            .store(cached.len() > self.options.open_aids, Ordering::Relaxed);
+        drop(cached);
         // Two close(2) calls each, outside the table's lock.
         drop(closing);
     }
@@ -323,7 +323,7 @@ impl StoreState {
         mode: LockMode,
         wait: Wait,
     ) -> Result<Arc<Hold>, Error> {
-        let open = self.enter()?;
+        let in_flight = self.enter()?;
         if !matches!(wait, Wait::Never) {
             reentry::check(self.key(), aid)?;
         }
@@ -352,7 +352,7 @@ impl StoreState {
             aid,
             files: self.open_files(aid, &slot).await?,
             turn,
-            _open: open,
+            _in_flight: in_flight,
         };
         // Revalidated under the lock: a lock file removed and made anew by another store
         // would otherwise split exclusion between the two files. Bounded, in case a cleaner
@@ -408,7 +408,7 @@ impl StoreState {
         self.closed.store(true, Ordering::Release);
         let _all = self.in_flight.write().await;
         lock(&self.slots).clear();
-        lock(&self.open).clear();
+        lock(&self.cached).clear();
         *lock(&self.state_dir) = None;
         Ok(())
     }

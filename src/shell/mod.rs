@@ -2,5 +2,5 @@
 //! (a process's exit, changes in the directories). Where work runs is `exec/`'s.
 
 pub(crate) mod exit;
+pub(crate) mod inotify;
 pub(crate) mod streams;
-pub(crate) mod watch;

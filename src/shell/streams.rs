@@ -309,8 +309,8 @@ mod tests {
         }
     }
 
-    /// Listing a huge tmpfs directory costs about 300 ns a name, so a listing's steps in
-    /// place read its names in small buffers: one 32 KiB `getdents64` held the thread 180 us.
+    /// A listing's steps in place read its names in buffers of `DIRENT_BUF_SMALL` (why:
+    /// there).
     #[test]
     fn listings_in_place_read_names_in_small_buffers() {
         use crate::disk::scan::{DIRENT_BUF_SMALL, LARGEST_READ};

@@ -1,10 +1,10 @@
 //! Waiting on changes to the store: `watch` and `wait_empty`, over the shell's inotify
-//! bookkeeping (`shell/watch.rs`).
+//! bookkeeping (`shell/inotify.rs`).
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::shell::watch;
+use crate::shell::inotify;
 use crate::{Aid, AsyncStore, Error, Watch};
 
 impl<C> AsyncStore<C>
@@ -63,7 +63,7 @@ where
     /// # Ok(()) }
     /// ```
     pub async fn watch(&self) -> Result<Watch, Error> {
-        watch::watch(&self.shared).await
+        inotify::watch(&self.shared).await.map(Watch::new)
     }
 
     /// Waits until the aid holds no entries: at once if it holds none (or has no directory),
@@ -96,6 +96,6 @@ where
     /// # Ok(()) }
     /// ```
     pub async fn wait_empty(&self, aid: Aid) -> Result<(), Error> {
-        watch::wait_empty(&self.shared, aid).await
+        inotify::wait_empty(&self.shared, aid).await
     }
 }

@@ -1,5 +1,5 @@
-//! Watching the store: a stream of the changes any process makes, and a wait for an aid to
-//! empty, both on inotify.
+//! The inotify bookkeeping behind the public [`Watch`](crate::Watch) (the changes any
+//! process makes) and behind `wait_empty` (a wait for an aid to empty).
 //!
 //! inotify comes from rustix, which the store already uses for every other system call, and
 //! the descriptor waits in tokio's reactor through `AsyncFd`: twenty lines that a crate such
@@ -28,7 +28,7 @@ use std::task::{Context, Poll};
 
 use futures::Stream;
 use rustix::fs::inotify::{self, CreateFlags, ReadFlags, WatchFlags};
-use rustix::fs::{FileType, Mode, OFlags, RawDir, openat};
+use rustix::fs::{FileType, Mode, OFlags, openat};
 use rustix::io::Errno;
 use tokio::io::unix::AsyncFd;
 
@@ -39,106 +39,12 @@ use crate::disk::state_dir::StateDir;
 use crate::exec;
 use crate::lock::fork_guard;
 use crate::lock::store_state::StoreState;
-use crate::{Aid, Error, InstanceId};
+use crate::{Aid, Change, Error};
 
-/// One change to the store, as [`AsyncStore::watch`](crate::AsyncStore::watch) reports it.
-///
-/// The enum is `#[non_exhaustive]`: keep a catch-all arm.
-///
-/// ```
-/// use runstate::{Aid, Change, InstanceId};
-///
-/// let aid = Aid::new(3)?;
-/// let change = Change::Saved { aid, id: InstanceId::from_bytes([1; 16]) };
-/// assert_eq!(change.aid(), Some(aid));
-/// assert_eq!(Change::Resync.id(), None);
-/// # Ok::<(), runstate::Error>(())
-/// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum Change {
-    /// A new entry was saved ([`Cursor::save`](crate::Cursor::save)).
-    Saved {
-        /// The aid it was saved in.
-        aid: Aid,
-        /// The entry's id.
-        id: InstanceId,
-    },
-    /// An entry was removed ([`Cursor::destroy`](crate::Cursor::destroy), a prune, or a
-    /// foreign process that unlinked or moved the file away).
-    Destroyed {
-        /// The aid it was removed from.
-        aid: Aid,
-        /// The entry's id.
-        id: InstanceId,
-    },
-    /// An entry was replaced in place ([`Cursor::replace`](crate::Cursor::replace), or any
-    /// rename onto an entry's name).
-    Replaced {
-        /// The aid of the entry.
-        aid: Aid,
-        /// The entry's id.
-        id: InstanceId,
-    },
-    /// The kernel's event queue overflowed, so some changes were lost: list the whole store
-    /// again, as for [`Change::ResyncAid`](crate::Change::ResyncAid) but for every aid. Changes made after this item
-    /// are reported as usual.
-    Resync,
-    /// Changes in this aid may have been missed: its directory is new (made after the watch
-    /// started, or made again after it was removed), and inotify reports what happens in a
-    /// directory only once it watches it, which is after it appears. Everything that happens
-    /// in it after its watch was added is reported after this item, in order.
-    ///
-    /// What to do: list the aid again (say `with_aid_shared(aid, async |c|
-    /// c.load_all().await)`), take the listing for all you know of the aid, and go on
-    /// applying the changes that follow. Those may repeat what the listing already showed,
-    /// since they can have happened between this item and the listing: apply them by id,
-    /// idempotently. On `Saved` or `Replaced`, load the entry (`None`: it is gone again,
-    /// forget it); on `Destroyed`, forget the id if you have it. Applied that way, the
-    /// listing and the changes that follow it end at what the aid holds.
-    ResyncAid {
-        /// The aid to list again.
-        aid: Aid,
-    },
-}
-
-impl Change {
-    /// The aid the change is about; `None` for [`Change::Resync`](crate::Change::Resync).
-    pub fn aid(&self) -> Option<Aid> {
-        match *self {
-            Change::Saved { aid, .. }
-            | Change::Destroyed { aid, .. }
-            | Change::Replaced { aid, .. }
-            | Change::ResyncAid { aid } => Some(aid),
-            Change::Resync => None,
-        }
-    }
-
-    /// The id of the entry the change is about; `None` for [`Change::Resync`](crate::Change::Resync) and
-    /// [`Change::ResyncAid`](crate::Change::ResyncAid).
-    pub fn id(&self) -> Option<InstanceId> {
-        match *self {
-            Change::Saved { id, .. }
-            | Change::Destroyed { id, .. }
-            | Change::Replaced { id, .. } => Some(id),
-            Change::Resync | Change::ResyncAid { .. } => None,
-        }
-    }
-}
-
-/// The stream of [`Change`]s that [`AsyncStore::watch`](crate::AsyncStore::watch) returns.
-///
-/// It owns its inotify descriptor and nothing of the store: it is `Send`, `Unpin` and
-/// `'static`, and dropping it closes the descriptor. It does not keep the store open, and
-/// [`AsyncStore::close`](crate::AsyncStore::close) does not end it.
-///
-/// An `Err` item means that changes may have been missed (a new aid directory could not be
-/// watched, say): list again as for [`Change::Resync`](crate::Change::Resync). The stream ends, after an error
-/// item, only if reading inotify fails or the state directory itself is removed (or renamed,
-/// or replaced): then watch again.
+/// The inotify descriptor and bookkeeping behind a [`Watch`](crate::Watch): the changes any
+/// process makes, read from the kernel as the stream is polled.
 #[derive(Debug)]
-#[must_use = "a watch reports nothing unless it is polled"]
-pub struct Watch {
+pub(crate) struct Changes {
     fd: AsyncFd<OwnedFd>,
     buf: Vec<MaybeUninit<u8>>,
     book: Book,
@@ -229,26 +135,6 @@ fn register<T: AsRawFd>(fd: T, path: &Path) -> Result<AsyncFd<T>, Error> {
     #[allow(deprecated)]
     AsyncFd::with_interest(fd, tokio::io::Interest::READABLE)
         .map_err(|e| Error::io("watch", path, e))
-}
-
-/// The entry ids in the directory open as `fd` (at `path`, for messages), calling `each`
-/// for each; `Ok(false)` if `each` asked to stop.
-fn list_ids(
-    fd: OwnedFd,
-    path: &Path,
-    mut each: impl FnMut(InstanceId) -> bool,
-) -> Result<bool, Error> {
-    let mut buf = vec![MaybeUninit::uninit(); 8 << 10];
-    let mut dir = RawDir::new(fd, &mut buf);
-    while let Some(entry) = dir.next() {
-        let entry = entry.map_err(|e| Error::io("list", path, e))?;
-        if let Some(id) = layout::parse_entry_name(entry.file_name()) {
-            if !each(id) {
-                return Ok(false);
-            }
-        }
-    }
-    Ok(true)
 }
 
 impl Book {
@@ -381,11 +267,11 @@ impl Book {
     }
 }
 
-impl Stream for Watch {
+impl Stream for Changes {
     type Item = Result<Change, Error>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let Watch {
+        let Changes {
             fd,
             buf,
             book,
@@ -427,14 +313,14 @@ impl Stream for Watch {
     }
 }
 
-impl futures::stream::FusedStream for Watch {
+impl futures::stream::FusedStream for Changes {
     fn is_terminated(&self) -> bool {
         self.done && self.book.pending.is_empty()
     }
 }
 
 /// [`AsyncStore::watch`](crate::AsyncStore::watch) on the store's shared state.
-pub(crate) async fn watch(store: &StoreState) -> Result<Watch, Error> {
+pub(crate) async fn watch(store: &StoreState) -> Result<Changes, Error> {
     store.made_in().check()?;
     if store.is_closed() {
         return Err(Error::Closed);
@@ -476,7 +362,7 @@ pub(crate) async fn watch(store: &StoreState) -> Result<Watch, Error> {
     })
     .await??;
     let fd = register(inotify, book.state.path())?;
-    Ok(Watch {
+    Ok(Changes {
         fd,
         buf: vec![MaybeUninit::uninit(); EVENT_BUF],
         book,
@@ -579,12 +465,13 @@ fn watch_then_check(inotify: &OwnedFd, state: &StateDir, aid: Aid) -> Result<boo
         Err(e) => return Err(Error::io("wait_empty", &path, e)),
     };
     check_private(&fd, &path, FileType::Directory)?;
-    list_ids(fd, &path, |_| false)
+    scan::holds_no_entry(fd, &path)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::InstanceId;
 
     /// Every item that reading `inotify` until it is empty yields.
     fn drain(book: &mut Book, inotify: &OwnedFd) -> Vec<Change> {
