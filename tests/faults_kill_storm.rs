@@ -63,13 +63,7 @@ fn fault_child() {
     let Some(role) = role() else {
         return;
     };
-    // A panic in any task or thread ends the process at once, so the parent sees a child
-    // that stopped by itself instead of one it had to kill.
-    let default_hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        default_hook(info);
-        std::process::exit(101);
-    }));
+    common::child::exit_on_panic();
     let dir = PathBuf::from(child_var("RUNSTATE_CHILD_DIR"));
     let seed: u64 = child_var("RUNSTATE_CHILD_SEED").parse().unwrap();
     let flavor = Flavor::from_name(&child_var("RUNSTATE_CHILD_FLAVOR"));

@@ -344,3 +344,13 @@ pub fn isolated(name: &str, body: impl FnOnce()) {
     );
     eprint!("{}", tail(&stderr));
 }
+
+/// In a child process: a panic in any task or thread ends the process at once, so the parent
+/// sees a child that stopped by itself instead of one it had to kill.
+pub fn exit_on_panic() {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default_hook(info);
+        std::process::exit(101);
+    }));
+}
