@@ -120,7 +120,7 @@ fn is_dot(name: &CStr) -> bool {
 }
 
 /// Bytes of directory entries fetched per `getdents64` call: about 500 entry names.
-const DIRENT_BUF: usize = 32 << 10;
+pub(crate) const DIRENT_BUF: usize = 32 << 10;
 
 #[cfg(test)]
 thread_local! {

@@ -30,7 +30,7 @@ use tokio::runtime::Handle;
 pub(crate) mod clock_hold;
 
 use crate::Error;
-use crate::disk::scan::DIRENT_BUF_SMALL;
+use crate::disk::scan::{DIRENT_BUF, DIRENT_BUF_SMALL};
 
 /// The largest entry written or decoded in place; larger ones go to the pool.
 pub(crate) const IN_PLACE_MAX_BYTES: usize = 64 << 10;
@@ -108,7 +108,7 @@ impl Step {
         bytes: 512 << 10,
         max_file: u64::MAX,
         names: 128 * 64,
-        dirent_bytes: 32 << 10,
+        dirent_bytes: DIRENT_BUF,
     };
 }
 
