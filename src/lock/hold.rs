@@ -15,15 +15,17 @@
 //! dropped is released at once: by its waiting thread (`lock/kernel_wait.rs`), or, in the
 //! polling fallback, on the pool, where the `Hold` is built.
 
+use std::pin::pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{OwnedMutexGuard, OwnedRwLockReadGuard, OwnedRwLockWriteGuard, oneshot};
+use tokio::sync::{Notify, OwnedMutexGuard, OwnedRwLockReadGuard, OwnedRwLockWriteGuard, oneshot};
 
 use crate::disk::aid_dir::{AidDir, TempMark};
-use crate::exec::{self, Step, Work, clock_hold};
+use crate::exec::{self, Step, Where, Work, clock_hold};
 use crate::lock::file::LockFile;
+use crate::lock::in_flight::Entered;
 use crate::lock::kernel_wait::{Granted, Kind, Locked};
 use crate::lock::open_aid::OpenAid;
 use crate::{Aid, Error};
@@ -59,7 +61,7 @@ pub(super) struct Claim {
     pub(super) files: Arc<OpenAid>,
     pub(super) turn: Turn,
     /// Counts the hold among those in flight, which `close` waits for.
-    pub(super) _in_flight: OwnedRwLockReadGuard<()>,
+    pub(super) _in_flight: Entered,
 }
 
 /// What a waiting thread ([`crate::lock::kernel_wait`]) hands over, waited for as `wait`
@@ -92,7 +94,8 @@ impl Claim {
         Hold {
             flock,
             claim: self,
-            ops: Arc::new(tokio::sync::Mutex::new(())),
+            on_pool: AtomicUsize::new(0),
+            pool_done: Notify::const_new(),
         }
     }
 }
@@ -125,10 +128,13 @@ impl Drop for Flock {
 pub(crate) struct Hold {
     pub(super) flock: Flock,
     pub(super) claim: Claim,
-    /// Orders the holder's operations. An operation whose future was dropped may still be
-    /// running on the blocking pool; the next one must wait for it, or a dropped save could
-    /// land after a later `len` of the same holder.
-    ops: Arc<tokio::sync::Mutex<()>>,
+    /// Operations of this hold running on the blocking pool (none, or one). One whose future
+    /// was dropped may still be running; the next operation waits for it, or a dropped save
+    /// could land after a later `len` of the same holder. Work in place ends within the poll
+    /// that starts it, so with none on the pool an operation waits for nothing: one load.
+    on_pool: AtomicUsize,
+    /// Told when `on_pool` falls to zero.
+    pool_done: Notify,
 }
 
 impl Hold {
@@ -170,13 +176,40 @@ impl Hold {
         if self.claim.files.lock().inherited() {
             return Err(Error::Forked);
         }
-        let in_order = self.ops.clone().lock_owned().await;
+        let runs = work.runs(self.in_place());
         let hold = self.clone();
-        exec::run_step(op, work.runs(self.in_place()), move |step| {
-            let _in_order = in_order;
+        if runs == Where::InPlace {
+            if self.on_pool.load(Ordering::Acquire) != 0 {
+                self.after_pool_work(|_| true).await;
+            }
+            return exec::run_step(op, runs, move |step| f(&hold, step)).await;
+        }
+        self.after_pool_work(|on_pool| {
+            on_pool
+                .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        })
+        .await;
+        // Counted out when the work is done, or at once if this future is dropped first.
+        let counted = OnPool(self.clone());
+        exec::run_step(op, runs, move |step| {
+            let _counted = counted;
             f(&hold, step)
         })
         .await
+    }
+
+    /// Waits until no operation of this hold runs on the pool and `now` (called with the
+    /// count at zero, or just after) agrees.
+    async fn after_pool_work(&self, now: impl Fn(&AtomicUsize) -> bool) {
+        loop {
+            let mut idle = pin!(self.pool_done.notified());
+            idle.as_mut().enable();
+            if self.on_pool.load(Ordering::Acquire) == 0 && now(&self.on_pool) {
+                return;
+            }
+            idle.await;
+        }
     }
 
     /// Removes the temporary files that a killed process left, and their mark: the core's
@@ -235,6 +268,17 @@ pub(crate) struct GoneOnDrop(pub(crate) Arc<AtomicBool>);
 impl Drop for GoneOnDrop {
     fn drop(&mut self) {
         self.0.store(true, Ordering::Release);
+    }
+}
+
+/// An operation of a hold counted in its `on_pool`: counts it out when dropped.
+struct OnPool(Arc<Hold>);
+
+impl Drop for OnPool {
+    fn drop(&mut self) {
+        if self.0.on_pool.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.pool_done.notify_waiters();
+        }
     }
 }
 

@@ -6,6 +6,7 @@ pub(crate) mod file;
 pub(crate) mod fork_guard;
 pub(crate) mod gate;
 pub(crate) mod hold;
+pub(crate) mod in_flight;
 pub(crate) mod kernel_wait;
 pub(crate) mod open_aid;
 pub(crate) mod reentry;

@@ -9,12 +9,13 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{OwnedRwLockReadGuard, RwLock};
+use tokio::sync::RwLock;
 
 use crate::disk::state_dir::StateDir;
 use crate::exec::{self, Where};
 use crate::lock::fork_guard;
 use crate::lock::hold::{Claim, Hold, LockMode, Turn, Wait, wait_as};
+use crate::lock::in_flight::{Entered, InFlight};
 use crate::lock::open_aid::OpenAid;
 use crate::lock::reentry;
 use crate::{Aid, Error, Options};
@@ -50,9 +51,8 @@ pub(crate) struct StoreState {
     cached: Mutex<VecDeque<Aid>>,
     /// Whether `cached` was left over the cache's size by aids held at the time.
     over: AtomicBool,
-    /// Every hold keeps a read guard; `close` takes the write side to wait for them all.
-    in_flight: Arc<RwLock<()>>,
-    closed: AtomicBool,
+    /// Every hold is counted here; `close` waits for them all.
+    in_flight: InFlight,
     /// The process the store was made in: a forked child may not use it.
     made_in: fork_guard::Epoch,
 }
@@ -99,8 +99,7 @@ impl StoreState {
             state_dir_loading: tokio::sync::Mutex::new(()),
             cached: Mutex::new(VecDeque::new()),
             over: AtomicBool::new(false),
-            in_flight: Arc::new(RwLock::new(())),
-            closed: AtomicBool::new(false),
+            in_flight: InFlight::default(),
             made_in: fork_guard::Epoch::now(),
         }
     }
@@ -120,19 +119,10 @@ impl StoreState {
         std::ptr::from_ref(self) as usize
     }
 
-    /// A read guard on the holds in flight, or `Closed`.
-    pub(crate) fn enter(&self) -> Result<OwnedRwLockReadGuard<()>, Error> {
+    /// Counts a hold in flight, or `Closed`.
+    pub(crate) fn enter(&self) -> Result<Entered, Error> {
         self.made_in.check()?;
-        let in_flight = self
-            .in_flight
-            .clone()
-            .try_read_owned()
-            .map_err(|_| Error::Closed)?;
-        // close() raises the flag before it waits, so a guard taken after it is refused here.
-        if self.closed.load(Ordering::Acquire) {
-            return Err(Error::Closed);
-        }
-        Ok(in_flight)
+        self.in_flight.enter().ok_or(Error::Closed)
     }
 
     /// The aid's open directory: the cached one, or opened now (and the state directory
@@ -405,8 +395,7 @@ impl StoreState {
     /// for belong to threads the child does not have, and the files are the parent's.
     pub(crate) async fn close(&self) -> Result<(), Error> {
         self.made_in.check()?;
-        self.closed.store(true, Ordering::Release);
-        let _all = self.in_flight.write().await;
+        self.in_flight.close().await;
         lock(&self.slots).clear();
         lock(&self.cached).clear();
         *lock(&self.state_dir) = None;
@@ -419,6 +408,6 @@ impl StoreState {
     }
 
     pub(crate) fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::Acquire)
+        self.in_flight.is_closed()
     }
 }
