@@ -62,6 +62,22 @@ pub(crate) fn value_len(bytes: &[u8], max: usize) -> Result<usize, String> {
             remaining = outer[depth];
         }
         remaining -= 1;
+        // The markers of most values (small ints, nil, booleans, short strings), read first:
+        // this walk runs on every save and read, and a config is mostly such values.
+        match bytes.get(pos) {
+            Some(0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3) => {
+                pos += 1;
+                continue;
+            }
+            Some(&marker @ 0xa0..=0xbf) => {
+                pos += 1 + usize::from(marker & 0x1f);
+                if pos > bytes.len() {
+                    return Err("truncated MessagePack".into());
+                }
+                continue;
+            }
+            _ => {}
+        }
         let (children, next) = value_header(bytes, pos).ok_or("malformed MessagePack")?;
         if next > bytes.len() {
             return Err("truncated MessagePack".into());

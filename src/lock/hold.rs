@@ -72,7 +72,7 @@ async fn handed_by_thread(
     handed: oneshot::Receiver<Granted>,
 ) -> Result<Granted, Error> {
     // The thread is out of tokio's sight: keep a paused clock from jumping past the wait.
-    wait_as(aid, wait, || None, clock_hold::outside(handed))
+    wait_as(aid, wait, || None, || clock_hold::outside(handed))
         .await?
         // The thread answers unless it panicked.
         .map_err(|_| Error::Blocking {
@@ -285,17 +285,21 @@ impl Drop for OnPool {
 /// A wait for another process's lock longer than this is worth telling the operator of.
 const SLOW_LOCK: Duration = Duration::from_secs(1);
 
-/// Waits for `fut` as `wait` allows.
-pub(super) async fn wait_as<T>(
+/// What `now` gives at once, or else waits for the future `wait_for` makes, as `wait`
+/// allows: an uncontended holder makes no future (nor, with a limit, a timer).
+pub(super) async fn wait_as<T, F: Future<Output = T>>(
     aid: Aid,
     wait: Wait,
     now: impl FnOnce() -> Option<T>,
-    fut: impl Future<Output = T>,
+    wait_for: impl FnOnce() -> F,
 ) -> Result<T, Error> {
+    if let Some(got) = now() {
+        return Ok(got);
+    }
     match wait {
-        Wait::Forever => Ok(fut.await),
-        Wait::Never => now().ok_or(Error::WouldBlock { aid }),
-        Wait::Until(deadline, waited) => tokio::time::timeout_at(deadline, fut)
+        Wait::Forever => Ok(wait_for().await),
+        Wait::Never => Err(Error::WouldBlock { aid }),
+        Wait::Until(deadline, waited) => tokio::time::timeout_at(deadline, wait_for())
             .await
             .map_err(|_| Error::Timeout { aid, waited }),
     }
@@ -332,7 +336,7 @@ impl Claim {
             claim.aid,
             wait,
             || first.clone().try_lock_owned().ok(),
-            first.clone().lock_owned(),
+            || first.clone().lock_owned(),
         )
         .await?;
         // Another reader may have taken it while we queued.

@@ -122,7 +122,7 @@ impl StoreState {
     /// Counts a hold in flight, or `Closed`.
     pub(crate) fn enter(&self) -> Result<Entered, Error> {
         self.made_in.check()?;
-        self.in_flight.enter().ok_or(Error::Closed)
+        self.in_flight.enter().ok_or_else(|| Error::Closed)
     }
 
     /// The aid's open directory: the cached one, or opened now (and the state directory
@@ -324,7 +324,7 @@ impl StoreState {
                     aid,
                     wait,
                     || slot.turn.clone().try_write_owned().ok(),
-                    slot.turn.clone().write_owned(),
+                    || slot.turn.clone().write_owned(),
                 )
                 .await?,
             ),
@@ -333,7 +333,7 @@ impl StoreState {
                     aid,
                     wait,
                     || slot.turn.clone().try_read_owned().ok(),
-                    slot.turn.clone().read_owned(),
+                    || slot.turn.clone().read_owned(),
                 )
                 .await?,
             ),
