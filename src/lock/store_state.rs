@@ -28,8 +28,11 @@ pub(super) struct Slot {
     first_reader: Arc<tokio::sync::Mutex<()>>,
     /// The aid's open directory and lock file, while it is held or among the recently
     /// used ([`StoreState::keep_cached`]); closed once it is neither, so that a store that
-    /// touches every aid keeps a bounded number of descriptors.
-    files: tokio::sync::Mutex<Option<Arc<OpenAid>>>,
+    /// touches every aid keeps a bounded number of descriptors. A plain mutex, held for a
+    /// clone: a hold of an open aid waits for nothing here.
+    files: Mutex<Option<Arc<OpenAid>>>,
+    /// Taken by the one task that opens the aid's files; the others wait for it.
+    opening: tokio::sync::Mutex<()>,
     /// Used since the cache last looked: spares the directory from one eviction round.
     used: AtomicBool,
     /// Set once an exclusive holder has removed temporary files a killed process left.
@@ -147,10 +150,8 @@ impl StoreState {
 
     async fn open_files(&self, aid: Aid, slot: &Slot) -> Result<Arc<OpenAid>, Error> {
         slot.used.store(true, Ordering::Relaxed);
-        let cached = slot.files.lock().await;
-        if let Some(files) = &*cached {
-            let files = files.clone();
-            drop(cached);
+        let cached = lock(&slot.files).clone();
+        if let Some(files) = cached {
             // Aids held together when they were opened are closed once let go, at the next
             // hold: one relaxed load while the cache is within its size.
             if self.over.load(Ordering::Relaxed) {
@@ -160,16 +161,18 @@ impl StoreState {
         }
         // Boxed, as every rare path of a hold: the future of each hold is as large as its
         // largest path, and moving it about was a tenth of an empty hold's own work.
-        Box::pin(self.open_uncached(aid, cached)).await
+        Box::pin(self.open_uncached(aid, slot)).await
     }
 
     /// [`StoreState::open_files`] for an aid whose files are not open: opens them (and the
-    /// state directory if need be) into the slot's cache, whose lock `cached` is.
-    async fn open_uncached(
-        &self,
-        aid: Aid,
-        mut cached: tokio::sync::MutexGuard<'_, Option<Arc<OpenAid>>>,
-    ) -> Result<Arc<OpenAid>, Error> {
+    /// state directory if need be) into the slot's cache, one task at a time.
+    async fn open_uncached(&self, aid: Aid, slot: &Slot) -> Result<Arc<OpenAid>, Error> {
+        let _opening = slot.opening.lock().await;
+        // Opened by the task this one waited for.
+        let cached = lock(&slot.files).clone();
+        if let Some(files) = cached {
+            return Ok(files);
+        }
         let mut state = self.state_dir().await?;
         let mut reopened = 0;
         let files = loop {
@@ -186,8 +189,7 @@ impl StoreState {
                 Err(e) => return Err(e),
             }
         };
-        *cached = Some(files.clone());
-        drop(cached);
+        *lock(&slot.files) = Some(files.clone());
         self.keep_cached(aid);
         Ok(files)
     }
@@ -212,11 +214,12 @@ impl StoreState {
 
     /// Drops the cached directory of an aid once found stale, and the state directory too if
     /// it was the one removed.
-    async fn forget_files(&self, slot: &Slot, stale: &Arc<OpenAid>) {
-        let mut cached = slot.files.lock().await;
+    fn forget_files(&self, slot: &Slot, stale: &Arc<OpenAid>) {
+        let mut cached = lock(&slot.files);
         if cached.as_ref().is_some_and(|dir| Arc::ptr_eq(dir, stale)) {
             *cached = None;
         }
+        drop(cached);
         let mut state = lock(&self.state_dir);
         if state.as_ref().is_some_and(|s| !s.is_current()) {
             *state = None;
@@ -374,7 +377,7 @@ impl StoreState {
                 path = %stale.files.dir().path().display(),
                 "the aid's lock file or directory was removed while open; opening them again"
             );
-            Box::pin(self.forget_files(&slot, &stale.files)).await;
+            self.forget_files(&slot, &stale.files);
             claim = Claim {
                 files: self.open_files(aid, &slot).await?,
                 ..stale
