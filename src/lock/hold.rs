@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Notify, OwnedMutexGuard, OwnedRwLockReadGuard, OwnedRwLockWriteGuard, oneshot};
+use tokio::sync::{Notify, OwnedMutexGuard, oneshot};
 
 use crate::disk::aid_dir::{AidDir, TempMark};
 use crate::exec::{self, Step, Where, Work, clock_hold};
@@ -28,6 +28,7 @@ use crate::lock::file::LockFile;
 use crate::lock::in_flight::Entered;
 use crate::lock::kernel_wait::{Granted, Kind, Locked};
 use crate::lock::open_aid::OpenAid;
+use crate::lock::turn::TurnGuard;
 use crate::{Aid, Error};
 
 /// Whether a holder excludes everyone or only exclusive holders.
@@ -48,18 +49,12 @@ pub(crate) enum Wait {
     Until(tokio::time::Instant, Duration),
 }
 
-#[derive(Debug)]
-pub(super) enum Turn {
-    Exclusive(#[allow(dead_code)] OwnedRwLockWriteGuard<()>),
-    Shared(#[allow(dead_code)] OwnedRwLockReadGuard<()>),
-}
-
 /// An aid's in-process turn, before (or without) its flock.
 #[derive(Debug)]
 pub(super) struct Claim {
     pub(super) aid: Aid,
     pub(super) files: Arc<OpenAid>,
-    pub(super) turn: Turn,
+    pub(super) turn: TurnGuard,
     /// Counts the hold among those in flight, which `close` waits for.
     pub(super) _in_flight: Entered,
 }
@@ -86,10 +81,7 @@ impl Claim {
     pub(super) fn granted(self) -> Hold {
         let flock = Flock {
             files: self.files.clone(),
-            mode: match self.turn {
-                Turn::Exclusive(_) => LockMode::Exclusive,
-                Turn::Shared(_) => LockMode::Shared,
-            },
+            mode: self.turn.mode(),
         };
         Hold {
             flock,

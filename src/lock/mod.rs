@@ -11,3 +11,4 @@ pub(crate) mod kernel_wait;
 pub(crate) mod open_aid;
 pub(crate) mod reentry;
 pub(crate) mod store_state;
+pub(crate) mod turn;

@@ -9,21 +9,20 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::RwLock;
-
 use crate::disk::state_dir::StateDir;
 use crate::exec::{self, Where};
 use crate::lock::fork_guard;
-use crate::lock::hold::{Claim, Hold, LockMode, Turn, Wait, wait_as};
+use crate::lock::hold::{Claim, Hold, LockMode, Wait, wait_as};
 use crate::lock::in_flight::{Entered, InFlight};
 use crate::lock::open_aid::OpenAid;
 use crate::lock::reentry;
+use crate::lock::turn::Turn;
 use crate::{Aid, Error, Options};
 
 /// Everything this process keeps about one aid.
 #[derive(Debug, Default)]
 pub(super) struct Slot {
-    turn: Arc<RwLock<()>>,
+    turn: Arc<Turn>,
     /// Serialises the shared holders of this process that wait for its first `LOCK_SH`.
     first_reader: Arc<tokio::sync::Mutex<()>>,
     /// The aid's open directory and lock file, while it is held or among the recently
@@ -125,7 +124,10 @@ impl StoreState {
     /// Counts a hold in flight, or `Closed`.
     pub(crate) fn enter(&self) -> Result<Entered, Error> {
         self.made_in.check()?;
-        self.in_flight.enter().ok_or_else(|| Error::Closed)
+        match self.in_flight.enter() {
+            Some(entered) => Ok(entered),
+            None => Err(Error::Closed),
+        }
     }
 
     /// The aid's open directory: the cached one, or opened now (and the state directory
@@ -321,26 +323,13 @@ impl StoreState {
             reentry::check(self.key(), aid)?;
         }
         let slot = self.slot(aid);
-        let turn = match mode {
-            LockMode::Exclusive => Turn::Exclusive(
-                wait_as(
-                    aid,
-                    wait,
-                    || slot.turn.clone().try_write_owned().ok(),
-                    || slot.turn.clone().write_owned(),
-                )
-                .await?,
-            ),
-            LockMode::Shared => Turn::Shared(
-                wait_as(
-                    aid,
-                    wait,
-                    || slot.turn.clone().try_read_owned().ok(),
-                    || slot.turn.clone().read_owned(),
-                )
-                .await?,
-            ),
-        };
+        let turn = wait_as(
+            aid,
+            wait,
+            || slot.turn.try_take(mode),
+            || slot.turn.take(mode),
+        )
+        .await?;
         let mut claim = Claim {
             aid,
             files: self.open_files(aid, &slot).await?,
