@@ -12,7 +12,8 @@
 //! existing aid, a first hold that creates it, and a hold after one pass through them all).
 //! Every workload runs on both runtimes (`"CT"` in the JSON). Beside the table: `threads`
 //! (the peak thread count while 400 tasks hold their own aids), `stall` (how long single
-//! polls of the store's futures hold a thread) and `R` (a 1 ms ticker's worst lateness on a
+//! polls of the store's futures hold a thread, in wall and in thread CPU time, beside a
+//! control of plain arithmetic) and `R` (a 1 ms ticker's worst lateness on a
 //! current-thread runtime while the store works on it, and with nothing else running).
 //! The targets of issue 13 are reported, never fatal.
 //!

@@ -218,23 +218,83 @@ fn rss_peak() -> u64 {
     status_value("VmHWM:") * 1024
 }
 
-/// The durations of single polls, in ns, from every [`Timed`] future that shares it.
+/// One poll: how long it held the thread (wall clock) and how much CPU time that thread
+/// spent in it (`CLOCK_THREAD_CPUTIME_ID`), in ns. A poll much longer in wall time than in
+/// CPU time was off the CPU for the difference (preempted by another process, or its vCPU
+/// by the host): the thread was kept from other tasks, but not by the store's work.
+#[derive(Clone, Copy, Debug)]
+pub struct PollTime {
+    pub wall: u64,
+    pub cpu: u64,
+}
+
+/// The single polls from every [`Timed`] future that shares it.
 #[derive(Default)]
-pub struct PollLog(std::sync::Mutex<Vec<u64>>);
+pub struct PollLog(std::sync::Mutex<Vec<PollTime>>);
 
 impl PollLog {
-    fn push(&self, ns: u64) {
-        self.0.lock().expect("poll log").push(ns);
+    fn push(&self, t: PollTime) {
+        self.0.lock().expect("poll log").push(t);
     }
 
-    pub fn take(&self) -> Vec<u64> {
+    pub fn take(&self) -> Vec<PollTime> {
         std::mem::take(&mut *self.0.lock().expect("poll log"))
     }
 }
 
-/// A future that logs how long each of its `poll`s holds the thread: wrapped around a
-/// store's future, the time the store (and the closure that only calls the store) keeps a
-/// runtime's thread from every other task between two awaits.
+/// The CPU time this thread has used, in ns. A poll runs on one thread from start to end, so
+/// the difference of two reads around it is that poll's CPU time.
+fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; the clock id is a constant Linux knows.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// `n` runs of a fixed piece of arithmetic that takes about `ns` on this thread, timed as
+/// [`Timed`] times a poll: a control for the stall probe. It makes no system call and touches
+/// no new memory, so its long runs are the machine's (another process, or the host taking the
+/// vCPU), and so are as many of the store's.
+pub fn control(n: usize, ns: u64) -> Vec<PollTime> {
+    let spin = |k: u64| {
+        let mut x = 1u64;
+        for i in 0..k {
+            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(i));
+        }
+        x
+    };
+    // Calibrate on the fastest of a few runs, so a preempted one does not skew it.
+    let mut k = 10_000u64;
+    let fastest = (0..20)
+        .map(|_| {
+            let t = Instant::now();
+            spin(k);
+            t.elapsed().as_nanos().max(1) as u64
+        })
+        .min()
+        .unwrap_or(1);
+    k = (k * ns / fastest).max(1);
+    (0..n)
+        .map(|_| {
+            let cpu = thread_cpu_ns();
+            let began = Instant::now();
+            spin(k);
+            let wall = began.elapsed().as_nanos() as u64;
+            PollTime {
+                wall,
+                cpu: thread_cpu_ns().saturating_sub(cpu),
+            }
+        })
+        .collect()
+}
+
+/// A future that logs how long each of its `poll`s holds the thread, and the thread's CPU
+/// time in it: wrapped around a store's future, the time the store (and the closure that
+/// only calls the store) keeps a runtime's thread from every other task between two awaits.
 pub struct Timed<F> {
     inner: std::pin::Pin<Box<F>>,
     log: std::sync::Arc<PollLog>,
@@ -257,9 +317,12 @@ impl<F: Future> Future for Timed<F> {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<F::Output> {
         let this = self.get_mut();
+        let cpu = thread_cpu_ns();
         let began = Instant::now();
         let out = this.inner.as_mut().poll(cx);
-        this.log.push(began.elapsed().as_nanos() as u64);
+        let wall = began.elapsed().as_nanos() as u64;
+        let cpu = thread_cpu_ns().saturating_sub(cpu);
+        this.log.push(PollTime { wall, cpu });
         out
     }
 }

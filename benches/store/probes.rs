@@ -17,7 +17,7 @@ use tokio::runtime::Runtime;
 use crate::common;
 use crate::config::{self, Ctx, Flavor};
 use crate::floor;
-use crate::measure::{PollLog, PollStats};
+use crate::measure::{PollLog, PollStats, PollTime};
 use crate::runstate_imp::{Runstate, Store, aid, warm_store};
 use crate::workloads::{self, AID, N};
 
@@ -281,21 +281,66 @@ pub fn threads(ctx: &Ctx) -> Option<Threads> {
 /// The workloads whose polls the stall probe times.
 pub const STALL_KEYS: [&str; 5] = ["W1", "W2", "W7", "W8", "W9"];
 
-/// The stall probe: for each runtime and workload, the duration of every poll of every
-/// hold's future, in ns.
+/// The stall probe: for each runtime and workload, the wall and CPU time of every poll of
+/// every hold's future, in ns.
 pub struct Stall {
-    pub polls: Vec<(Flavor, &'static str, Vec<u64>)>,
+    pub polls: Vec<(Flavor, &'static str, Vec<PollTime>)>,
+    /// The control: runs of plain arithmetic about as long as a poll that spends its budget,
+    /// as many as the store's polls on one runtime ([`crate::measure::control`]).
+    pub control: Vec<PollTime>,
+}
+
+/// What the polls' CPU times say about the longest ones: whether a long poll was the store's
+/// own work or its thread kept off the CPU.
+pub struct CpuView {
+    /// The most CPU time one poll used.
+    pub worst_cpu: u64,
+    /// The longest poll (wall) that was on the CPU for at least half of it: a long poll of
+    /// the store's own work, not a preempted one.
+    pub worst_on_cpu: u64,
+    /// Polls over 1 ms of wall time, and the most CPU time any of them used.
+    pub over_1ms: usize,
+    pub over_1ms_worst_cpu: u64,
 }
 
 impl Stall {
-    /// The percentiles over every workload's polls on `flavor`'s runtime.
+    fn of(&self, flavor: Flavor) -> impl Iterator<Item = PollTime> + '_ {
+        self.polls
+            .iter()
+            .filter(move |(f, _, _)| *f == flavor)
+            .flat_map(|(_, _, v)| v.iter().copied())
+    }
+
+    /// The percentiles of the polls' wall times over every workload on `flavor`'s runtime.
     pub fn stats(&self, flavor: Flavor) -> Option<PollStats> {
-        PollStats::of(
-            self.polls
-                .iter()
-                .filter(|(f, _, _)| *f == flavor)
-                .flat_map(|(_, _, v)| v.iter().copied()),
-        )
+        PollStats::of(self.of(flavor).map(|p| p.wall))
+    }
+
+    /// The polls' CPU times on `flavor`'s runtime, beside their wall times.
+    pub fn cpu(&self, flavor: Flavor) -> CpuView {
+        CpuView::of(self.of(flavor))
+    }
+}
+
+impl CpuView {
+    pub fn of(polls: impl IntoIterator<Item = PollTime>) -> CpuView {
+        let mut v = CpuView {
+            worst_cpu: 0,
+            worst_on_cpu: 0,
+            over_1ms: 0,
+            over_1ms_worst_cpu: 0,
+        };
+        for p in polls {
+            v.worst_cpu = v.worst_cpu.max(p.cpu);
+            if p.cpu * 2 >= p.wall {
+                v.worst_on_cpu = v.worst_on_cpu.max(p.wall);
+            }
+            if p.wall > 1_000_000 {
+                v.over_1ms += 1;
+                v.over_1ms_worst_cpu = v.over_1ms_worst_cpu.max(p.cpu);
+            }
+        }
+        v
     }
 }
 
@@ -309,6 +354,7 @@ pub fn stall(ctx: &Ctx) -> Option<Stall> {
     }
     let started = Instant::now();
     let mut polls = Vec::new();
+    let mut dirs = Vec::new();
     let workloads = workloads::all(ctx);
     for flavor in Flavor::ALL {
         for w in workloads.iter().filter(|w| STALL_KEYS.contains(&w.key)) {
@@ -320,13 +366,27 @@ pub fn stall(ctx: &Ctx) -> Option<Stall> {
                 &Runstate::logging_polls(log.clone()),
                 &dir,
             );
-            std::fs::remove_dir_all(&dir).expect("clean up");
             polls.push((flavor, w.key, log.take()));
+            dirs.push(dir);
         }
+    }
+    // As many runs as the store's polls on one runtime, each about as long as a poll that
+    // spends the budget, on the thread that polled most of them.
+    let n = polls
+        .iter()
+        .filter(|(f, _, _)| *f == Flavor::Multi)
+        .map(|(_, _, v)| v.len())
+        .sum();
+    let control = crate::measure::control(n, 35_000);
+    // Removed only now: the kernel frees a removed file's inode and name in RCU callbacks
+    // (softirq, batched), and without IRQ time accounting their time lands on whatever
+    // thread runs then, as CPU time of a poll of the next workload.
+    for dir in dirs {
+        std::fs::remove_dir_all(&dir).expect("clean up");
     }
     eprintln!(
         "  stall: 1 run each in {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    Some(Stall { polls })
+    Some(Stall { polls, control })
 }

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use crate::config::{self, Ctx, Flavor};
 use crate::measure::{PollStats, Stats, median_u64};
-use crate::probes::{Responsiveness, STALL_KEYS, Stall, Threads};
+use crate::probes::{CpuView, Responsiveness, STALL_KEYS, Stall, Threads};
 use crate::workloads::{COLD_AIDS, Row};
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -296,6 +296,21 @@ fn us(ns: u64) -> String {
     format!("{:.1}", ns as f64 / 1e3)
 }
 
+/// The CPU time of a set of polls beside their wall time: a long poll that was off the CPU
+/// was preempted; one that was on it did work, the store's or the kernel's (without IRQ time
+/// accounting, softirq work such as RCU callbacks freeing removed files counts as the
+/// time of whatever thread it interrupted).
+fn cpu_line(what: &str, c: &CpuView) {
+    println!(
+        "  {what:<15} thread CPU time of the same: worst {} us; longest poll on the CPU for at \
+         least half of it {} us; {} over 1 ms, using at most {} us of CPU",
+        us(c.worst_cpu),
+        us(c.worst_on_cpu),
+        c.over_1ms,
+        us(c.over_1ms_worst_cpu)
+    );
+}
+
 fn stall(res: &Results) {
     let Some(stall) = &res.stall else {
         return;
@@ -315,8 +330,14 @@ fn stall(res: &Results) {
             .iter()
             .filter(|(f, _, _)| *f == flavor)
             .map(|(_, key, v)| {
-                let worst = v.iter().max().copied().unwrap_or(0);
-                format!("{key} {} us in {} polls", us(worst), v.len())
+                let worst = v.iter().max_by_key(|p| p.wall);
+                let (wall, cpu) = worst.map_or((0, 0), |p| (p.wall, p.cpu));
+                format!(
+                    "{key} {} us (CPU {} us) in {} polls",
+                    us(wall),
+                    us(cpu),
+                    v.len()
+                )
             })
             .collect();
         println!(
@@ -328,6 +349,21 @@ fn stall(res: &Results) {
             us(s.worst),
             worst.join(", ")
         );
+        cpu_line("", &stall.cpu(flavor));
+    }
+    if let (Some(s), c) = (
+        PollStats::of(stall.control.iter().map(|p| p.wall)),
+        CpuView::of(stall.control.iter().copied()),
+    ) {
+        println!(
+            "  control: {} runs of ~35 us of plain arithmetic on the same thread (no system \
+             call, no new memory): p99 {} us, p99.9 {} us, worst {} us",
+            s.polls,
+            us(s.p99),
+            us(s.p999),
+            us(s.worst)
+        );
+        cpu_line("control", &c);
     }
 }
 
