@@ -32,6 +32,9 @@ pub(crate) const VERSION: u32 = 1;
 /// says so).
 const MAX_DEPTH: usize = 256;
 
+/// Levels of nesting that [`value_len`] tracks without allocating.
+const SHALLOW: usize = 16;
+
 /// How deeply `save` lets a config nest, counting its own levels only. Below [`MAX_DEPTH`]
 /// with a margin for the entry's own map, so whatever is saved can be read back.
 pub(crate) const MAX_CONFIG_DEPTH: usize = 200;
@@ -47,8 +50,11 @@ pub(crate) fn check_depth(bytes: &[u8], max: usize) -> Result<(), String> {
 /// variants, so this walk is what keeps a hostile file from exhausting the stack.
 pub(crate) fn value_len(bytes: &[u8], max: usize) -> Result<usize, String> {
     // Hot on every read, so one pass with the current container's count in a register:
-    // outer[i] is what remains of the i-th enclosing array or map once the current one ends.
-    let mut outer = [0u64; MAX_DEPTH];
+    // outer[i] is what remains of the i-th enclosing array or map once the current one ends,
+    // kept in `deeper` beyond the few levels real configs use (zeroing MAX_DEPTH levels for
+    // every entry cost more than the walk of a small one).
+    let mut outer = [0u64; SHALLOW];
+    let mut deeper = Vec::new();
     let max = max.min(MAX_DEPTH);
     let mut depth = 0;
     let mut remaining = 1u64;
@@ -59,7 +65,10 @@ pub(crate) fn value_len(bytes: &[u8], max: usize) -> Result<usize, String> {
                 return Ok(pos);
             }
             depth -= 1;
-            remaining = outer[depth];
+            remaining = match outer.get(depth) {
+                Some(&left) => left,
+                None => deeper.pop().unwrap_or(0),
+            };
         }
         remaining -= 1;
         // The markers of most values (small ints, nil, booleans, short strings), read first:
@@ -87,7 +96,10 @@ pub(crate) fn value_len(bytes: &[u8], max: usize) -> Result<usize, String> {
             if depth == max {
                 return Err(format!("nested deeper than {max} levels"));
             }
-            outer[depth] = remaining;
+            match outer.get_mut(depth) {
+                Some(slot) => *slot = remaining,
+                None => deeper.push(remaining),
+            }
             depth += 1;
             remaining = children;
         }
@@ -388,6 +400,8 @@ mod tests {
             let mut config = Vec::new();
             encode_config(&nested(levels), &mut config).unwrap();
             check_depth(&config, MAX_CONFIG_DEPTH).unwrap();
+            // Siblings after each nested level: every level's count survives the way down.
+            assert_eq!(value_len(&config, MAX_CONFIG_DEPTH), Ok(config.len()));
             let state = State::new(InstanceId::from_bytes([1; 16]), 1, nested(levels));
             let mut bytes = Vec::new();
             encode(&state, &mut bytes).unwrap();
