@@ -145,10 +145,21 @@ impl StateDir {
         .map_err(|e| Error::io("list", &self.path, e))
     }
 
-    /// Opens the lock file `name` (at `path`, for messages), making it if missing. Returns
-    /// its descriptor unchecked: the locking layer lists it for the fork handler first
-    /// (`lock/fork_guard.rs`, which may call this again) and then checks it is private.
+    /// Opens the lock file `name` (at `path`, for messages), making it if missing.
+    #[cfg(test)]
     pub(crate) fn open_lock_file(&self, name: &str, path: &Path) -> Result<OwnedFd, Error> {
+        self.open_or_make_lock_file(name, path).map(|(fd, _)| fd)
+    }
+
+    /// Opens the lock file `name` (at `path`, for messages), making it if missing; `true`
+    /// with it if this call made it. Returns its descriptor unchecked: the locking layer
+    /// lists it for the fork handler first (`lock/fork_guard.rs`, which may call this
+    /// again) and checks that it is private at its first lock (`lock/file.rs`).
+    pub(crate) fn open_or_make_lock_file(
+        &self,
+        name: &str,
+        path: &Path,
+    ) -> Result<(OwnedFd, bool), Error> {
         let state = &self.fd;
         let refused = |e| match e {
             Errno::LOOP => Error::insecure(path, "a symlink stands there"),
@@ -165,14 +176,15 @@ impl StateDir {
         // known, and only it pays for the fsync that durable mode needs.
         loop {
             match openat(state, name, flags, mode) {
-                Ok(fd) => return Ok(fd),
+                Ok(fd) => return Ok((fd, false)),
                 Err(Errno::NOENT) => {}
                 // A read-only file system: nobody can write entries there, so its readers
                 // need no writable lock file (flock works on a read-only descriptor), and
                 // its writers fail on their first write.
                 Err(Errno::ROFS) => {
                     let read_only = OFlags::RDONLY | open_flags();
-                    return openat(state, name, read_only, mode).map_err(refused);
+                    let fd = openat(state, name, read_only, mode).map_err(refused)?;
+                    return Ok((fd, false));
                 }
                 Err(e) => return Err(refused(e)),
             }
@@ -181,7 +193,7 @@ impl StateDir {
                     if self.options.durable {
                         sync_parent(state.as_fd(), path)?;
                     }
-                    return Ok(fd);
+                    return Ok((fd, true));
                 }
                 // Made by another opener meanwhile: open theirs.
                 Err(Errno::EXIST) => {}
