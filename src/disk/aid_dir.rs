@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use rustix::fs::{FileType, ftruncate};
 use rustix::io::{DupFlags, dup3, pread, pwrite};
 
+use crate::disk::layout::AidName;
 use crate::disk::secure::{
     check_private_as, counted_fstat, make_dir, missing, open_dir, open_private_dir,
 };
@@ -48,12 +49,12 @@ impl AidDir {
         new: bool,
         before_make: impl FnOnce() -> Result<(), Error>,
     ) -> Result<AidDir, Error> {
-        let name = aid.to_string();
-        let path = state_dir.path().join(&name);
+        let name = AidName::dir(aid);
+        let (name, path) = (name.as_cstr(), name.path_in(state_dir.path()));
         let (parent, euid) = (state_dir.fd(), state_dir.euid());
         let found = match new {
             true => None,
-            false => open_dir(parent, &name, &path)?,
+            false => open_dir(parent, name, &path)?,
         };
         let dir = match found {
             Some(dir) => {
@@ -62,8 +63,8 @@ impl AidDir {
             }
             None => {
                 before_make()?;
-                let made = make_dir(parent, &name, &path, state_dir.options().durable)?;
-                let dir = open_dir(parent, &name, &path)?.ok_or_else(|| missing(&path))?;
+                let made = make_dir(parent, name, &path, state_dir.options().durable)?;
+                let dir = open_dir(parent, name, &path)?.ok_or_else(|| missing(&path))?;
                 // One this call made needs no check: it was made private, in the state
                 // directory, which is checked private (owned by this user, writable by
                 // nobody else), so only this user or root could have put another in its
@@ -106,10 +107,11 @@ impl AidDir {
         if self.is_linked() {
             return Ok(false);
         }
-        let name = self.aid.to_string();
+        let name = AidName::dir(self.aid);
         let durable = self.state_dir.options().durable;
         let euid = self.state_dir.euid();
-        let fresh = match open_private_dir(self.state_dir.fd(), &name, &self.path, durable, euid) {
+        let parent = self.state_dir.fd();
+        let fresh = match open_private_dir(parent, name.as_cstr(), &self.path, durable, euid) {
             Ok(fresh) => fresh,
             // The state directory is gone too: there is nothing at the path to go to.
             Err(e) if e.is_not_found() => return Ok(false),

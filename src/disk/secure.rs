@@ -7,6 +7,7 @@ use std::path::Path;
 
 use rustix::fs::{FileType, Mode, OFlags, fstat, fsync, mkdirat, openat};
 use rustix::io::Errno;
+use rustix::path::Arg;
 
 use crate::Error;
 use crate::disk::layout::DIR_MODE;
@@ -23,7 +24,7 @@ pub(crate) fn open_flags() -> OFlags {
 /// `ENOENT`: the directory is there on every open but the first.
 pub(crate) fn open_private_dir(
     parent: BorrowedFd<'_>,
-    name: &str,
+    name: impl Arg + Copy,
     path: &Path,
     durable: bool,
     euid: u32,
@@ -43,7 +44,7 @@ pub(crate) fn open_private_dir(
 /// none. Unchecked: see [`check_private_as`].
 pub(crate) fn open_dir(
     parent: BorrowedFd<'_>,
-    name: &str,
+    name: impl Arg,
     path: &Path,
 ) -> Result<Option<OwnedFd>, Error> {
     let flags = OFlags::RDONLY | OFlags::DIRECTORY | open_flags();
@@ -62,7 +63,7 @@ pub(crate) fn open_dir(
 /// if something stood there already. With `durable`, a directory made has its parent fsynced.
 pub(crate) fn make_dir(
     parent: BorrowedFd<'_>,
-    name: &str,
+    name: impl Arg,
     path: &Path,
     durable: bool,
 ) -> Result<bool, Error> {

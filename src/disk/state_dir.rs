@@ -1,6 +1,7 @@
 //! The open `<run_dir>/state` directory, shared by every aid directory of a store, with
 //! what a store learns once about it: its file system, and the store's options.
 
+use std::ffi::CStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
@@ -148,7 +149,8 @@ impl StateDir {
     /// Opens the lock file `name` (at `path`, for messages), making it if missing.
     #[cfg(test)]
     pub(crate) fn open_lock_file(&self, name: &str, path: &Path) -> Result<OwnedFd, Error> {
-        self.open_or_make_lock_file(name, path).map(|(fd, _)| fd)
+        let name = std::ffi::CString::new(name).map_err(|e| Error::io("open", path, e))?;
+        self.open_or_make_lock_file(&name, path).map(|(fd, _)| fd)
     }
 
     /// Opens the lock file `name` (at `path`, for messages), making it if missing; `true`
@@ -157,7 +159,7 @@ impl StateDir {
     /// again) and checks that it is private at its first lock (`lock/file.rs`).
     pub(crate) fn open_or_make_lock_file(
         &self,
-        name: &str,
+        name: &CStr,
         path: &Path,
     ) -> Result<(OwnedFd, bool), Error> {
         let state = &self.fd;

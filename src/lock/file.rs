@@ -23,7 +23,7 @@ use rustix::io::Errno;
 use tokio::sync::oneshot;
 
 use crate::disk::aid_dir::TempMark;
-use crate::disk::layout;
+use crate::disk::layout::AidName;
 use crate::disk::secure::{check_private_as, counted_fstat};
 use crate::disk::state_dir::StateDir;
 use crate::lock::fork_guard::TrackedFd;
@@ -70,12 +70,12 @@ impl LockFile {
     /// [`LockFile::check`]); one made here needs no check: it was made private, in the
     /// checked state directory.
     pub(crate) fn open(state_dir: &StateDir, aid: Aid) -> Result<(LockFile, bool), Error> {
-        let name = layout::lock_name(aid);
-        let path = state_dir.path().join(&name);
+        let name = AidName::lock(aid);
+        let (name, path) = (name.as_cstr(), name.path_in(state_dir.path()));
         let mut made = false;
         let fd = TrackedFd::open(
             || {
-                let (fd, new) = state_dir.open_or_make_lock_file(&name, &path)?;
+                let (fd, new) = state_dir.open_or_make_lock_file(name, &path)?;
                 made = new;
                 Ok(fd)
             },
