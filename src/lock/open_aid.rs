@@ -181,6 +181,39 @@ mod tests {
         });
     }
 
+    /// The mark is read only when the `fstat` after the lock found the lock file not empty:
+    /// one a killed writer left set is still read, and its temporary file swept.
+    #[test]
+    fn a_mark_left_set_is_still_read_and_swept_on_a_cold_hold() {
+        let run = tempfile::tempdir_in("/dev/shm").unwrap();
+        runtime().block_on(async {
+            let setup = store(run.path()).await;
+            drop(
+                setup
+                    .hold(aid(3), LockMode::Exclusive, Wait::Never)
+                    .await
+                    .unwrap(),
+            );
+            setup.close().await.unwrap();
+            // What a writer killed between marking and removing its file leaves.
+            let temp = run
+                .path()
+                .join("state/3/.tmp-5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a");
+            std::fs::write(&temp, b"partial").unwrap();
+            std::fs::write(lock_path(run.path(), 3), [1]).unwrap();
+            let cold = store(run.path()).await;
+            drop(
+                cold.hold(aid(3), LockMode::Exclusive, Wait::Never)
+                    .await
+                    .unwrap(),
+            );
+            assert!(!temp.exists(), "the temporary file is swept");
+            let mark = std::fs::metadata(lock_path(run.path(), 3)).unwrap().len();
+            assert_eq!(mark, 0, "and the mark cleared");
+            cold.close().await.unwrap();
+        });
+    }
+
     /// The lock file's check moved after its first lock, but never after a wait: a loose
     /// lock file that another process holds is refused at once, by every way of holding,
     /// and an aid whose directory is missing gets none made for a refused lock file.
