@@ -48,6 +48,7 @@ pub(crate) struct LockFile {
     /// lock, which also tells whether it is still linked ([`LockFile::is_linked`]), so a
     /// cold hold pays one `fstat` for both. Checked before any wait, never after it.
     check_as: Option<u32>,
+    /// Whether that check passed.
     checked: AtomicBool,
     /// Raised by an `fstat` made while this process holds the lock that found the file
     /// linked; lowered by [`LockFile::is_linked`], which takes it instead of a call of its
@@ -154,6 +155,7 @@ impl LockFile {
 
     /// Whether the file is still linked: one removed while open locks nothing that anyone
     /// who opens its path again would see.
+    ///
     /// Call it holding the lock: it takes what the `fstat` of the first lock of a file just
     /// opened said, or makes one.
     pub(crate) fn is_linked(&self) -> bool {
