@@ -8,12 +8,15 @@ use std::mem::ManuallyDrop;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use rustix::fs::fstat;
-use rustix::fs::ftruncate;
+use rustix::fs::{FileType, ftruncate};
 use rustix::io::{DupFlags, dup3, pread, pwrite};
 
-use crate::disk::secure::open_private_dir;
+use crate::disk::layout::AidName;
+use crate::disk::secure::{
+    check_private_as, counted_fstat, make_dir, missing, open_dir, open_private_dir,
+};
 use crate::disk::state_dir::StateDir;
 use crate::{Aid, Error, InstanceId, Options};
 
@@ -31,11 +34,47 @@ pub(crate) struct AidDir {
 impl AidDir {
     /// Opens (making as needed) the aid's directory in `state_dir`. Open the aid's lock file
     /// first: if it is refused, no aid directory is left behind to be listed.
+    #[cfg(test)]
     pub(crate) fn open(state_dir: Arc<StateDir>, aid: Aid) -> Result<AidDir, Error> {
-        let name = aid.to_string();
-        let path = state_dir.path().join(&name);
-        let durable = state_dir.options().durable;
-        let dir = open_private_dir(state_dir.fd(), &name, &path, durable, state_dir.euid())?;
+        AidDir::open_after_lock(state_dir, aid, false, || Ok(()))
+    }
+
+    /// [`AidDir::open`], after the aid's lock file was opened: `before_make` runs before a
+    /// missing directory is made, and may refuse (the lock file's check). With `new` (the
+    /// lock file was made just now, so the directory is most likely missing too), it makes
+    /// the directory before opening it rather than after a failed open.
+    pub(crate) fn open_after_lock(
+        state_dir: Arc<StateDir>,
+        aid: Aid,
+        new: bool,
+        before_make: impl FnOnce() -> Result<(), Error>,
+    ) -> Result<AidDir, Error> {
+        let name = AidName::dir(aid);
+        let (name, path) = (name.as_cstr(), name.path_in(state_dir.path()));
+        let (parent, euid) = (state_dir.fd(), state_dir.euid());
+        let found = match new {
+            true => None,
+            false => open_dir(parent, name, &path)?,
+        };
+        let dir = match found {
+            Some(dir) => {
+                check_private_as(&dir, &path, FileType::Directory, euid)?;
+                dir
+            }
+            None => {
+                before_make()?;
+                let made = make_dir(parent, name, &path, state_dir.options().durable)?;
+                let dir = open_dir(parent, name, &path)?.ok_or_else(|| missing(&path))?;
+                // One this call made needs no check: it was made private, in the state
+                // directory, which is checked private (owned by this user, writable by
+                // nobody else), so only this user or root could have put another in its
+                // place since, and they can change it after any check just as well.
+                if !made {
+                    check_private_as(&dir, &path, FileType::Directory, euid)?;
+                }
+                dir
+            }
+        };
         Ok(AidDir {
             aid,
             path,
@@ -51,7 +90,7 @@ impl AidDir {
 
     /// Whether the directory is still linked: entries published into a removed one are lost.
     pub(crate) fn is_linked(&self) -> bool {
-        fstat(&self.dir).is_ok_and(|st| st.st_nlink > 0)
+        counted_fstat(&self.dir).is_ok_and(|st| st.st_nlink > 0)
     }
 
     /// After a name was not found: if the directory was removed (an admin's `rm -rf`, a
@@ -68,10 +107,11 @@ impl AidDir {
         if self.is_linked() {
             return Ok(false);
         }
-        let name = self.aid.to_string();
+        let name = AidName::dir(self.aid);
         let durable = self.state_dir.options().durable;
         let euid = self.state_dir.euid();
-        let fresh = match open_private_dir(self.state_dir.fd(), &name, &self.path, durable, euid) {
+        let parent = self.state_dir.fd();
+        let fresh = match open_private_dir(parent, name.as_cstr(), &self.path, durable, euid) {
             Ok(fresh) => fresh,
             // The state directory is gone too: there is nothing at the path to go to.
             Err(e) if e.is_not_found() => return Ok(false),
@@ -120,16 +160,40 @@ impl AidDir {
 pub(crate) struct TempMark<'a> {
     fd: std::os::fd::BorrowedFd<'a>,
     path: &'a Path,
+    /// Raised by the locking layer when an `fstat` made under the lock found the file empty
+    /// (the mark clear) and nothing has set it since: [`TempMark::is_set`] then needs no read.
+    clear: Option<&'a AtomicBool>,
 }
 
 impl<'a> TempMark<'a> {
     /// The mark in the lock file open as `fd`, at `path` (for messages).
     pub(crate) fn new(fd: std::os::fd::BorrowedFd<'a>, path: &'a Path) -> TempMark<'a> {
-        TempMark { fd, path }
+        TempMark {
+            fd,
+            path,
+            clear: None,
+        }
+    }
+
+    /// The mark, known clear while `clear` is raised; lowered here whenever the mark is
+    /// written.
+    pub(crate) fn known(self, clear: &'a AtomicBool) -> TempMark<'a> {
+        TempMark {
+            clear: Some(clear),
+            ..self
+        }
     }
 
     /// Whether the mark is set.
     pub(crate) fn is_set(self) -> Result<bool, Error> {
+        if self
+            .clear
+            .is_some_and(|clear| clear.load(Ordering::Acquire))
+        {
+            return Ok(false);
+        }
+        #[cfg(test)]
+        MARK_READS.set(MARK_READS.get() + 1);
         let mut byte = [0u8];
         match pread(self.fd, &mut byte, 0) {
             Ok(n) => Ok(n == 1 && byte[0] == 1),
@@ -140,6 +204,9 @@ impl<'a> TempMark<'a> {
     /// Sets the mark (one byte), or clears it (no bytes, so a lock file that was never
     /// marked stays empty).
     pub(crate) fn set(self, on: bool) -> Result<(), Error> {
+        if let Some(clear) = self.clear {
+            clear.store(false, Ordering::Release);
+        }
         let done = if on {
             pwrite(self.fd, &[1], 0).map(drop)
         } else {
@@ -147,4 +214,10 @@ impl<'a> TempMark<'a> {
         };
         done.map_err(|e| Error::io("write lock file", self.path, e))
     }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// How many times this thread read a temporary-file mark.
+    pub(crate) static MARK_READS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }

@@ -13,7 +13,9 @@
 //!
 //! Every other name is foreign: listings skip it and nothing deletes it.
 
-use std::ffi::CStr;
+use std::ffi::{CStr, OsString};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
 
 use crate::instance_id::TEXT_LEN;
 use crate::{Aid, InstanceId};
@@ -31,8 +33,65 @@ pub(crate) const DIR_MODE: u32 = 0o700;
 pub(crate) const FILE_MODE: u32 = 0o600;
 
 /// The lock file's name in the state directory.
+#[cfg(test)]
 pub(crate) fn lock_name(aid: Aid) -> String {
     format!("{aid}.lock")
+}
+
+/// An aid's name in the state directory ([`AidName::dir`]) or its lock file's
+/// ([`AidName::lock`]), made without allocating or formatting, NUL-terminated so that system
+/// calls take it as it is: a cold hold builds two, and `format!` and `Path::join` were a
+/// sixth of its own work.
+#[derive(Clone, Copy)]
+pub(crate) struct AidName {
+    /// The name and its NUL; "9999.lock" is the longest.
+    buf: [u8; 12],
+    len: usize,
+}
+
+impl AidName {
+    /// The aid's directory's name: its number, without leading zeros.
+    pub(crate) fn dir(aid: Aid) -> AidName {
+        let mut buf = [0u8; 12];
+        let mut digits = [0u8; 5];
+        let (mut n, mut i) = (aid.get(), digits.len());
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        let len = digits.len() - i;
+        buf[..len].copy_from_slice(&digits[i..]);
+        AidName { buf, len }
+    }
+
+    /// The aid's lock file's name: its number and `.lock`.
+    pub(crate) fn lock(aid: Aid) -> AidName {
+        let AidName { mut buf, len } = AidName::dir(aid);
+        buf[len..len + 5].copy_from_slice(b".lock");
+        AidName { buf, len: len + 5 }
+    }
+
+    /// The name, for system calls.
+    pub(crate) fn as_cstr(&self) -> &CStr {
+        // Digits and ".lock", then at least one NUL.
+        CStr::from_bytes_until_nul(&self.buf).unwrap_or(c"")
+    }
+
+    /// The name's path in `dir`, in one allocation of its size.
+    pub(crate) fn path_in(&self, dir: &Path) -> PathBuf {
+        let dir = dir.as_os_str().as_bytes();
+        let mut path = Vec::with_capacity(dir.len() + 1 + self.len);
+        path.extend_from_slice(dir);
+        if !dir.ends_with(b"/") {
+            path.push(b'/');
+        }
+        path.extend_from_slice(&self.buf[..self.len]);
+        PathBuf::from(OsString::from_vec(path))
+    }
 }
 
 /// The aid a state directory entry names, if it is an aid directory's name.
@@ -108,6 +167,18 @@ mod tests {
         }
         assert!(is_temp_name(b".tmp-5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a"));
         assert_eq!(parse_aid_name(b"17"), Some(Aid::new(17).unwrap()));
+        for n in [0, 7, 10, 99, 100, 1234, 9999] {
+            let aid = Aid::new(n).unwrap();
+            let (dir, lock) = (AidName::dir(aid), AidName::lock(aid));
+            assert_eq!(dir.as_cstr().to_str().unwrap(), aid.to_string());
+            assert_eq!(lock.as_cstr().to_str().unwrap(), lock_name(aid));
+            assert_eq!(parse_aid_name(dir.as_cstr().to_bytes()), Some(aid));
+            for base in ["/run/x/state", "/run/x/state/", "state", "/"] {
+                let base = Path::new(base);
+                assert_eq!(lock.path_in(base), base.join(lock_name(aid)));
+                assert_eq!(dir.path_in(base), base.join(aid.to_string()));
+            }
+        }
         for junk in [&b"017"[..], b"17.lock", b"10000", b"-1", b"x", b""] {
             assert_eq!(parse_aid_name(junk), None);
         }

@@ -7,6 +7,7 @@ use std::path::Path;
 
 use rustix::fs::{FileType, Mode, OFlags, fstat, fsync, mkdirat, openat};
 use rustix::io::Errno;
+use rustix::path::Arg;
 
 use crate::Error;
 use crate::disk::layout::DIR_MODE;
@@ -23,38 +24,64 @@ pub(crate) fn open_flags() -> OFlags {
 /// `ENOENT`: the directory is there on every open but the first.
 pub(crate) fn open_private_dir(
     parent: BorrowedFd<'_>,
-    name: &str,
+    name: impl Arg + Copy,
     path: &Path,
     durable: bool,
     euid: u32,
 ) -> Result<OwnedFd, Error> {
-    let open = || {
-        openat(
-            parent,
-            name,
-            OFlags::RDONLY | OFlags::DIRECTORY | open_flags(),
-            Mode::empty(),
-        )
+    let fd = match open_dir(parent, name, path)? {
+        Some(fd) => fd,
+        None => {
+            make_dir(parent, name, path, durable)?;
+            open_dir(parent, name, path)?.ok_or_else(|| missing(path))?
+        }
     };
-    let fd = match open() {
-        Err(Errno::NOENT) => {
-            match mkdirat(parent, name, Mode::from_raw_mode(DIR_MODE)) {
-                Ok(()) if durable => sync_parent(parent, path)?,
-                Ok(()) | Err(Errno::EXIST) => {}
-                Err(e) => return Err(Error::io("create directory", path, e)),
-            }
-            open()
-        }
-        opened => opened,
-    }
-    .map_err(|e| match e {
-        Errno::LOOP | Errno::NOTDIR => {
-            Error::insecure(path, "not a directory (a symlink or a file stands there)")
-        }
-        e => Error::io("open directory", path, e),
-    })?;
     check_private_as(&fd, path, FileType::Directory, euid)?;
     Ok(fd)
+}
+
+/// Opens the directory `name` under `parent` without following a link; `None` if there is
+/// none. Unchecked: see [`check_private_as`].
+pub(crate) fn open_dir(
+    parent: BorrowedFd<'_>,
+    name: impl Arg,
+    path: &Path,
+) -> Result<Option<OwnedFd>, Error> {
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | open_flags();
+    match openat(parent, name, flags, Mode::empty()) {
+        Ok(fd) => Ok(Some(fd)),
+        Err(Errno::NOENT) => Ok(None),
+        Err(Errno::LOOP | Errno::NOTDIR) => Err(Error::insecure(
+            path,
+            "not a directory (a symlink or a file stands there)",
+        )),
+        Err(e) => Err(Error::io("open directory", path, e)),
+    }
+}
+
+/// Makes the directory `name` under `parent`, private; `true` if this call made it, `false`
+/// if something stood there already. With `durable`, a directory made has its parent fsynced.
+pub(crate) fn make_dir(
+    parent: BorrowedFd<'_>,
+    name: impl Arg,
+    path: &Path,
+    durable: bool,
+) -> Result<bool, Error> {
+    match mkdirat(parent, name, Mode::from_raw_mode(DIR_MODE)) {
+        Ok(()) => {
+            if durable {
+                sync_parent(parent, path)?;
+            }
+            Ok(true)
+        }
+        Err(Errno::EXIST) => Ok(false),
+        Err(e) => Err(Error::io("create directory", path, e)),
+    }
+}
+
+/// The error of a directory made and gone before it could be opened.
+pub(crate) fn missing(path: &Path) -> Error {
+    Error::io("open directory", path, Errno::NOENT)
 }
 
 /// Makes a new name in `parent` durable: without this fsync, a crash can lose the entry of
@@ -86,7 +113,7 @@ pub(crate) fn check_private_as(
     want: FileType,
     euid: u32,
 ) -> Result<rustix::fs::Stat, Error> {
-    let st = fstat(fd).map_err(|e| Error::io("stat", path, e))?;
+    let st = counted_fstat(fd).map_err(|e| Error::io("stat", path, e))?;
     let insecure = |reason: String| Error::insecure(path, reason);
     if FileType::from_raw_mode(st.st_mode) != want {
         return Err(insecure(format!("expected a {want:?}")));
@@ -106,8 +133,19 @@ pub(crate) fn check_private_as(
     Ok(st)
 }
 
+/// `fstat`, counted on this thread in tests (`FSTATS`): the calls a hold makes beyond the
+/// floor's are what tests of its cost look at.
+pub(crate) fn counted_fstat(fd: impl AsFd) -> rustix::io::Result<rustix::fs::Stat> {
+    #[cfg(test)]
+    FSTATS.set(FSTATS.get() + 1);
+    fstat(fd)
+}
+
 #[cfg(test)]
 thread_local! {
+    /// How many times this thread called [`counted_fstat`].
+    pub(crate) static FSTATS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+
     /// The directories [`sync_parent`] fsynced on this thread, in order.
     pub(crate) static SYNCED: std::cell::RefCell<Vec<std::path::PathBuf>> = const {
         std::cell::RefCell::new(Vec::new())

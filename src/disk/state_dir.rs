@@ -1,6 +1,7 @@
 //! The open `<run_dir>/state` directory, shared by every aid directory of a store, with
 //! what a store learns once about it: its file system, and the store's options.
 
+use std::ffi::CStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
@@ -145,10 +146,22 @@ impl StateDir {
         .map_err(|e| Error::io("list", &self.path, e))
     }
 
-    /// Opens the lock file `name` (at `path`, for messages), making it if missing. Returns
-    /// its descriptor unchecked: the locking layer lists it for the fork handler first
-    /// (`lock/fork_guard.rs`, which may call this again) and then checks it is private.
+    /// Opens the lock file `name` (at `path`, for messages), making it if missing.
+    #[cfg(test)]
     pub(crate) fn open_lock_file(&self, name: &str, path: &Path) -> Result<OwnedFd, Error> {
+        let name = std::ffi::CString::new(name).map_err(|e| Error::io("open", path, e))?;
+        self.open_or_make_lock_file(&name, path).map(|(fd, _)| fd)
+    }
+
+    /// Opens the lock file `name` (at `path`, for messages), making it if missing; `true`
+    /// with it if this call made it. Returns its descriptor unchecked: the locking layer
+    /// lists it for the fork handler first (`lock/fork_guard.rs`, which may call this
+    /// again) and checks that it is private at its first lock (`lock/file.rs`).
+    pub(crate) fn open_or_make_lock_file(
+        &self,
+        name: &CStr,
+        path: &Path,
+    ) -> Result<(OwnedFd, bool), Error> {
         let state = &self.fd;
         let refused = |e| match e {
             Errno::LOOP => Error::insecure(path, "a symlink stands there"),
@@ -165,14 +178,15 @@ impl StateDir {
         // known, and only it pays for the fsync that durable mode needs.
         loop {
             match openat(state, name, flags, mode) {
-                Ok(fd) => return Ok(fd),
+                Ok(fd) => return Ok((fd, false)),
                 Err(Errno::NOENT) => {}
                 // A read-only file system: nobody can write entries there, so its readers
                 // need no writable lock file (flock works on a read-only descriptor), and
                 // its writers fail on their first write.
                 Err(Errno::ROFS) => {
                     let read_only = OFlags::RDONLY | open_flags();
-                    return openat(state, name, read_only, mode).map_err(refused);
+                    let fd = openat(state, name, read_only, mode).map_err(refused)?;
+                    return Ok((fd, false));
                 }
                 Err(e) => return Err(refused(e)),
             }
@@ -181,7 +195,7 @@ impl StateDir {
                     if self.options.durable {
                         sync_parent(state.as_fd(), path)?;
                     }
-                    return Ok(fd);
+                    return Ok((fd, true));
                 }
                 // Made by another opener meanwhile: open theirs.
                 Err(Errno::EXIST) => {}

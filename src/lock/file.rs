@@ -23,8 +23,8 @@ use rustix::io::Errno;
 use tokio::sync::oneshot;
 
 use crate::disk::aid_dir::TempMark;
-use crate::disk::layout;
-use crate::disk::secure::check_private_as;
+use crate::disk::layout::AidName;
+use crate::disk::secure::{check_private_as, counted_fstat};
 use crate::disk::state_dir::StateDir;
 use crate::lock::fork_guard::TrackedFd;
 use crate::lock::gate;
@@ -43,6 +43,21 @@ pub(crate) struct LockFile {
     /// The descriptor that holds this process's lock when it came through a wait
     /// ([`crate::lock::kernel_wait`]) rather than through `fd`.
     granted: Mutex<Option<Locked>>,
+    /// The user the file must belong to, while its owner and mode are still to be checked:
+    /// a file opened but not yet locked is checked by the `fstat` that follows its first
+    /// lock, which also tells whether it is still linked ([`LockFile::is_linked`]), so a
+    /// cold hold pays one `fstat` for both. Checked before any wait, never after it.
+    check_as: Option<u32>,
+    /// Whether that check passed.
+    checked: AtomicBool,
+    /// Raised by an `fstat` made while this process holds the lock that found the file
+    /// linked; lowered by [`LockFile::is_linked`], which takes it instead of a call of its
+    /// own, and by [`LockFile::unlock`].
+    linked_at_lock: AtomicBool,
+    /// Raised by an `fstat` made while this process holds the lock that found the file
+    /// empty, so its temporary-file mark clear ([`TempMark::known`]); lowered when the mark
+    /// is written and by [`LockFile::unlock`].
+    clear_at_lock: AtomicBool,
 }
 
 /// The longest pause between two attempts of a wait: how late, at worst, a waiter notices
@@ -51,16 +66,27 @@ const MAX_BACKOFF: Duration = Duration::from_millis(2);
 
 impl LockFile {
     /// Opens (making it if missing) the lock file of `aid` in `state_dir`, tracked so that
-    /// no forked child keeps the lock (`lock/fork_guard.rs`), and checked private.
-    pub(crate) fn open(state_dir: &StateDir, aid: Aid) -> Result<LockFile, Error> {
-        let name = layout::lock_name(aid);
-        let path = state_dir.path().join(&name);
+    /// no forked child keeps the lock (`lock/fork_guard.rs`); `true` with it if this call
+    /// made it. Its owner and mode are checked at its first lock (or before a wait, or by
+    /// [`LockFile::check`]); one made here needs no check: it was made private, in the
+    /// checked state directory.
+    pub(crate) fn open(state_dir: &StateDir, aid: Aid) -> Result<(LockFile, bool), Error> {
+        let name = AidName::lock(aid);
+        let (name, path) = (name.as_cstr(), name.path_in(state_dir.path()));
+        let mut made = false;
         let fd = TrackedFd::open(
-            || state_dir.open_lock_file(&name, &path),
+            || {
+                let (fd, new) = state_dir.open_or_make_lock_file(name, &path)?;
+                made = new;
+                Ok(fd)
+            },
             |e| Error::io("track lock file", &path, e),
         )?;
-        check_private_as(&fd, &path, FileType::RegularFile, state_dir.euid())?;
-        Ok(LockFile::new(fd, path))
+        let mut file = LockFile::new(fd, path);
+        if !made {
+            file.check_as = Some(state_dir.euid());
+        }
+        Ok((file, made))
     }
 
     pub(crate) fn new(fd: TrackedFd, path: PathBuf) -> LockFile {
@@ -69,7 +95,51 @@ impl LockFile {
             path,
             readers: Mutex::new(0),
             granted: Mutex::new(None),
+            check_as: None,
+            checked: AtomicBool::new(false),
+            linked_at_lock: AtomicBool::new(false),
+            clear_at_lock: AtomicBool::new(false),
         }
+    }
+
+    /// Checks the file's owner and mode now if they are still to be checked: before any
+    /// wait for it, and before anything is made for an aid whose lock file it is.
+    pub(crate) fn check(&self) -> Result<(), Error> {
+        self.check_after(false)
+    }
+
+    /// The check of a file opened but not checked yet, after a lock attempt that got the
+    /// lock (`locked`) or not: if refused, a lock got is let go. Nothing if checked already.
+    fn check_after(&self, locked: bool) -> Result<(), Error> {
+        let Some(euid) = self.check_as else {
+            return Ok(());
+        };
+        if self.checked.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let regular = FileType::RegularFile;
+        match check_private_as(&self.fd, &self.path, regular, euid) {
+            Ok(st) => {
+                self.checked.store(true, Ordering::Release);
+                if locked {
+                    self.noted_at_lock(&st);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                if locked {
+                    while let Err(Errno::INTR) = flock(&self.fd, FlockOperation::Unlock) {}
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Keeps what an `fstat` made under this process's lock said, until the lock is let go.
+    fn noted_at_lock(&self, st: &rustix::fs::Stat) {
+        self.clear_at_lock.store(st.st_size == 0, Ordering::Release);
+        self.linked_at_lock
+            .store(st.st_nlink > 0, Ordering::Release);
     }
 
     /// The lock file's path, for messages.
@@ -85,8 +155,20 @@ impl LockFile {
 
     /// Whether the file is still linked: one removed while open locks nothing that anyone
     /// who opens its path again would see.
+    ///
+    /// Call it holding the lock: it takes what the `fstat` of the first lock of a file just
+    /// opened said, or makes one.
     pub(crate) fn is_linked(&self) -> bool {
-        rustix::fs::fstat(&self.fd).is_ok_and(|st| st.st_nlink > 0)
+        if self.linked_at_lock.swap(false, Ordering::AcqRel) {
+            return true;
+        }
+        match counted_fstat(&self.fd) {
+            Ok(st) => {
+                self.clear_at_lock.store(st.st_size == 0, Ordering::Release);
+                st.st_nlink > 0
+            }
+            Err(_) => false,
+        }
     }
 
     fn readers(&self) -> std::sync::MutexGuard<'_, usize> {
@@ -138,7 +220,9 @@ impl LockFile {
 
     /// Takes the exclusive lock if no other process holds it. Never blocks.
     pub(crate) fn try_exclusive(&self) -> Result<bool, Error> {
-        self.flock(FlockOperation::NonBlockingLockExclusive)
+        let locked = self.flock(FlockOperation::NonBlockingLockExclusive)?;
+        self.check_after(locked)?;
+        Ok(locked)
     }
 
     /// Waits for the exclusive lock, without limit (`None`) or until a deadline; `Ok(false)`
@@ -156,6 +240,8 @@ impl LockFile {
     /// Drops the exclusive lock. Never blocks. The only failures of `LOCK_UN` are a bad
     /// descriptor or an interruption before any change, so it cannot leave the lock held.
     pub(crate) fn unlock(&self) {
+        self.linked_at_lock.store(false, Ordering::Release);
+        self.clear_at_lock.store(false, Ordering::Release);
         let granted = self
             .granted
             .lock()
@@ -182,6 +268,7 @@ impl LockFile {
     /// it (it has this store's exclusive turn), and it releases the gate with
     /// [`LockFile::leave_gate`].
     pub(crate) fn try_gate(&self) -> Result<bool, Error> {
+        self.check()?;
         gate::try_take(self.fd.as_fd()).map_err(|e| Error::io("lock", &self.path, e))
     }
 
@@ -225,7 +312,7 @@ impl LockFile {
     /// The mark, in this file, that a temporary file may have been left
     /// ([`TempMark`]): the core's to read and write, on this descriptor.
     pub(crate) fn temp_mark(&self) -> TempMark<'_> {
-        TempMark::new(self.fd.as_fd(), &self.path)
+        TempMark::new(self.fd.as_fd(), &self.path).known(&self.clear_at_lock)
     }
 
     /// Joins this process's shared lock, or takes it for the process, unless a writer, in
@@ -234,14 +321,19 @@ impl LockFile {
     /// holder, so `Ok(false)` always means a writer.
     pub(crate) fn try_shared(&self) -> Result<bool, Error> {
         if self.writer_queued()? {
+            self.check()?;
             return Ok(false);
         }
         // Under the count's mutex, so that the first reader's non-blocking flock is not
         // mistaken for a writer by the readers that come meanwhile: they wait for the call
         // (not for the lock) and then join.
         let mut readers = self.readers();
-        if *readers == 0 && !self.flock(FlockOperation::NonBlockingLockShared)? {
-            return Ok(false);
+        if *readers == 0 {
+            let locked = self.flock(FlockOperation::NonBlockingLockShared)?;
+            self.check_after(locked)?;
+            if !locked {
+                return Ok(false);
+            }
         }
         *readers += 1;
         Ok(true)

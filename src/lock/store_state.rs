@@ -277,7 +277,8 @@ impl StoreState {
     /// Closes the least recently used unheld aids' files beyond the cache's size, and notes
     /// whether held aids keep it over its size, so that a later hold trims again.
     fn trim(&self, mut cached: std::sync::MutexGuard<'_, VecDeque<Aid>>) {
-        let mut closing = Vec::new();
+        // Usually one, kept in place: an eviction allocates nothing.
+        let (mut first, mut closing) = (None, Vec::new());
         let mut looked = 0;
         while cached.len() > self.options.open_aids && looked < 2 * cached.len() {
             looked += 1;
@@ -290,7 +291,10 @@ impl StoreState {
                     // Only the cache has it: no holder, no operation in flight.
                     match dir.take_if(|d| Arc::strong_count(d) == 1) {
                         Some(d) => {
-                            closing.push(d);
+                            match first {
+                                None => first = Some(d),
+                                Some(_) => closing.push(d),
+                            }
                             true
                         }
                         None => dir.is_none(),
@@ -304,7 +308,7 @@ impl StoreState {
             .store(cached.len() > self.options.open_aids, Ordering::Relaxed);
         drop(cached);
         // Two close(2) calls each, outside the table's lock.
-        drop(closing);
+        drop((first, closing));
     }
 
     fn slot(&self, aid: Aid) -> Arc<Slot> {
