@@ -309,6 +309,12 @@ impl LockFile {
         granted.map_err(|e| Error::io("lock", &self.path, e))
     }
 
+    /// Whether an `fstat` made under the lock held now found this file empty, so its
+    /// temporary-file mark clear: known without a read.
+    pub(crate) fn mark_known_clear(&self) -> bool {
+        self.clear_at_lock.load(Ordering::Acquire)
+    }
+
     /// The mark, in this file, that a temporary file may have been left
     /// ([`TempMark`]): the core's to read and write, on this descriptor.
     pub(crate) fn temp_mark(&self) -> TempMark<'_> {

@@ -379,8 +379,11 @@ impl StoreState {
         let hold = Arc::new(hold);
         if mode == LockMode::Exclusive && !slot.swept.load(Ordering::Acquire) {
             // The first exclusive holder in this store clears what a killed process left.
-            // A whole listing of the directory, once per aid and store: in steps.
-            Box::pin(hold.sweep_temps()).await?;
+            // A whole listing of the directory, once per aid and store: in steps. Not even
+            // a step when the lock's own fstat found the mark clear.
+            if !hold.claim.files.lock().mark_known_clear() {
+                Box::pin(hold.sweep_temps()).await?;
+            }
             slot.swept.store(true, Ordering::Release);
         }
         Ok(hold)
