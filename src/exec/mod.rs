@@ -12,8 +12,7 @@
 //! where it runs ([`Where`]).
 //!
 //! Long operations (streams, `load_all`, `len`, `prune_dead`) run in steps ([`Step::IN_PLACE`]
-//! in place). After every [`POLL_BUDGET`] ([`POLL_BUDGET_MULTI`] on a multi-thread runtime,
-//! where a yield costs more) of in-place work on a thread (a long operation's
+//! in place). After every [`POLL_BUDGET`] of in-place work on a thread (a long operation's
 //! steps, or a loop of short ones), the store gives the runtime back ([`pause`]), so that no
 //! single poll holds a thread for long and a dropped future stops soon. On the pool a step is
 //! larger ([`Step::ON_POOL`]): the hop is paid once per step, not per file.
@@ -26,7 +25,7 @@ use std::cell::Cell;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::{Duration, Instant};
 
-use tokio::runtime::{Handle, RuntimeFlavor};
+use tokio::runtime::Handle;
 
 pub(crate) mod clock_hold;
 
@@ -153,14 +152,6 @@ where
 /// (about a microsecond) spread over this much work.
 pub(crate) const POLL_BUDGET: Duration = Duration::from_micros(30);
 
-/// [`POLL_BUDGET`] on a multi-thread runtime, where a yield costs several times more: the
-/// worker, its queue empty, searches for work, finds the yielded task again, and as the last
-/// searcher wakes a parked worker (tokio's `transition_from_searching`): an eventfd write and
-/// two context switches per yield, about 8 us of a stream's time on a 2-core VM. Other workers
-/// steal what queues up behind the task meanwhile. Twice the budget halves the yields; a poll
-/// stays within about 100 us (this, the work it does not charge, and one step).
-pub(crate) const POLL_BUDGET_MULTI: Duration = Duration::from_micros(60);
-
 thread_local! {
     /// In-place work done on this thread since the store last yielded on it. Work of other
     /// tasks in between counts too, so the store may yield a little early, never late.
@@ -180,21 +171,9 @@ pub(crate) fn charged<T>(f: impl FnOnce() -> T) -> T {
 /// operations (a thousand saves in one hold, say) never waits on anything, so without this
 /// it would keep the thread, and the task's other futures, for as long as it runs.
 async fn yield_if_spent() {
-    let spent = SPENT.get();
-    // The runtime is asked only once the short budget is spent: a few times a poll at most.
-    if spent >= POLL_BUDGET && spent >= budget() {
+    if SPENT.get() >= POLL_BUDGET {
         SPENT.set(Duration::ZERO);
         tokio::task::yield_now().await;
-    }
-}
-
-/// The poll budget of the runtime this thread runs: [`POLL_BUDGET_MULTI`] on a multi-thread
-/// one (also in a `LocalSet` or `block_on` there), [`POLL_BUDGET`] on a current-thread one or
-/// outside any runtime.
-fn budget() -> Duration {
-    match Handle::try_current().map(|h| h.runtime_flavor()) {
-        Ok(RuntimeFlavor::MultiThread) => POLL_BUDGET_MULTI,
-        _ => POLL_BUDGET,
     }
 }
 
@@ -210,62 +189,4 @@ fn in_place<T>(op: &'static str, f: impl FnOnce() -> T) -> Result<T, Error> {
 /// the pool does not count: its await has yielded already.
 pub(crate) async fn pause() {
     yield_if_spent().await;
-}
-
-#[cfg(test)]
-mod tests {
-    use std::future::{Future, poll_fn};
-    use std::pin::pin;
-    use std::task::Poll;
-
-    use super::*;
-
-    /// Whether a pause with `spent` of this thread's budget used gives the runtime back.
-    async fn pause_yields(spent: Duration) -> bool {
-        SPENT.set(spent);
-        let mut paused = pin!(pause());
-        let first = poll_fn(|cx| Poll::Ready(paused.as_mut().poll(cx))).await;
-        if first.is_ready() {
-            return false;
-        }
-        paused.await;
-        true
-    }
-
-    /// Both budgets apart, in order: spent between them, a multi-thread runtime keeps going
-    /// (a yield there wakes a parked worker) and a current-thread one yields.
-    async fn both_sides() -> (bool, bool) {
-        let between = (POLL_BUDGET + POLL_BUDGET_MULTI) / 2;
-        (
-            pause_yields(between).await,
-            pause_yields(POLL_BUDGET_MULTI).await,
-        )
-    }
-
-    #[test]
-    fn a_multi_thread_runtime_yields_after_its_longer_budget() {
-        assert!(POLL_BUDGET < POLL_BUDGET_MULTI);
-        let multi = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .build()
-            .expect("runtime");
-        let spawned = multi.block_on(multi.spawn(both_sides())).expect("task");
-        assert_eq!(spawned, (false, true), "in a task on a worker");
-        assert_eq!(multi.block_on(both_sides()), (false, true), "in block_on");
-
-        let current = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .expect("runtime");
-        assert_eq!(current.block_on(both_sides()), (true, true));
-        let local = tokio::task::LocalSet::new();
-        let in_local_set = current.block_on(local.run_until(async {
-            tokio::task::spawn_local(pause_yields(POLL_BUDGET))
-                .await
-                .expect("task")
-        }));
-        assert!(in_local_set, "a LocalSet on a current-thread runtime");
-        assert!(!current.block_on(pause_yields(POLL_BUDGET / 2)));
-
-        assert_eq!(budget(), POLL_BUDGET, "outside any runtime");
-    }
 }
