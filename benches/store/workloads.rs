@@ -297,6 +297,15 @@ impl Row {
     pub fn stats(&self, imp: &str) -> Option<Stats> {
         self.series(imp)?.stats()
     }
+
+    /// The median, over repetitions, of `a`'s figure over `b`'s in the same repetition: the
+    /// two ran one after the other, so a machine that slows down for a few seconds slows
+    /// both, where a ratio of medians can pair a fast stretch with a slow one.
+    pub fn paired(&self, a: &str, b: &str) -> Option<f64> {
+        let (a, b) = (self.series(a)?, self.series(b)?);
+        let ratios: Vec<f64> = a.ns.iter().zip(&b.ns).map(|(x, y)| x / y).collect();
+        Some(crate::measure::stats(&ratios)?.median)
+    }
 }
 
 /// Runs `w` on `flavor`'s runtime against each of its implementations.
