@@ -32,15 +32,9 @@ pub(crate) struct AidDir {
 }
 
 impl AidDir {
-    /// Opens (making as needed) the aid's directory in `state_dir`. Open the aid's lock file
-    /// first: if it is refused, no aid directory is left behind to be listed.
-    #[cfg(test)]
-    pub(crate) fn open(state_dir: Arc<StateDir>, aid: Aid) -> Result<AidDir, Error> {
-        AidDir::open_after_lock(state_dir, aid, false, || Ok(()))
-    }
-
-    /// [`AidDir::open`], after the aid's lock file was opened: `before_make` runs before a
-    /// missing directory is made, and may refuse (the lock file's check). With `new` (the
+    /// Opens (making as needed) the aid's directory in `state_dir`, after the aid's lock file
+    /// was opened, so that no aid directory is left behind to be listed for a lock file that
+    /// is refused: `before_make` runs before a missing directory is made, and may refuse (the lock file's check). With `new` (the
     /// lock file was made just now, so the directory is most likely missing too), it makes
     /// the directory before opening it rather than after a failed open.
     pub(crate) fn open_after_lock(

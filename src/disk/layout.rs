@@ -32,12 +32,6 @@ pub(crate) const DIR_MODE: u32 = 0o700;
 /// Mode of the files the store makes.
 pub(crate) const FILE_MODE: u32 = 0o600;
 
-/// The lock file's name in the state directory.
-#[cfg(test)]
-pub(crate) fn lock_name(aid: Aid) -> String {
-    format!("{aid}.lock")
-}
-
 /// An aid's name in the state directory ([`AidName::dir`]) or its lock file's
 /// ([`AidName::lock`]), made without allocating or formatting, NUL-terminated so that system
 /// calls take it as it is: a cold hold builds two, and `format!` and `Path::join` were a
@@ -171,11 +165,12 @@ mod tests {
             let aid = Aid::new(n).unwrap();
             let (dir, lock) = (AidName::dir(aid), AidName::lock(aid));
             assert_eq!(dir.as_cstr().to_str().unwrap(), aid.to_string());
-            assert_eq!(lock.as_cstr().to_str().unwrap(), lock_name(aid));
+            let lock_name = format!("{aid}.lock");
+            assert_eq!(lock.as_cstr().to_str().unwrap(), lock_name);
             assert_eq!(parse_aid_name(dir.as_cstr().to_bytes()), Some(aid));
             for base in ["/run/x/state", "/run/x/state/", "state", "/"] {
                 let base = Path::new(base);
-                assert_eq!(lock.path_in(base), base.join(lock_name(aid)));
+                assert_eq!(lock.path_in(base), base.join(&lock_name));
                 assert_eq!(dir.path_in(base), base.join(aid.to_string()));
             }
         }

@@ -350,10 +350,12 @@ mod tests {
     fn open(run: &Path, aid: u16, options: &Options) -> Opened {
         let state = Arc::new(StateDir::open(run, options).unwrap());
         let aid = Aid::new(aid).unwrap();
-        let name = layout::lock_name(aid);
-        let lock_path = state.path().join(&name);
-        let lock = state.open_lock_file(&name, &lock_path).unwrap();
-        let dir = AidDir::open(state, aid).unwrap();
+        let name = layout::AidName::lock(aid);
+        let lock_path = name.path_in(state.path());
+        let (lock, _) = state
+            .open_or_make_lock_file(name.as_cstr(), &lock_path)
+            .unwrap();
+        let dir = AidDir::open_after_lock(state, aid, false, || Ok(())).unwrap();
         Opened {
             dir,
             lock,

@@ -263,7 +263,7 @@ mod tests {
         let run = tempfile::tempdir_in("/dev/shm").unwrap();
         let options = Options::new();
         let state = Arc::new(StateDir::open(run.path(), &options).unwrap());
-        let dir = AidDir::open(state, Aid::new(1).unwrap()).unwrap();
+        let dir = AidDir::open_after_lock(state, Aid::new(1).unwrap(), false, || Ok(())).unwrap();
         let (small, large) = (
             InstanceId::from_bytes([1; 16]),
             InstanceId::from_bytes([2; 16]),

@@ -146,13 +146,6 @@ impl StateDir {
         .map_err(|e| Error::io("list", &self.path, e))
     }
 
-    /// Opens the lock file `name` (at `path`, for messages), making it if missing.
-    #[cfg(test)]
-    pub(crate) fn open_lock_file(&self, name: &str, path: &Path) -> Result<OwnedFd, Error> {
-        let name = std::ffi::CString::new(name).map_err(|e| Error::io("open", path, e))?;
-        self.open_or_make_lock_file(&name, path).map(|(fd, _)| fd)
-    }
-
     /// Opens the lock file `name` (at `path`, for messages), making it if missing; `true`
     /// with it if this call made it. Returns its descriptor unchecked: the locking layer
     /// lists it for the fork handler first (`lock/fork_guard.rs`, which may call this
