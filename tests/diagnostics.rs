@@ -1,83 +1,23 @@
 //! The `tracing` events an operator sees: what the store skipped, refused, repaired or
-//! removed. A subscriber of this binary's own records every event, with its fields.
+//! removed. The common recorder (`common/events.rs`), this binary's global subscriber, keeps every event with its fields.
+
+mod common;
 
 use std::os::unix::fs::PermissionsExt;
-use std::sync::Mutex;
+use std::sync::LazyLock;
 
+use common::events::Recorder;
 use futures::StreamExt;
 use runstate::{Aid, AsyncStore, Error, InstanceId, State};
-use tracing::field::{Field, Visit};
-use tracing::span::{Attributes, Id, Record};
-use tracing::{Event, Level, Metadata, Subscriber};
+use tracing::Level;
 
-/// One event as seen: its level and its fields (the message under "message").
-#[derive(Debug, Clone)]
-struct Seen {
-    level: Level,
-    fields: Vec<(String, String)>,
-}
-
-impl Seen {
-    fn get(&self, name: &str) -> Option<&str> {
-        self.fields
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-static SEEN: Mutex<Vec<Seen>> = Mutex::new(Vec::new());
-
-struct Recorder;
-
-struct Fields<'a>(&'a mut Vec<(String, String)>);
-
-impl Visit for Fields<'_> {
-    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        self.0.push((field.name().to_owned(), format!("{value:?}")));
-    }
-
-    fn record_str(&mut self, field: &Field, value: &str) {
-        self.0.push((field.name().to_owned(), value.to_owned()));
-    }
-}
-
-impl Subscriber for Recorder {
-    fn enabled(&self, _: &Metadata<'_>) -> bool {
-        true
-    }
-    fn new_span(&self, _: &Attributes<'_>) -> Id {
-        Id::from_u64(1)
-    }
-    fn record(&self, _: &Id, _: &Record<'_>) {}
-    fn record_follows_from(&self, _: &Id, _: &Id) {}
-    fn event(&self, event: &Event<'_>) {
-        let mut fields = Vec::new();
-        event.record(&mut Fields(&mut fields));
-        let seen = Seen {
-            level: *event.metadata().level(),
-            fields,
-        };
-        SEEN.lock().unwrap().push(seen);
-    }
-    fn enter(&self, _: &Id) {}
-    fn exit(&self, _: &Id) {}
-}
-
-/// The events recorded since the last call whose message is `message`.
-fn take(message: &str) -> Vec<Seen> {
-    let mut seen = SEEN.lock().unwrap();
-    let (hit, rest): (Vec<Seen>, Vec<Seen>) = seen
-        .drain(..)
-        .partition(|s| s.get("message") == Some(message));
-    *seen = rest;
-    hit
-}
+/// The record of this binary's global subscriber.
+static RECORDER: LazyLock<Recorder> = LazyLock::new(Recorder::default);
 
 /// One test, so that the global subscriber and its record are this test's alone.
 #[test]
 fn operators_see_what_the_store_skipped_refused_repaired_and_removed() {
-    tracing::subscriber::set_global_default(Recorder).unwrap();
+    tracing::subscriber::set_global_default(RECORDER.clone()).unwrap();
     for runtime in [
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -105,12 +45,12 @@ async fn events() {
     let corrupt = aid_dir.join(InstanceId::random().to_string());
     std::fs::write(&corrupt, b"not an entry").unwrap();
     std::fs::write(aid_dir.join("README"), b"foreign").unwrap();
-    SEEN.lock().unwrap().clear();
+    RECORDER.clear();
 
     // One listing over a corrupt file: one warning naming it, and the listing goes on.
     let items: Vec<_> = store.entries().collect().await;
     assert_eq!(items.len(), 3);
-    let corrupt_events = take("corrupt entry");
+    let corrupt_events = RECORDER.take("corrupt entry");
     assert_eq!(corrupt_events.len(), 1, "{corrupt_events:?}");
     assert_eq!(corrupt_events[0].level, Level::WARN);
     let path = corrupt.display().to_string();
@@ -121,7 +61,7 @@ async fn events() {
             .is_some_and(|k| k.contains("cannot decode")),
         "{corrupt_events:?}"
     );
-    let foreign = take("skipping a name that is not an entry's");
+    let foreign = RECORDER.take("skipping a name that is not an entry's");
     assert!(
         foreign
             .iter()
@@ -140,7 +80,7 @@ async fn events() {
         .with_aid(aid, async |_| Ok::<_, Error>(()))
         .await
         .unwrap();
-    let swept = take("removed a temporary file that a killed save left");
+    let swept = RECORDER.take("removed a temporary file that a killed save left");
     let temp_path = temp.display().to_string();
     assert!(
         swept
@@ -155,7 +95,7 @@ async fn events() {
     child.wait().unwrap();
     store.save(aid, &dead).await.unwrap();
     assert_eq!(store.prune_dead().await.unwrap().len(), 1);
-    let pruned = take("pruned the entry of a dead process");
+    let pruned = RECORDER.take("pruned the entry of a dead process");
     assert_eq!(pruned.len(), 1, "{pruned:?}");
     assert_eq!(pruned[0].level, Level::INFO);
     assert_eq!(pruned[0].get("id"), Some(dead.id.to_string().as_str()));
@@ -175,7 +115,7 @@ async fn events() {
         matches!(refused, Err(Error::Insecure { .. })),
         "{refused:?}"
     );
-    let insecure = take("refusing an insecure store file");
+    let insecure = RECORDER.take("refusing an insecure store file");
     assert!(
         insecure.iter().any(|s| s.level == Level::WARN
             && s.get("reason")

@@ -3,49 +3,13 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
-
+use common::events::Recorder;
 use common::{aid, run_dir};
 use runstate::{AsyncStore, CorruptKind, Error, InstanceId, State};
-use tracing::field::{Field, Visit};
-use tracing::span::{Attributes, Id, Record};
-use tracing::{Event, Level, Metadata, Subscriber};
+use tracing::Level;
 
 /// A pid above the kernel's limit: no process has it.
 const NO_SUCH_PID: u32 = 1 << 30;
-
-/// Records each event's level and fields, as text.
-#[derive(Clone, Default)]
-struct Recorder(Arc<Mutex<Vec<(Level, String)>>>);
-
-struct Text<'a>(&'a mut String);
-
-impl Visit for Text<'_> {
-    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        self.0.push_str(&format!("{}={value:?} ", field.name()));
-    }
-}
-
-impl Subscriber for Recorder {
-    fn enabled(&self, _: &Metadata<'_>) -> bool {
-        true
-    }
-    fn new_span(&self, _: &Attributes<'_>) -> Id {
-        Id::from_u64(1)
-    }
-    fn record(&self, _: &Id, _: &Record<'_>) {}
-    fn record_follows_from(&self, _: &Id, _: &Id) {}
-    fn event(&self, event: &Event<'_>) {
-        let mut text = String::new();
-        event.record(&mut Text(&mut text));
-        self.0
-            .lock()
-            .unwrap()
-            .push((*event.metadata().level(), text));
-    }
-    fn enter(&self, _: &Id) {}
-    fn exit(&self, _: &Id) {}
-}
 
 #[test]
 fn state_new_warns_when_the_pid_cannot_be_identified() {
@@ -58,14 +22,14 @@ fn state_new_warns_when_the_pid_cannot_be_identified() {
     });
     assert_eq!(state.process, None);
     assert!(mine.process.is_some());
-    let seen = recorder.0.lock().unwrap().clone();
+    let seen = recorder.seen();
     assert_eq!(
         seen.len(),
         1,
         "one warning, for the unidentified pid alone: {seen:?}"
     );
-    let (level, text) = &seen[0];
-    assert_eq!(*level, Level::WARN);
+    let (level, text) = (seen[0].level, seen[0].text());
+    assert_eq!(level, Level::WARN);
     assert!(text.contains("cannot identify the process"), "{text}");
     assert!(text.contains(&format!("pid={NO_SUCH_PID}")), "{text}");
     assert!(text.contains(&id.to_string()), "{text}");

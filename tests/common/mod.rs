@@ -20,6 +20,7 @@
 
 pub mod checked;
 pub mod child;
+pub mod events;
 pub mod hostile;
 pub mod locking;
 pub mod multiprocess;
