@@ -1,5 +1,6 @@
 //! The `tracing` events an operator sees: what the store skipped, refused, repaired or
-//! removed. The common recorder (`common/events.rs`), this binary's global subscriber, keeps every event with its fields.
+//! removed. The common recorder (`common/events.rs`), this binary's global subscriber,
+//! keeps every event with its fields.
 
 mod common;
 
